@@ -1,0 +1,49 @@
+# selab: the two commands are `make run` and `make test`; both set everything up themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.selab-installed
+RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
+CELL_TIMEOUT ?= 600
+
+.PHONY: install run test test-python test-notebooks test-papermill test-browser bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: a papermill training run on the built-in synthetic data, into its own run folder.
+run: $(STAMP)
+	@mkdir -p $(RUN_DIR)
+	$(PY) -m papermill -k python3 --execution-timeout 1800 notebooks/05_train.ipynb $(RUN_DIR)/train.ipynb -p out_dir $(RUN_DIR)
+	@echo "run folder: $(RUN_DIR)"
+
+# Every test: notebooks committed without outputs, pytest, nbval over notebooks/, one papermill run
+# of 05_train with non-default parameters, then the JupyterLab browser tests.
+test: $(STAMP)
+	git ls-files -z '*.ipynb' | xargs -0 -r $(VENV)/bin/nbstripout --verify
+	$(MAKE) test-python test-notebooks test-papermill test-browser
+
+test-python: $(STAMP)
+	$(PY) -m pytest -m "not browser" tests
+
+test-notebooks: $(STAMP)
+	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) notebooks/
+
+test-papermill: $(STAMP)
+	@mkdir -p runs/test-papermill
+	$(PY) -m papermill -k python3 --execution-timeout $(CELL_TIMEOUT) notebooks/05_train.ipynb runs/test-papermill/train.ipynb \
+	    -p variant graph_lstm -p epochs 1 -p num_images 12 -p seed 1 -p out_dir runs/test-papermill
+
+test-browser: $(STAMP)
+	bash tests/browser/ensure_chromium.sh
+	$(PY) -m pytest -m browser tests/browser
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis bench/results
