@@ -300,8 +300,8 @@ def pool_to_nodes(features: torch.Tensor, labels, num_nodes: int | None = None) 
         raise ValueError(f"labels: ids must be < num_nodes={num_nodes}, got max {int(lab.max())}")
     channels = features.shape[-3]
     # [C,H,W] or [B,C,H,W] -> [P,C], pixel order matching lab.reshape(-1)
-    pixels = features.movedim(-3, -1).reshape(-1, channels)
     index = lab.reshape(-1)
+    pixels = features.movedim(-3, -1).reshape(index.numel(), channels)
     dtype, device = features.dtype, features.device
     count = torch.zeros(num_nodes, dtype=dtype, device=device).index_add_(
         0, index, torch.ones(index.numel(), dtype=dtype, device=device))

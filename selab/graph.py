@@ -1,0 +1,425 @@
+r"""Region graphs of one level and of a batch, and coarsening them by a cluster vector.
+
+The Structure-evolving LSTM (Liang et al., "Interpretable Structure-Evolving LSTM", CVPR 2017) starts
+from the superpixel graph of the Graph LSTM (Liang et al., ECCV 2016) and, after each layer, merges
+groups of nodes into the nodes of a coarser graph: a merged node takes the mean of its members' states,
+and two merged nodes are adjacent if any of their members were.
+
+A :class:`Graph` follows PyTorch Geometric's batching convention: the graphs of B images form one
+disjoint graph with undirected ``edge_index [2,E]`` (each pair once, ``i < j``, sorted) and
+``batch [N]``; nodes of one image are contiguous and images in order. ``assignment [B,H,W]`` maps
+every pixel to its node at this level, so every level can be drawn on its image, and
+``superpixel_assignment [N0]`` maps every level-0 superpixel to its node at this level.
+:func:`coarsen` composes both maps, so a stack of coarsenings always points back to pixels.
+Mean merging of node states (``scatter_mean``) is the paper's rule; size-weighted centroids are a
+selab decision for drawing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import networkx as nx
+import numpy as np
+import torch
+
+from selab.superpixels import adjacency, check_labels, pool_to_nodes
+
+__all__ = [
+    "Graph",
+    "graph_from_superpixels",
+    "batch_graphs",
+    "unbatch",
+    "scatter_mean",
+    "coarsen_edge_index",
+    "canonical_cluster",
+    "check_cluster",
+    "coarsen",
+    "to_networkx",
+]
+
+
+@dataclass
+class Graph:
+    """The region graph of one level for a batch of B images (B may be 1).
+
+    Attributes
+    ----------
+    edge_index : torch.Tensor
+        [2,E] int64, each undirected pair once with ``i < j``, sorted lexicographically.
+    batch : torch.Tensor
+        [N] int64 image index of each node; nodes of an image contiguous, images in order.
+    pos : torch.Tensor
+        [N,2] float (row, col) centroid in pixels.
+    size : torch.Tensor
+        [N] float number of pixels covered.
+    assignment : torch.Tensor
+        [B,H,W] int64 global node id (of this level) of every pixel.
+    x : torch.Tensor, optional
+        [N,C] node features.
+    superpixel_assignment : torch.Tensor, optional
+        [N0] int64 node id (of this level) of every level-0 superpixel (global ids); identity at level 0.
+
+    Example
+    -------
+    >>> g = graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]]))
+    >>> g.num_nodes, g.num_graphs, g.edge_index.tolist()
+    (3, 1, [[0, 0, 1], [1, 2, 2]])
+    """
+
+    edge_index: torch.Tensor
+    batch: torch.Tensor
+    pos: torch.Tensor
+    size: torch.Tensor
+    assignment: torch.Tensor
+    x: torch.Tensor | None = None
+    superpixel_assignment: torch.Tensor | None = None
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.batch.numel())
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edge_index.shape[1])
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.assignment.shape[0])
+
+    @property
+    def ptr(self) -> torch.Tensor:
+        """[B+1] int64 offsets: nodes of image b are ``ptr[b]:ptr[b+1]``."""
+        counts = torch.bincount(self.batch, minlength=self.num_graphs)
+        return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+    @property
+    def device(self) -> torch.device:
+        return self.batch.device
+
+    def to(self, device) -> "Graph":
+        """Copy of the graph with every tensor on ``device``."""
+        return Graph(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
+                        for f in fields(self)})
+
+
+def _as_long_tensor(array, device=None, name: str = "labels") -> torch.Tensor:
+    if isinstance(array, np.ndarray):
+        if not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"{name}: expected integer values, got {array.dtype}")
+        array = torch.from_numpy(array.astype(np.int64, copy=False))
+    if not isinstance(array, torch.Tensor):
+        raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(array).__name__}")
+    if array.is_floating_point() or array.is_complex() or array.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer values, got {array.dtype}")
+    return array.to(device=device if device is not None else array.device, dtype=torch.int64)
+
+
+def graph_from_superpixels(labels, x: torch.Tensor | None = None) -> Graph:
+    """Level-0 graph of one image or a batch from per-image superpixel labels.
+
+    Parameters
+    ----------
+    labels : np.ndarray or torch.Tensor
+        [H,W] or [B,H,W] integer superpixel ids, each image numbered from 0 with no gaps.
+    x : torch.Tensor, optional
+        Node features [N,C] (stored as they are), or pixel features [C,H,W] / [B,C,H,W] that are
+        mean-pooled to the nodes.
+
+    Returns
+    -------
+    Graph
+        Global node ids (image b's ids offset by the node counts of images before it), on the device
+        of ``labels`` if it is a tensor, else of ``x``, else CPU.
+
+    Example
+    -------
+    >>> labels = np.array([[0, 0, 1], [2, 2, 1]])
+    >>> g = graph_from_superpixels(np.stack([labels, labels]))
+    >>> g.ptr.tolist(), g.edge_index[:, -1].tolist()
+    ([0, 3, 6], [4, 5])
+    """
+    device = labels.device if isinstance(labels, torch.Tensor) else (x.device if isinstance(x, torch.Tensor) else None)
+    lab = _as_long_tensor(labels, device, "labels")
+    if lab.ndim == 2:
+        lab = lab.unsqueeze(0)
+    if lab.ndim != 3:
+        raise ValueError(f"labels: expected shape [H,W] or [B,H,W], got {tuple(lab.shape)}")
+    counts = torch.tensor([check_labels(lab[b], name=f"labels[{b}]") for b in range(lab.shape[0])],
+                          dtype=torch.int64, device=lab.device)
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    assignment = lab + offsets[:-1].view(-1, 1, 1)
+    num_nodes = int(offsets[-1])
+    batch = torch.repeat_interleave(torch.arange(lab.shape[0], device=lab.device), counts)
+    edge_index = adjacency(assignment)
+
+    node_x = None
+    if x is not None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a torch tensor, got {type(x).__name__}")
+        x = x.to(lab.device)
+        if x.ndim == 2:
+            if x.shape[0] != num_nodes:
+                raise ValueError(f"x: expected [N,C] node features with N={num_nodes}, got {tuple(x.shape)}")
+            node_x = x
+        elif x.ndim in (3, 4):
+            pixel_x = x.unsqueeze(0) if x.ndim == 3 else x
+            if pixel_x.shape[0] != lab.shape[0] or pixel_x.shape[-2:] != lab.shape[-2:]:
+                raise ValueError(f"x: pixel features {tuple(x.shape)} do not match labels {tuple(labels.shape)}")
+            node_x = pool_to_nodes(pixel_x, assignment, num_nodes).x
+        else:
+            raise ValueError(f"x: expected [N,C], [C,H,W] or [B,C,H,W], got {tuple(x.shape)}")
+    dtype = node_x.dtype if node_x is not None else torch.get_default_dtype()
+    geometry = pool_to_nodes(torch.zeros(lab.shape[0], 0, *lab.shape[-2:], dtype=dtype, device=lab.device),
+                             assignment, num_nodes)
+    return Graph(edge_index=edge_index, batch=batch, pos=geometry.pos, size=geometry.count,
+                 assignment=assignment, x=node_x,
+                 superpixel_assignment=torch.arange(num_nodes, device=lab.device))
+
+
+def batch_graphs(graphs: list[Graph]) -> Graph:
+    """Join graphs (each of one or more images of the same size) into one disjoint graph.
+
+    Example
+    -------
+    >>> g = graph_from_superpixels(np.array([[0, 1]]))
+    >>> batch_graphs([g, g]).edge_index.tolist()
+    [[0, 2], [1, 3]]
+    """
+    if not graphs:
+        raise ValueError("graphs: expected at least one Graph")
+    shapes = {tuple(g.assignment.shape[-2:]) for g in graphs}
+    if len(shapes) > 1:
+        raise ValueError(f"graphs: all images must have the same size to share assignment [B,H,W], got {shapes}")
+    has_x = [g.x is not None for g in graphs]
+    if any(has_x) and not all(has_x):
+        raise ValueError("graphs: either all or none of the graphs must carry x")
+    has_sp = all(g.superpixel_assignment is not None for g in graphs)
+    node_offsets = np.cumsum([0] + [g.num_nodes for g in graphs])
+    image_offsets = np.cumsum([0] + [g.num_graphs for g in graphs])
+    return Graph(
+        edge_index=torch.cat([g.edge_index + int(o) for g, o in zip(graphs, node_offsets)], dim=1),
+        batch=torch.cat([g.batch + int(o) for g, o in zip(graphs, image_offsets)]),
+        pos=torch.cat([g.pos for g in graphs]),
+        size=torch.cat([g.size for g in graphs]),
+        assignment=torch.cat([g.assignment + int(o) for g, o in zip(graphs, node_offsets)]),
+        x=torch.cat([g.x for g in graphs]) if all(has_x) else None,
+        superpixel_assignment=(torch.cat([g.superpixel_assignment + int(o) for g, o in zip(graphs, node_offsets)])
+                               if has_sp else None),
+    )
+
+
+def unbatch(graph: Graph) -> list[Graph]:
+    """Split a batched graph into one Graph per image (node ids from 0 again).
+
+    Example
+    -------
+    >>> g = graph_from_superpixels(np.stack([np.array([[0, 1]]), np.array([[0, 0]])]))
+    >>> [part.num_nodes for part in unbatch(g)]
+    [2, 1]
+    """
+    ptr = graph.ptr.tolist()
+    edge_image = graph.batch[graph.edge_index[0]]
+    sp_image = graph.batch[graph.superpixel_assignment] if graph.superpixel_assignment is not None else None
+    parts = []
+    for b in range(graph.num_graphs):  # a loop over images, not nodes
+        lo, hi = ptr[b], ptr[b + 1]
+        parts.append(Graph(
+            edge_index=graph.edge_index[:, edge_image == b] - lo,
+            batch=torch.zeros(hi - lo, dtype=torch.int64, device=graph.device),
+            pos=graph.pos[lo:hi],
+            size=graph.size[lo:hi],
+            assignment=graph.assignment[b:b + 1] - lo,
+            x=graph.x[lo:hi] if graph.x is not None else None,
+            superpixel_assignment=(graph.superpixel_assignment[sp_image == b] - lo
+                                   if sp_image is not None else None),
+        ))
+    return parts
+
+
+def scatter_mean(src: torch.Tensor, cluster: torch.Tensor, num_clusters: int | None = None) -> torch.Tensor:
+    """Mean of the rows of ``src`` per cluster (differentiable ``index_add_``); empty clusters get 0.
+
+    Parameters
+    ----------
+    src : torch.Tensor
+        [N, ...] values per node (e.g. features f, hidden states h, memories m).
+    cluster : torch.Tensor
+        [N] int64 cluster id of each node.
+    num_clusters : int, optional
+        Number of clusters N'; default ``cluster.max() + 1``.
+
+    Returns
+    -------
+    torch.Tensor
+        [N', ...] on ``src.device``.
+
+    Example
+    -------
+    >>> scatter_mean(torch.tensor([[1.0], [3.0], [5.0]]), torch.tensor([0, 0, 1]))
+    tensor([[2.],
+            [5.]])
+    """
+    cluster = _as_long_tensor(cluster, src.device, "cluster")
+    if cluster.ndim != 1 or cluster.shape[0] != src.shape[0]:
+        raise ValueError(f"cluster: expected shape [{src.shape[0]}] to match src {tuple(src.shape)}, "
+                         f"got {tuple(cluster.shape)}")
+    if num_clusters is None:
+        num_clusters = int(cluster.max()) + 1 if cluster.numel() else 0
+    total = src.new_zeros((num_clusters,) + tuple(src.shape[1:])).index_add_(0, cluster, src)
+    count = torch.bincount(cluster, minlength=num_clusters).clamp(min=1).to(src.dtype)
+    return total / count.view((-1,) + (1,) * (src.ndim - 1))
+
+
+def coarsen_edge_index(edge_index: torch.Tensor, cluster: torch.Tensor, num_clusters: int | None = None) -> torch.Tensor:
+    """Edges between clusters: two clusters are adjacent if any of their members were.
+
+    Both ends go through ``cluster``; pairs inside one cluster are dropped, each pair is ordered
+    ``i < j`` and one ``unique`` over the 1-D key ``i * N' + j`` removes duplicates and sorts.
+
+    Example
+    -------
+    >>> coarsen_edge_index(torch.tensor([[0, 0, 1], [1, 2, 2]]), torch.tensor([0, 0, 1])).tolist()
+    [[0], [1]]
+    """
+    cluster = _as_long_tensor(cluster, edge_index.device, "cluster")
+    if num_clusters is None:
+        num_clusters = int(cluster.max()) + 1 if cluster.numel() else 0
+    a, b = cluster[edge_index[0]], cluster[edge_index[1]]
+    between = a != b
+    a, b = a[between], b[between]
+    key = torch.unique(torch.minimum(a, b) * num_clusters + torch.maximum(a, b))
+    return torch.stack([key // num_clusters, key % num_clusters])
+
+
+def canonical_cluster(cluster: torch.Tensor) -> torch.Tensor:
+    """Renumber a cluster vector ``0..N'-1`` in order of each cluster's smallest member.
+
+    Any partition that keeps images apart then satisfies the batching convention (clusters of one
+    image contiguous, images in order), which :func:`coarsen` requires.
+
+    Example
+    -------
+    >>> canonical_cluster(torch.tensor([5, 2, 5, 9])).tolist()
+    [0, 1, 0, 2]
+    """
+    cluster = _as_long_tensor(cluster, None, "cluster")
+    _, dense = torch.unique(cluster, return_inverse=True)
+    num = int(dense.max()) + 1 if dense.numel() else 0
+    nodes = torch.arange(cluster.numel(), device=cluster.device)
+    first = torch.full((num,), cluster.numel(), dtype=torch.int64, device=cluster.device)
+    first = first.scatter_reduce(0, dense, nodes, reduce="amin")
+    rank = torch.empty_like(first)
+    rank[torch.argsort(first)] = torch.arange(num, device=cluster.device)
+    return rank[dense]
+
+
+def check_cluster(graph: Graph, cluster) -> torch.Tensor:
+    """Validate a cluster vector for ``graph`` and return it as int64 on the graph's device.
+
+    Raises
+    ------
+    ValueError
+        Wrong length, ids not ``0..N'-1`` without gaps, a cluster spanning two images, or clusters not
+        numbered image by image (fix with :func:`canonical_cluster`).
+    """
+    cluster = _as_long_tensor(cluster, graph.device, "cluster")
+    if cluster.ndim != 1 or cluster.shape[0] != graph.num_nodes:
+        raise ValueError(f"cluster: expected shape [{graph.num_nodes}] (one id per node), got {tuple(cluster.shape)}")
+    if cluster.numel() == 0:
+        return cluster
+    if int(cluster.min()) < 0:
+        raise ValueError("cluster: ids must be >= 0")
+    num = int(cluster.max()) + 1
+    if bool((torch.bincount(cluster, minlength=num) == 0).any()):
+        raise ValueError("cluster: ids must be numbered 0..N'-1 with no gaps (see canonical_cluster)")
+    lo = torch.full((num,), graph.num_graphs, dtype=torch.int64, device=graph.device)
+    lo = lo.scatter_reduce(0, cluster, graph.batch, reduce="amin")
+    hi = torch.full((num,), -1, dtype=torch.int64, device=graph.device).scatter_reduce(
+        0, cluster, graph.batch, reduce="amax")
+    if bool((lo != hi).any()):
+        raise ValueError("cluster: a cluster contains nodes of different images; clusters must never cross images")
+    if bool((lo[1:] < lo[:-1]).any()):
+        raise ValueError("cluster: clusters must be numbered image by image, in image order "
+                         "(renumber with selab.graph.canonical_cluster)")
+    return cluster
+
+
+def coarsen(graph: Graph, cluster, x: torch.Tensor | None = None) -> Graph:
+    """The next level's graph: one node per cluster.
+
+    Parameters
+    ----------
+    graph : Graph
+        The current level.
+    cluster : torch.Tensor or np.ndarray
+        [N] int64 new node id of each node, ``0..N'-1`` with no gaps, never crossing images,
+        numbered image by image (see :func:`canonical_cluster`).
+    x : torch.Tensor, optional
+        [N,C] node features to average; default ``graph.x``. Average other states (h, m) with
+        :func:`scatter_mean` and the same ``cluster``.
+
+    Returns
+    -------
+    Graph
+        ``x`` = member mean, ``size`` = member sum, ``pos`` = size-weighted centroid, ``edge_index``
+        between clusters (no self loops or duplicates), ``assignment = cluster[assignment]`` and
+        ``superpixel_assignment = cluster[superpixel_assignment]``.
+
+    Example
+    -------
+    >>> g = graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]]))
+    >>> h = coarsen(g, torch.tensor([0, 1, 0]))
+    >>> h.num_nodes, h.edge_index.tolist(), h.assignment.tolist()
+    (2, [[0], [1]], [[[0, 0, 1], [0, 0, 1]]])
+    """
+    cluster = check_cluster(graph, cluster)
+    num = int(cluster.max()) + 1 if cluster.numel() else 0
+    if x is None:
+        x = graph.x
+    elif x.shape[0] != graph.num_nodes:
+        raise ValueError(f"x: expected {graph.num_nodes} rows (one per node), got {tuple(x.shape)}")
+    size = graph.size.new_zeros(num).index_add_(0, cluster, graph.size)
+    weighted = graph.pos.new_zeros(num, 2).index_add_(0, cluster, graph.pos * graph.size.unsqueeze(1))
+    pos = weighted / size.clamp(min=torch.finfo(size.dtype).tiny).unsqueeze(1)
+    batch = graph.batch.new_zeros(num).scatter_(0, cluster, graph.batch)
+    return Graph(
+        edge_index=coarsen_edge_index(graph.edge_index, cluster, num),
+        batch=batch,
+        pos=pos,
+        size=size,
+        assignment=cluster[graph.assignment],
+        x=scatter_mean(x, cluster, num) if x is not None else None,
+        superpixel_assignment=(cluster[graph.superpixel_assignment]
+                               if graph.superpixel_assignment is not None else None),
+    )
+
+
+def to_networkx(graph: Graph, image: int = 0, node_attrs: tuple[str, ...] = ()) -> nx.Graph:
+    """One image's graph as a networkx graph for drawing.
+
+    Nodes are numbered from 0 within the image; each has ``pos`` = (x=col, y=row), so
+    ``nx.draw(g, pos=nx.get_node_attributes(g, "pos"))`` overlays on ``plt.imshow(image)``,
+    ``size`` (pixels), ``global_id`` and any extra ``node_attrs`` named (e.g. ``("x",)``).
+
+    Example
+    -------
+    >>> g = to_networkx(graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]])))
+    >>> sorted(g.edges()), g.nodes[1]["pos"], g.nodes[1]["size"]
+    ([(0, 1), (0, 2), (1, 2)], (2.0, 0.5), 2.0)
+    """
+    if not 0 <= image < graph.num_graphs:
+        raise ValueError(f"image: expected an index in 0..{graph.num_graphs - 1}, got {image}")
+    part = unbatch(graph)[image] if graph.num_graphs > 1 else graph
+    offset = int(graph.ptr[image])
+    pos = part.pos.detach().cpu().numpy()
+    size = part.size.detach().cpu().numpy()
+    extra = {name: getattr(part, name).detach().cpu().numpy() for name in node_attrs}
+    out = nx.Graph()
+    out.add_nodes_from(
+        (i, {"pos": (float(pos[i, 1]), float(pos[i, 0])), "size": float(size[i]), "global_id": i + offset,
+             **{name: values[i] for name, values in extra.items()}})
+        for i in range(part.num_nodes)
+    )
+    out.add_edges_from(part.edge_index.detach().cpu().numpy().T.tolist())
+    return out
