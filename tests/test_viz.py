@@ -1,0 +1,101 @@
+"""selab.viz: every drawing function draws what it is given and rejects malformed input."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from selab import viz
+from selab.classes import CLASS_COLORS
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_to_image_accepts_the_three_layouts():
+    hwc = np.random.default_rng(0).random((5, 6, 3)).astype(np.float32)
+    assert np.allclose(viz.to_image(torch.from_numpy(hwc).permute(2, 0, 1)), hwc)
+    assert np.allclose(viz.to_image((hwc * 255).astype(np.uint8)), hwc, atol=1 / 255)
+    assert viz.to_image(hwc[..., 0]).shape == (5, 6, 3)
+    with pytest.raises(ValueError, match="image"):
+        viz.to_image(np.zeros((4, 5, 2)))
+
+
+def test_draw_graph_puts_one_segment_per_edge_at_col_row():
+    pos = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])  # (row, col)
+    edge_index = np.array([[0, 1], [1, 2]])
+    ax = viz.draw_graph(edge_index, pos, edge_values=[0.25, 0.75])
+    lines = ax.collections[0]
+    segments = np.asarray(lines.get_segments())
+    assert segments.shape == (2, 2, 2)
+    assert np.allclose(segments[0], [[1.0, 0.0], [3.0, 2.0]])  # x = col, y = row
+    assert np.allclose(lines.get_array(), [0.25, 0.75])
+
+
+def test_draw_graph_rejects_mismatched_inputs():
+    pos = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="edge_values"):
+        viz.draw_graph([[0], [1]], pos, edge_values=[0.1, 0.2])
+    with pytest.raises(ValueError, match="edge_index"):
+        viz.draw_graph([[0], [7]], pos)
+    with pytest.raises(ValueError, match="pos"):
+        viz.draw_graph([[0], [1]], np.zeros((3, 3)))
+
+
+def test_paint_nodes_copies_node_values_to_their_pixels():
+    labels = np.array([[0, 0, 1], [2, 2, 1]])
+    ax = viz.paint_nodes(labels, torch.tensor([5.0, 6.0, 7.0]))
+    assert np.array_equal(ax.images[0].get_array(), [[5, 5, 6], [7, 7, 6]])
+    with pytest.raises(ValueError, match="node_values"):
+        viz.paint_nodes(labels, [1.0, 2.0])
+
+
+def test_draw_partition_gives_each_part_one_colour_and_white_borders():
+    assignment = np.array([[0, 0, 0, 1, 1, 1]] * 3)
+    shown = viz.draw_partition(assignment).images[0].get_array()
+    left, right = shown[1, 0], shown[1, 5]
+    assert not np.allclose(left, right)
+    assert np.allclose(shown[:, 2], 1.0) and not np.allclose(shown[:, 3], 1.0)  # one-pixel borders
+
+
+def test_draw_segmentation_uses_class_colours():
+    shown = viz.draw_segmentation(np.array([[1, 2]])).images[0].get_array()
+    assert np.allclose(shown[0, 0], CLASS_COLORS[1] / 255.0)
+    assert np.allclose(shown[0, 1], CLASS_COLORS[2] / 255.0)
+
+
+def test_draw_mh_trace_marks_accepted_and_rejected():
+    ax = viz.draw_mh_trace([3.0, 2.0, 2.5, 1.0], [True, True, False, True], current_energy=[3, 2, 2, 1])
+    accepted, rejected = ax.collections[:2]
+    assert len(accepted.get_offsets()) == 3 and len(rejected.get_offsets()) == 1
+    with pytest.raises(ValueError, match="accepted"):
+        viz.draw_mh_trace([1.0, 2.0], [True])
+
+
+def test_hierarchy_layout_places_parents_at_the_mean_of_their_children():
+    pos = np.array([[0, 0.0], [0, 2.0], [0, 4.0], [0, 10.0]])
+    xs = viz.hierarchy_layout([np.array([0, 0, 1, 1]), np.array([0, 0])], pos)
+    assert [len(x) for x in xs] == [4, 2, 1]
+    assert np.allclose(xs[1], [1.0, 7.0]) and np.allclose(xs[2], [4.0])
+    ax = viz.draw_hierarchy([np.array([0, 0, 1, 1]), np.array([0, 0])], pos)
+    assert len(ax.collections[0].get_segments()) == 4 + 2
+
+
+def test_edge_histogram_splits_by_target():
+    ax = viz.draw_edge_histogram([0.1, 0.9, 0.8, 0.2], target=[0, 1, 1, 0], bins=2)
+    heights = [patch.get_height() for patch in ax.patches]
+    assert sum(heights) == 4
+
+
+def test_demo_image_resizes_the_longer_side():
+    image = viz.demo_image("astronaut", 64)
+    assert image.shape == (64, 64, 3) and 0.0 <= image.min() and image.max() <= 1.0
+    with pytest.raises(ValueError, match="name"):
+        viz.demo_image("no_such_photo")
