@@ -1,0 +1,886 @@
+r"""Structure evolution: merge probabilities, a Metropolis-Hastings graph sampler, multi-level graphs.
+
+Implements the part of the Structure-evolving LSTM (Liang et al., "Interpretable Structure-Evolving
+LSTM", CVPR 2017) that is new over Graph LSTM: after a Graph LSTM layer, every edge gets a merge
+probability from the layer's gate outputs; candidate structures switch edges on independently with
+those probabilities, the cliques are the connected components of the switched-on edges, and a
+Metropolis-Hastings (MH) independence sampler accepts or rejects each candidate against a target
+:math:`\pi(z) \propto \exp(-E(\mathrm{partition}(z)) / T)`. The accepted partition is coarsened into
+the next, higher-level graph (merged nodes take the mean of their f, h and m).
+
+The SE-LSTM text that fixes these details is not available; every choice here is a selab decision
+(PAPER.md, "Where selab decides") with a named option. The defaults reproduce selab's reading of the
+paper's configuration: ``MergeProbability(source="forget_gates")`` (decision 1), independent edge
+proposals without a budget (decision 2), ``PartitionEnergy(distance="tv", beta=0.5)`` (decision 3),
+``StructureEvolution(mode="mh", num_proposals=8, temperature=1.0)`` in training and the deterministic
+``eval_mode="greedy"`` (``p > 0.5``) at test time (decisions 4 and 6). ``mode="none"`` gives a plain
+Graph LSTM (no merging).
+
+The chain's state is a set of switched-on edges ``z`` (bool ``[E]``); its partition is the connected
+components of ``z``. Because the proposal is an independence sampler, all proposals of a layer can be
+drawn, clustered and scored at once; only the scalar accept/reject loop over proposals is sequential.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Optional, Union
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "MergeProbability",
+    "merge_target",
+    "merge_loss",
+    "node_label_histogram",
+    "node_majority_labels",
+    "candidate_edges",
+    "proposal_log_prob",
+    "propose",
+    "Proposal",
+    "connected_components",
+    "PartitionEnergy",
+    "metropolis_hastings",
+    "MHStep",
+    "MHTrace",
+    "greedy_merge",
+    "coarse_confidence",
+    "StructureEvolution",
+    "EvolutionTrace",
+    "EvolutionOutput",
+    "evolve",
+]
+
+Budget = Optional[Union[int, float]]
+
+
+# --------------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------------
+def _check_edge_index(edge_index: Tensor, name: str = "edge_index") -> None:
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(edge_index).__name__}")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"{name} must have shape [2, E], got {tuple(edge_index.shape)}")
+    if edge_index.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an integer tensor, got {edge_index.dtype}")
+
+
+def _check_merge_prob(merge_prob: Tensor, num_edges: int) -> None:
+    if not isinstance(merge_prob, Tensor):
+        raise TypeError(f"merge_prob must be a torch.Tensor, got {type(merge_prob).__name__}")
+    if merge_prob.shape != (num_edges,):
+        raise ValueError(
+            f"merge_prob must have shape [E] = [{num_edges}] (one per edge), got {tuple(merge_prob.shape)}"
+        )
+    if merge_prob.numel() and (merge_prob.min() < 0 or merge_prob.max() > 1 or torch.isnan(merge_prob).any()):
+        raise ValueError("merge_prob must hold probabilities in [0, 1]")
+
+
+def _num_nodes_of(edge_index: Tensor, num_nodes: Optional[int]) -> int:
+    if num_nodes is not None:
+        if edge_index.numel() and int(edge_index.max()) >= num_nodes:
+            raise ValueError(f"edge_index refers to node {int(edge_index.max())} but num_nodes={num_nodes}")
+        return int(num_nodes)
+    return int(edge_index.max()) + 1 if edge_index.numel() else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# merge probabilities and their supervision
+# --------------------------------------------------------------------------------------------------
+class MergeProbability(nn.Module):
+    r"""Merge probability of every edge from a Graph LSTM layer's outputs.
+
+    selab decision (PAPER.md decision 1): with ``source="forget_gates"`` (default),
+    :math:`p_{ij} = \sigma(w \cdot (\bar g^f_{ij} + \bar g^f_{ji}) / 2 + b)`, from the adaptive forget
+    gates of both directions (the one pairwise gate output of the layer), symmetric in i and j.
+    ``source="hidden"`` uses :math:`|h_i - h_j|` instead (also symmetric).
+
+    Parameters
+    ----------
+    hidden_channels : int
+        Width H of the gate outputs / hidden states.
+    source : {"forget_gates", "hidden"}
+        Which layer output the compatibility is read from.
+
+    Example
+    -------
+    >>> mp = MergeProbability(16)
+    >>> p = mp(edge_forget=torch.rand(2, 5, 16))
+    >>> p.shape
+    torch.Size([5])
+    """
+
+    def __init__(self, hidden_channels: int, source: str = "forget_gates"):
+        super().__init__()
+        if not isinstance(hidden_channels, int) or hidden_channels <= 0:
+            raise ValueError(f"hidden_channels must be a positive int, got {hidden_channels!r}")
+        if source not in ("forget_gates", "hidden"):
+            raise ValueError(f"source must be 'forget_gates' or 'hidden', got {source!r}")
+        self.hidden_channels = hidden_channels
+        self.source = source
+        self.linear = nn.Linear(hidden_channels, 1)
+
+    def forward(
+        self,
+        edge_forget: Optional[Tensor] = None,
+        h: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Return ``p [E]`` in (0, 1), differentiable (it gets an L2 loss)."""
+        if self.source == "forget_gates":
+            if edge_forget is None:
+                raise ValueError("edge_forget [2, E, H] is required when source='forget_gates'")
+            if edge_forget.dim() != 3 or edge_forget.shape[0] != 2 or edge_forget.shape[2] != self.hidden_channels:
+                raise ValueError(
+                    f"edge_forget must have shape [2, E, {self.hidden_channels}], got {tuple(edge_forget.shape)}"
+                )
+            compat = 0.5 * (edge_forget[0] + edge_forget[1])
+        else:
+            if h is None or edge_index is None:
+                raise ValueError("h [N, H] and edge_index [2, E] are required when source='hidden'")
+            _check_edge_index(edge_index)
+            compat = (h[edge_index[0]] - h[edge_index[1]]).abs()
+        return torch.sigmoid(self.linear(compat).squeeze(-1))
+
+
+def merge_target(edge_index: Tensor, node_labels: Tensor) -> Tensor:
+    """L2 target of the merge probabilities: 1.0 where both ends have the same (majority) label.
+
+    Example
+    -------
+    >>> merge_target(torch.tensor([[0, 1], [1, 2]]), torch.tensor([3, 3, 0]))
+    tensor([1., 0.])
+    """
+    _check_edge_index(edge_index)
+    if not isinstance(node_labels, Tensor) or node_labels.dim() != 1:
+        raise ValueError("node_labels must be a 1-D tensor [N] of class ids")
+    return (node_labels[edge_index[0]] == node_labels[edge_index[1]]).float()
+
+
+def merge_loss(merge_prob: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error between merge probabilities and targets (the paper's L2 loss)."""
+    if merge_prob.shape != target.shape:
+        raise ValueError(f"merge_prob {tuple(merge_prob.shape)} and target {tuple(target.shape)} differ")
+    if merge_prob.numel() == 0:
+        return merge_prob.sum()
+    return torch.mean((merge_prob - target.to(merge_prob.dtype)) ** 2)
+
+
+def node_label_histogram(mask: Tensor, assignment: Tensor, num_nodes: int, num_classes: int = 7) -> Tensor:
+    """Pixel count of every class in every node: ``[N, K]`` float.
+
+    ``mask`` and ``assignment`` are ``[B, H, W]`` (or ``[H, W]``) int64; ``assignment`` holds global
+    node ids of the level. Pixels with a label outside ``0..K-1`` (ignore values) are not counted.
+    """
+    if mask.shape != assignment.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} and assignment {tuple(assignment.shape)} must match")
+    labels = mask.reshape(-1).long()
+    nodes = assignment.reshape(-1).long().to(labels.device)
+    if nodes.numel() and (nodes.min() < 0 or nodes.max() >= num_nodes):
+        raise ValueError(f"assignment must hold node ids in 0..{num_nodes - 1}")
+    valid = (labels >= 0) & (labels < num_classes)
+    flat = nodes[valid] * num_classes + labels[valid]
+    hist = torch.bincount(flat, minlength=num_nodes * num_classes)
+    return hist.reshape(num_nodes, num_classes).float()
+
+
+def node_majority_labels(mask: Tensor, assignment: Tensor, num_nodes: int, num_classes: int = 7) -> Tensor:
+    """Majority ground-truth label of every node: LongTensor ``[N]`` (ties: the smaller class id).
+
+    Example
+    -------
+    >>> mask = torch.tensor([[[0, 1, 1]]]); assignment = torch.tensor([[[0, 0, 1]]])
+    >>> node_majority_labels(mask, assignment, 2)
+    tensor([0, 1])
+    """
+    return node_label_histogram(mask, assignment, num_nodes, num_classes).argmax(dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# proposals
+# --------------------------------------------------------------------------------------------------
+def candidate_edges(merge_prob: Tensor, budget: Budget = None, edge_graph: Optional[Tensor] = None) -> Tensor:
+    """Edges that a proposal may switch on (bool ``[E]``): all, or the top-k most probable.
+
+    selab decision (merge budget, PAPER.md decision 2): an int ``budget`` keeps the ``budget`` most
+    probable edges, a float in (0, 1] keeps that fraction of the edges; with ``edge_graph [E]`` (the
+    image of each edge) the budget applies per image. Other edges are always off.
+    """
+    num_edges = merge_prob.numel()
+    if budget is None:
+        return torch.ones(num_edges, dtype=torch.bool, device=merge_prob.device)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise TypeError(f"merge_budget must be None, an int (top-k) or a float fraction, got {budget!r}")
+    if isinstance(budget, float) and not 0.0 < budget <= 1.0:
+        raise ValueError(f"merge_budget as a fraction must be in (0, 1], got {budget}")
+    if isinstance(budget, int) and budget < 0:
+        raise ValueError(f"merge_budget as a count must be >= 0, got {budget}")
+    p = merge_prob.detach()
+    if edge_graph is None:
+        edge_graph = torch.zeros(num_edges, dtype=torch.long, device=p.device)
+    if num_edges == 0:
+        return torch.zeros(0, dtype=torch.bool, device=p.device)
+    num_graphs = int(edge_graph.max()) + 1
+    per_graph = torch.bincount(edge_graph, minlength=num_graphs)
+    if isinstance(budget, float):
+        keep = torch.ceil(per_graph.double() * budget).long()
+    else:
+        keep = torch.clamp(per_graph, max=budget)
+    # rank of each edge within its image by decreasing p (stable: ties keep the lower edge id)
+    order = torch.argsort(p, descending=True, stable=True)
+    order = order[torch.argsort(edge_graph[order], stable=True)]
+    starts = torch.cumsum(per_graph, 0) - per_graph
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(num_edges, device=p.device) - starts[edge_graph[order]]
+    return rank < keep[edge_graph]
+
+
+def _edge_log_terms(merge_prob: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """log p and log(1 - p) per edge, in float64; non-candidate edges are 'always off' (log 1, log 0)."""
+    p = merge_prob.detach().double()
+    log_on = torch.where(candidates, torch.log(p), torch.full_like(p, -math.inf))
+    log_off = torch.where(candidates, torch.log1p(-p), torch.zeros_like(p))
+    return log_on, log_off
+
+
+def proposal_log_prob(edges_on: Tensor, merge_prob: Tensor, candidates: Optional[Tensor] = None) -> float:
+    """log q(z) of an edge state under the independent-edge proposal (float, may be -inf).
+
+    q(z) = prod_e p_e^z_e (1 - p_e)^(1 - z_e) over candidate edges; non-candidates must be off.
+    """
+    if candidates is None:
+        candidates = torch.ones_like(edges_on, dtype=torch.bool)
+    log_on, log_off = _edge_log_terms(merge_prob, candidates)
+    return float(torch.where(edges_on, log_on, log_off).sum())
+
+
+class Proposal(NamedTuple):
+    """One proposed structure: switched-on edges, its partition and log q."""
+
+    edges_on: Tensor
+    cluster: Tensor
+    log_q: float
+
+
+def _draw_edges(merge_prob: Tensor, candidates: Tensor, num: int, generator: Optional[torch.Generator]) -> Tensor:
+    u = torch.rand((num, merge_prob.numel()), generator=generator, device=merge_prob.device, dtype=torch.float64)
+    return (u < merge_prob.detach().double()) & candidates
+
+
+def propose(
+    edge_index: Tensor,
+    merge_prob: Tensor,
+    num_nodes: Optional[int] = None,
+    merge_budget: Budget = None,
+    generator: Optional[torch.Generator] = None,
+) -> Proposal:
+    """Switch each (candidate) edge on independently with its merge probability.
+
+    The cliques are the connected components of the switched-on edges.
+
+    Example
+    -------
+    >>> ei = torch.tensor([[0, 1], [1, 2]])
+    >>> propose(ei, torch.tensor([1.0, 0.0])).cluster
+    tensor([0, 0, 1])
+    """
+    _check_edge_index(edge_index)
+    _check_merge_prob(merge_prob, edge_index.shape[1])
+    num_nodes = _num_nodes_of(edge_index, num_nodes)
+    candidates = candidate_edges(merge_prob, merge_budget)
+    edges_on = _draw_edges(merge_prob, candidates, 1, generator)[0]
+    cluster = connected_components(edge_index, edges_on, num_nodes)
+    return Proposal(edges_on, cluster, proposal_log_prob(edges_on, merge_prob, candidates))
+
+
+# --------------------------------------------------------------------------------------------------
+# connected components
+# --------------------------------------------------------------------------------------------------
+def _components_numpy(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.ndarray:
+    """Component id per node, numbered 0.. in the order of each component's smallest node."""
+    if num_nodes == 0:
+        return np.zeros(0, dtype=np.int64)
+    ones = np.ones(rows.shape[0], dtype=np.int8)
+    adj = scipy.sparse.coo_matrix((ones, (rows, cols)), shape=(num_nodes, num_nodes)).tocsr()
+    _, labels = scipy.sparse.csgraph.connected_components(adj, directed=False)
+    # canonical numbering (by smallest member) so that clusters of a batch keep the images' order
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty_like(first)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.shape[0])
+    return rank[inverse].astype(np.int64)
+
+
+def connected_components(edge_index: Tensor, edges_on: Optional[Tensor] = None, num_nodes: Optional[int] = None) -> Tensor:
+    """Cluster id per node of the connected components of the switched-on edges (LongTensor ``[N]``).
+
+    Ids run 0..N'-1 in the order of each component's smallest node, so in a batch (images contiguous)
+    clusters never cross images and keep the images' order. Runs in scipy.sparse.csgraph on the CPU;
+    the result follows ``edge_index``'s device.
+
+    Example
+    -------
+    >>> connected_components(torch.tensor([[0, 2], [1, 3]]), torch.tensor([True, False]), 4)
+    tensor([0, 0, 1, 2])
+    """
+    _check_edge_index(edge_index)
+    num_nodes = _num_nodes_of(edge_index, num_nodes)
+    if edges_on is None:
+        edges_on = torch.ones(edge_index.shape[1], dtype=torch.bool, device=edge_index.device)
+    if edges_on.shape != (edge_index.shape[1],) or edges_on.dtype != torch.bool:
+        raise ValueError(f"edges_on must be a bool tensor [E] = [{edge_index.shape[1]}], got "
+                         f"{edges_on.dtype} {tuple(edges_on.shape)}")
+    ei = edge_index[:, edges_on].cpu().numpy()
+    return torch.from_numpy(_components_numpy(ei[0], ei[1], num_nodes)).to(edge_index.device)
+
+
+def _components_many(edge_index: Tensor, edges_on: Tensor, num_nodes: int) -> Tensor:
+    """Connected components of S edge states at once (one sparse graph of S disjoint copies): ``[S, N]``."""
+    num_states = edges_on.shape[0]
+    s_idx, e_idx = torch.nonzero(edges_on, as_tuple=True)
+    s_idx, e_idx = s_idx.cpu().numpy(), e_idx.cpu().numpy()
+    ei = edge_index.cpu().numpy()
+    rows = ei[0, e_idx] + s_idx * num_nodes
+    cols = ei[1, e_idx] + s_idx * num_nodes
+    labels = _components_numpy(rows, cols, num_states * num_nodes).reshape(num_states, num_nodes)
+    # canonical numbering is global; each copy's ids form a contiguous block, shift it to start at 0
+    labels = labels - labels.min(axis=1, keepdims=True) if num_nodes else labels
+    return torch.from_numpy(labels).to(edge_index.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# energy
+# --------------------------------------------------------------------------------------------------
+class PartitionEnergy:
+    r"""Energy of a partition: class disagreement inside cliques, minus a reward for merging.
+
+    selab decision (PAPER.md decision 3):
+
+    .. math::
+        E(c) = \sum_i w_i \, D(p_i, \bar p_{c(i)}) + \beta \cdot |\{\text{clusters}\}|,
+        \qquad \bar p_k = \frac{\sum_{c(i)=k} w_i p_i}{\sum_{c(i)=k} w_i}
+
+    with :math:`p_i` the node's predicted class distribution (prediction mode) or the one-hot of its
+    ground-truth label (training mode), :math:`w_i` the node's pixel size divided by the mean node
+    size of its image (so the disagreement is counted in "average nodes"), and D the total variation
+    (``distance="tv"``, in [0, 1]) or the squared Euclidean distance (``distance="sq"``). Merging two
+    average nodes with different labels costs 1 (tv) and gains ``beta``: with ``beta < 1`` the
+    ground-truth energy prefers merging agreeing nodes only. The count of clusters per node is what
+    rewards merging. Evaluated with scatter ops, O(N K).
+
+    Parameters
+    ----------
+    node_prob : Tensor [N, K]
+        Class distribution per node (rows sum to 1), or ``None`` with ``node_labels``.
+    node_labels : Tensor [N], optional
+        Ground-truth (majority) label per node; overrides ``node_prob`` (training mode).
+    size : Tensor [N], optional
+        Pixel count per node; default all 1.
+    batch : Tensor [N], optional
+        Image of each node (for per-image size normalisation and :meth:`per_graph`).
+    beta : float
+        Reward per merge (cost per cluster).
+    distance : {"tv", "sq"}
+    num_classes : int, optional
+        K for one-hot labels (default: max label + 1).
+
+    Example
+    -------
+    >>> energy = PartitionEnergy(node_labels=torch.tensor([0, 0, 1]), beta=0.5)
+    >>> energy(torch.tensor([0, 1, 2])), energy(torch.tensor([0, 0, 1]))
+    (1.5, 1.0)
+    """
+
+    def __init__(
+        self,
+        node_prob: Optional[Tensor] = None,
+        node_labels: Optional[Tensor] = None,
+        size: Optional[Tensor] = None,
+        batch: Optional[Tensor] = None,
+        beta: float = 0.5,
+        distance: str = "tv",
+        num_classes: Optional[int] = None,
+    ):
+        if distance not in ("tv", "sq"):
+            raise ValueError(f"distance must be 'tv' or 'sq', got {distance!r}")
+        if not (isinstance(beta, (int, float)) and beta >= 0):
+            raise ValueError(f"beta must be a float >= 0, got {beta!r}")
+        if node_labels is not None:
+            if node_labels.dim() != 1:
+                raise ValueError(f"node_labels must be [N], got {tuple(node_labels.shape)}")
+            k = int(num_classes) if num_classes is not None else int(node_labels.max()) + 1 if node_labels.numel() else 1
+            prob = torch.nn.functional.one_hot(node_labels.long(), k).double()
+        elif node_prob is not None:
+            if node_prob.dim() != 2:
+                raise ValueError(f"node_prob must be [N, K], got {tuple(node_prob.shape)}")
+            prob = node_prob.detach().double()
+        else:
+            raise ValueError("PartitionEnergy needs node_prob [N, K] or node_labels [N]")
+        n = prob.shape[0]
+        device = prob.device
+        batch = torch.zeros(n, dtype=torch.long, device=device) if batch is None else batch.to(device).long()
+        if batch.shape != (n,):
+            raise ValueError(f"batch must be [N] = [{n}], got {tuple(batch.shape)}")
+        size = torch.ones(n, dtype=torch.float64, device=device) if size is None else size.detach().to(device).double()
+        if size.shape != (n,):
+            raise ValueError(f"size must be [N] = [{n}], got {tuple(size.shape)}")
+        self.num_graphs = int(batch.max()) + 1 if n else 1
+        mean_size = torch.zeros(self.num_graphs, dtype=torch.float64, device=device).index_add_(0, batch, size)
+        mean_size = mean_size / torch.bincount(batch, minlength=self.num_graphs).clamp(min=1)
+        self.prob, self.batch, self.beta, self.distance = prob, batch, float(beta), distance
+        self.weight = size / mean_size[batch].clamp(min=1e-12)
+
+    def per_graph_many(self, clusters: Tensor) -> Tensor:
+        """Energies of S partitions at once, per image: ``[S, B]`` float64 (cluster ids per row < N)."""
+        num_states, n = clusters.shape
+        k = self.prob.shape[1]
+        flat = (clusters.to(self.prob.device) + torch.arange(num_states, device=self.prob.device)[:, None] * n).reshape(-1)
+        w = self.weight.repeat(num_states)
+        p = self.prob.repeat(num_states, 1)
+        mass = torch.zeros(num_states * n, dtype=torch.float64, device=p.device).index_add_(0, flat, w)
+        total = torch.zeros(num_states * n, k, dtype=torch.float64, device=p.device).index_add_(0, flat, w[:, None] * p)
+        mean = total / mass.clamp(min=1e-12)[:, None]
+        diff = p - mean[flat]
+        dist = 0.5 * diff.abs().sum(1) if self.distance == "tv" else (diff**2).sum(1)
+        graph = (self.batch.repeat(num_states) + torch.arange(num_states, device=p.device).repeat_interleave(n) * self.num_graphs)
+        disagreement = torch.zeros(num_states * self.num_graphs, dtype=torch.float64, device=p.device)
+        disagreement.index_add_(0, graph, w * dist)
+        # clusters never cross images and are numbered in image order: count = max - min + 1 per image
+        hi = torch.full((num_states * self.num_graphs,), -1, dtype=torch.long, device=p.device)
+        lo = torch.full((num_states * self.num_graphs,), n, dtype=torch.long, device=p.device)
+        c = clusters.reshape(-1).to(p.device)
+        hi = hi.scatter_reduce(0, graph, c, "amax")
+        lo = lo.scatter_reduce(0, graph, c, "amin")
+        count = (hi - lo + 1).clamp(min=0).double()
+        return (disagreement + self.beta * count).reshape(num_states, self.num_graphs)
+
+    def per_graph(self, cluster: Tensor) -> Tensor:
+        """Energy per image ``[B]`` of one partition."""
+        return self.per_graph_many(cluster[None])[0]
+
+    def __call__(self, cluster: Tensor) -> float:
+        if cluster.shape != (self.prob.shape[0],):
+            raise ValueError(f"cluster must be [N] = [{self.prob.shape[0]}], got {tuple(cluster.shape)}")
+        return float(self.per_graph(cluster).sum())
+
+
+# --------------------------------------------------------------------------------------------------
+# Metropolis-Hastings
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class MHStep:
+    """One proposal of a chain: its edges, partition size, energy, log q, acceptance and decision."""
+
+    proposal_edges: Tensor
+    energy: float
+    log_q: float
+    alpha: float
+    accepted: bool
+    num_clusters: int
+
+
+@dataclass
+class MHTrace:
+    """Record of one chain: the initial state's energy and log q, then one :class:`MHStep` per proposal."""
+
+    initial_energy: float
+    initial_log_q: float
+    steps: list = field(default_factory=list)
+    edges_on: Optional[Tensor] = None
+    energy: float = float("nan")
+
+    @property
+    def acceptance_rate(self) -> float:
+        return float(np.mean([s.accepted for s in self.steps])) if self.steps else 0.0
+
+
+def _acceptance(log_pi_new: float, log_q_new: float, log_pi_cur: float, log_q_cur: float) -> float:
+    """alpha = min(1, pi(z') q(z) / (pi(z) q(z'))), in log space.
+
+    selab decision: when the current state has q(z) = 0 (e.g. "nothing on" while some p = 1) the
+    ratio is 0/0-like and the chain could never leave a state the proposal cannot produce; such a
+    state is transient for the independence sampler, so any proposal with pi > 0 is accepted.
+    """
+    if log_pi_new == -math.inf:
+        return 0.0
+    if log_q_cur == -math.inf:
+        return 1.0
+    log_ratio = (log_pi_new - log_pi_cur) + (log_q_cur - log_q_new)
+    return 1.0 if log_ratio >= 0 else math.exp(log_ratio)
+
+
+def _clusters_per_graph(clusters: Tensor, node_graph: Tensor, num_graphs: int) -> Tensor:
+    """Number of clusters per graph of S partitions ``[S, B]`` (ids canonical: contiguous per image)."""
+    num_states, n = clusters.shape
+    if n == 0:
+        return clusters.new_zeros(num_states, num_graphs)
+    index = node_graph.to(clusters.device).expand(num_states, n)
+    hi = clusters.new_full((num_states, num_graphs), -1).scatter_reduce(1, index, clusters, "amax")
+    lo = clusters.new_full((num_states, num_graphs), n).scatter_reduce(1, index, clusters, "amin")
+    return (hi - lo + 1).clamp(min=0)
+
+
+def _run_chains(
+    edge_index: Tensor,
+    merge_prob: Tensor,
+    num_nodes: int,
+    edge_graph: Tensor,
+    node_graph: Tensor,
+    num_graphs: int,
+    energies_of: Callable[[Tensor], Tensor],
+    num_steps: int,
+    temperature: float,
+    candidates: Tensor,
+    generator: Optional[torch.Generator],
+) -> tuple[Tensor, list[MHTrace]]:
+    """One independent MH chain per graph of a disjoint batch; all proposals drawn and scored at once.
+
+    ``energies_of(clusters [S, N]) -> [S, B]`` gives each partition's energy per graph. Returns the
+    final edge state ``[E]`` and one trace per graph.
+    """
+    device = merge_prob.device
+    log_on, log_off = _edge_log_terms(merge_prob, candidates)
+    proposals = _draw_edges(merge_prob, candidates, num_steps, generator)  # [S, E]
+    uniforms = torch.rand((num_steps, num_graphs), generator=generator, device=device, dtype=torch.float64)
+    states = torch.cat([torch.zeros_like(proposals[:1]), proposals])  # state 0 = nothing on
+    clusters = _components_many(edge_index, states, num_nodes)
+    energies = energies_of(clusters).double().cpu()  # [S+1, B]
+    edge_terms = torch.where(states, log_on, log_off)  # [S+1, E]
+    log_q = torch.zeros(num_steps + 1, num_graphs, dtype=torch.float64, device=device)
+    log_q.index_add_(1, edge_graph, edge_terms)
+    log_q = log_q.cpu()
+    cluster_count = _clusters_per_graph(clusters, node_graph, num_graphs).cpu()  # [S+1, B]
+    uniforms = uniforms.cpu()
+
+    traces = [MHTrace(float(energies[0, b]), float(log_q[0, b])) for b in range(num_graphs)]
+    # the accept/reject loop is inherently sequential over proposals but vectorised over nothing
+    # bigger than B scalars; proposals, components and energies were computed above in one go.
+    log_pi = (-energies / temperature).tolist()
+    log_q_list, energy_list = log_q.tolist(), energies.tolist()
+    count_list, uniform_list = cluster_count.tolist(), uniforms.tolist()
+    chosen_list = [0] * num_graphs
+    # each image's view of the proposals, sliced once (not per step)
+    own_edges = [states] if num_graphs == 1 else [states[:, edge_graph == b] for b in range(num_graphs)]
+    for s in range(1, num_steps + 1):
+        for b in range(num_graphs):
+            cur = chosen_list[b]
+            alpha = _acceptance(log_pi[s][b], log_q_list[s][b], log_pi[cur][b], log_q_list[cur][b])
+            accepted = uniform_list[s - 1][b] < alpha
+            if accepted:
+                chosen_list[b] = s
+            traces[b].steps.append(MHStep(own_edges[b][s], energy_list[s][b], log_q_list[s][b], alpha, accepted,
+                                          int(count_list[s][b])))
+    chosen = torch.tensor(chosen_list, dtype=torch.long, device=device)
+    final = states[chosen[edge_graph], torch.arange(edge_index.shape[1], device=device)]
+    for b in range(num_graphs):
+        traces[b].edges_on = final if num_graphs == 1 else final[edge_graph == b]
+        traces[b].energy = energy_list[chosen_list[b]][b]
+    return final, traces
+
+
+def metropolis_hastings(
+    edge_index: Tensor,
+    merge_prob: Tensor,
+    energy: Callable[[Tensor], float],
+    num_steps: int,
+    temperature: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+    num_nodes: Optional[int] = None,
+    merge_budget: Budget = None,
+) -> tuple[Tensor, MHTrace]:
+    r"""Sample a partition with a Metropolis-Hastings independence sampler over edge states.
+
+    The state is a bool edge vector z; its partition is the connected components of z; the target is
+    :math:`\pi(z) \propto \exp(-E(\mathrm{partition}(z)) / T)`; proposals switch each edge on
+    independently with its merge probability, :math:`q(z) = \prod_e p_e^{z_e}(1 - p_e)^{1 - z_e}`;
+    :math:`\alpha = \min(1, \pi(z') q(z) / (\pi(z) q(z')))`. The chain starts from "nothing on" and
+    runs ``num_steps`` proposals. With ``merge_budget`` only the top-k edges can be switched on (others
+    always off, and q is computed over the candidates only). Works on one graph or a disjoint batch
+    (as one chain; :class:`StructureEvolution` runs one chain per image).
+
+    Parameters
+    ----------
+    edge_index : LongTensor [2, E]
+    merge_prob : Tensor [E]
+        Merge probabilities (detached internally; sampling is not differentiable).
+    energy : callable
+        ``energy(cluster [N]) -> float``.
+    num_steps : int
+        Number of proposals.
+    temperature : float
+    generator : torch.Generator, optional
+        On ``merge_prob``'s device; a seeded generator reproduces the chain.
+
+    Returns
+    -------
+    cluster : LongTensor [N]
+        Partition of the final state.
+    trace : MHTrace
+        ``trace.steps[i]`` has ``proposal_edges`` (bool [E]), ``energy``, ``log_q``, ``alpha``,
+        ``accepted``.
+
+    Example
+    -------
+    >>> ei = torch.tensor([[0, 1], [1, 2]])
+    >>> energy = PartitionEnergy(node_labels=torch.tensor([0, 0, 1]))
+    >>> cluster, trace = metropolis_hastings(ei, torch.tensor([0.9, 0.1]), energy, 4,
+    ...                                      generator=torch.Generator().manual_seed(0))
+    >>> len(trace.steps)
+    4
+    """
+    _check_edge_index(edge_index)
+    _check_merge_prob(merge_prob, edge_index.shape[1])
+    if not callable(energy):
+        raise TypeError("energy must be a callable cluster [N] -> float")
+    if not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    n = _num_nodes_of(edge_index, num_nodes)
+    edge_graph = torch.zeros(edge_index.shape[1], dtype=torch.long, device=merge_prob.device)
+    candidates = candidate_edges(merge_prob, merge_budget)
+
+    def energies_of(clusters: Tensor) -> Tensor:
+        if isinstance(energy, PartitionEnergy):  # all proposals at once
+            return energy.per_graph_many(clusters).sum(1, keepdim=True)
+        return torch.tensor([[float(energy(c))] for c in clusters], dtype=torch.float64)
+
+    node_graph = torch.zeros(n, dtype=torch.long, device=merge_prob.device)
+    final, traces = _run_chains(edge_index.to(merge_prob.device), merge_prob, n, edge_graph, node_graph, 1, energies_of,
+                                num_steps, float(temperature), candidates, generator)
+    return connected_components(edge_index, final.to(edge_index.device), n), traces[0]
+
+
+def greedy_merge(
+    edge_index: Tensor,
+    merge_prob: Tensor,
+    num_nodes: Optional[int] = None,
+    threshold: float = 0.5,
+    merge_budget: Budget = None,
+    edge_graph: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """Deterministic merging: switch on edges with ``p > threshold`` (within the top-k budget, if any).
+
+    Returns ``(cluster [N], edges_on [E])``.
+
+    Example
+    -------
+    >>> greedy_merge(torch.tensor([[0, 1], [1, 2]]), torch.tensor([0.9, 0.2]))[0]
+    tensor([0, 0, 1])
+    """
+    _check_edge_index(edge_index)
+    _check_merge_prob(merge_prob, edge_index.shape[1])
+    n = _num_nodes_of(edge_index, num_nodes)
+    p = merge_prob.detach()
+    edges_on = (p > threshold) & candidate_edges(p, merge_budget, edge_graph)
+    return connected_components(edge_index, edges_on.to(edge_index.device), n), edges_on
+
+
+def coarse_confidence(node_class_prob: Tensor, size: Tensor, cluster: Tensor, num_clusters: Optional[int] = None) -> Tensor:
+    """Class confidences of the coarse nodes: the size-weighted mean over each clique ``[N', K]``.
+
+    The model computes the next level's update order from these.
+    """
+    if num_clusters is None:
+        num_clusters = int(cluster.max()) + 1 if cluster.numel() else 0
+    w = size.to(node_class_prob.dtype)
+    total = node_class_prob.new_zeros(num_clusters, node_class_prob.shape[1]).index_add_(0, cluster, w[:, None] * node_class_prob)
+    mass = node_class_prob.new_zeros(num_clusters).index_add_(0, cluster, w)
+    return total / mass.clamp(min=1e-12)[:, None]
+
+
+# --------------------------------------------------------------------------------------------------
+# the layer-level module
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class EvolutionTrace:
+    """What one evolution step did, per image (detached, for the notebooks).
+
+    ``chains[b]`` is the :class:`MHTrace` of image b (``None`` in greedy / none mode); ``edges_on`` the
+    final switched-on edges of the whole batch; node counts before/after per image.
+    """
+
+    mode: str
+    merge_prob: Tensor
+    edge_index: Tensor
+    edges_on: Tensor
+    cluster: Tensor
+    num_nodes_before: list
+    num_nodes_after: list
+    chains: list = field(default_factory=list)
+
+    @property
+    def merge_fraction(self) -> float:
+        """Fraction of nodes that disappeared by merging (over the whole batch)."""
+        before = sum(self.num_nodes_before)
+        return 1.0 - sum(self.num_nodes_after) / before if before else 0.0
+
+
+class EvolutionOutput(NamedTuple):
+    """Result of :class:`StructureEvolution`: the next level and the coarsened states."""
+
+    graph: object
+    cluster: Tensor
+    merge_prob: Tensor
+    trace: EvolutionTrace
+    h: Tensor
+    m: Tensor
+    confidence: Tensor
+
+
+class StructureEvolution(nn.Module):
+    """Merge probabilities + structure sampling + coarsening after one Graph LSTM layer.
+
+    Parameters
+    ----------
+    hidden_channels : int
+    mode : {"mh", "greedy", "none"}
+        Structure in training: MH sampling, deterministic thresholding, or no merging (Graph LSTM).
+    num_proposals : int
+        MH proposals per layer and image.
+    temperature : float
+    merge_budget : int or float, optional
+        Top-k edges (int) or fraction of edges (float) per image that may merge.
+    threshold : float
+        Greedy mode: merge edges with ``p > threshold``.
+    beta : float
+        Merge reward of the default energy (see :class:`PartitionEnergy`).
+    distance : {"tv", "sq"}
+    eval_mode : {"greedy", "mh", "none", None}
+        Mode in ``eval()``; selab decision (PAPER.md decision 6): deterministic by default, ``None``
+        uses ``mode``.
+    source : {"forget_gates", "hidden"}
+        Input of :class:`MergeProbability`.
+
+    Example
+    -------
+    >>> evo = StructureEvolution(64)  # doctest: +SKIP
+    >>> out = evo(graph, lstm_out, node_class_prob, node_labels=labels)  # doctest: +SKIP
+    >>> next_graph, cluster, merge_prob, trace = out[:4]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        hidden_channels: int,
+        mode: str = "mh",
+        num_proposals: int = 8,
+        temperature: float = 1.0,
+        merge_budget: Budget = None,
+        threshold: float = 0.5,
+        beta: float = 0.5,
+        distance: str = "tv",
+        eval_mode: Optional[str] = "greedy",
+        source: str = "forget_gates",
+    ):
+        super().__init__()
+        for name, value in (("mode", mode), ("eval_mode", eval_mode)):
+            if value not in ("mh", "greedy", "none") and not (name == "eval_mode" and value is None):
+                raise ValueError(f"{name} must be 'mh', 'greedy' or 'none', got {value!r}")
+        if not isinstance(num_proposals, int) or num_proposals < 0:
+            raise ValueError(f"num_proposals must be an int >= 0, got {num_proposals!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        candidate_edges(torch.zeros(1), merge_budget)  # validates the budget early
+        self.mode, self.eval_mode = mode, eval_mode
+        self.num_proposals, self.temperature = num_proposals, float(temperature)
+        self.merge_budget, self.threshold = merge_budget, float(threshold)
+        self.beta, self.distance = float(beta), distance
+        self.merge_probability = MergeProbability(hidden_channels, source=source)
+
+    def current_mode(self) -> str:
+        return self.mode if self.training or self.eval_mode is None else self.eval_mode
+
+    def sample(
+        self,
+        edge_index: Tensor,
+        merge_prob: Tensor,
+        batch: Tensor,
+        energy: PartitionEnergy,
+        generator: Optional[torch.Generator] = None,
+        mode: Optional[str] = None,
+    ) -> tuple[Tensor, Tensor, list]:
+        """Choose the partition: ``(cluster [N], edges_on [E], chains)``; one MH chain per image."""
+        mode = mode or self.current_mode()
+        n = batch.numel()
+        num_graphs = int(batch.max()) + 1 if n else 1
+        edge_graph = batch[edge_index[0]] if edge_index.numel() else batch.new_zeros(0)
+        if mode == "none":
+            edges_on = torch.zeros(edge_index.shape[1], dtype=torch.bool, device=edge_index.device)
+            return torch.arange(n, device=batch.device), edges_on, []
+        if mode == "greedy":
+            cluster, edges_on = greedy_merge(edge_index, merge_prob, n, self.threshold, self.merge_budget, edge_graph)
+            return cluster, edges_on, []
+        candidates = candidate_edges(merge_prob, self.merge_budget, edge_graph)
+        edges_on, chains = _run_chains(edge_index, merge_prob, n, edge_graph, batch, num_graphs, energy.per_graph_many,
+                                       self.num_proposals, self.temperature, candidates, generator)
+        return connected_components(edge_index, edges_on, n), edges_on, chains
+
+    def forward(
+        self,
+        graph,
+        lstm_output,
+        node_class_prob: Tensor,
+        node_labels: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        features: Optional[Tensor] = None,
+    ) -> EvolutionOutput:
+        """Evolve ``graph`` after a Graph LSTM layer.
+
+        Parameters
+        ----------
+        graph : selab.graph.Graph
+            This level (``edge_index``, ``batch``, ``size``, ``assignment``, optional ``x`` = f).
+        lstm_output : GraphLSTMOutput
+            With ``.h [N, H]``, ``.m [N, H]``, ``.edge_forget [2, E, H]``.
+        node_class_prob : Tensor [N, K]
+            Predicted class distribution per node (energy in prediction mode; coarse confidences).
+        node_labels : LongTensor [N], optional
+            Ground-truth majority labels: energy in ground-truth mode (training).
+        generator : torch.Generator, optional
+        features : Tensor [N, C], optional
+            The layer input f to coarsen (default ``graph.x``).
+
+        Returns
+        -------
+        EvolutionOutput
+            ``(graph, cluster, merge_prob, trace, h, m, confidence)``: the next level's Graph (its
+            ``x`` is the mean f), the clusters, the differentiable merge probabilities, the trace,
+            the mean h and m, and the coarse (size-weighted mean) class confidences.
+        """
+        from selab.graph import coarsen, scatter_mean
+
+        edge_index, batch = graph.edge_index, graph.batch
+        n = batch.numel()
+        if node_class_prob.shape[0] != n:
+            raise ValueError(f"node_class_prob must have {n} rows (one per node), got {tuple(node_class_prob.shape)}")
+        if node_labels is not None and node_labels.shape != (n,):
+            raise ValueError(f"node_labels must be [N] = [{n}], got {tuple(node_labels.shape)}")
+        merge_prob = self.merge_probability(edge_forget=lstm_output.edge_forget, h=lstm_output.h, edge_index=edge_index)
+        mode = self.current_mode()
+        energy = None
+        if mode == "mh":
+            energy = PartitionEnergy(
+                node_prob=node_class_prob, node_labels=node_labels, size=graph.size, batch=batch,
+                beta=self.beta, distance=self.distance, num_classes=node_class_prob.shape[1],
+            )
+        cluster, edges_on, chains = self.sample(edge_index, merge_prob, batch, energy, generator, mode)
+        num_clusters = int(cluster.max()) + 1 if n else 0
+        f = graph.x if features is None else features
+        next_graph = coarsen(graph, cluster, x=f)
+        h = scatter_mean(lstm_output.h, cluster, num_clusters)
+        m = scatter_mean(lstm_output.m, cluster, num_clusters)
+        confidence = coarse_confidence(node_class_prob, graph.size, cluster, num_clusters)
+        num_graphs = int(batch.max()) + 1 if n else 0
+        before = torch.bincount(batch, minlength=num_graphs).tolist()
+        after = torch.bincount(batch.new_zeros(num_clusters).index_copy_(0, cluster, batch), minlength=num_graphs).tolist()
+        trace = EvolutionTrace(mode, merge_prob.detach(), edge_index, edges_on, cluster, before, after, chains)
+        return EvolutionOutput(next_graph, cluster, merge_prob, trace, h, m, confidence)
+
+
+def evolve(graph, lstm_output, node_class_prob, module: StructureEvolution, **kwargs) -> EvolutionOutput:
+    """Functional shorthand for ``module(graph, lstm_output, node_class_prob, **kwargs)``."""
+    return module(graph, lstm_output, node_class_prob, **kwargs)
