@@ -1,0 +1,104 @@
+"""Fixtures for the browser tests: one JupyterLab and one headless Chromium per session.
+
+JupyterLab serves a temporary copy of ``notebooks/`` (runs never write into the repo) from a
+temporary HOME with its own workspaces and settings; Chromium is Debian's, driven by Playwright's
+bundled driver (never ``playwright install``). Screenshots and the server log go to
+``runs/browser/<timestamp>/`` (git-ignored). Every process started here is stopped by its handle.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from jlab import CHROMIUM_ARGS, CHROMIUM_CANDIDATES, BrowserErrors, JupyterLab, Screenshots, find_chromium, \
+    prepare_notebook_copy
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO / "notebooks"
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Debian's chromium (``ensure_chromium.sh`` installs it); skip, saying why, when there is none."""
+    path = find_chromium()
+    if path is None:
+        tried = os.environ.get("SELAB_CHROMIUM") or ", ".join(CHROMIUM_CANDIDATES)
+        pytest.skip(f"browser tests need Chromium: no chromium executable found (tried {tried}); "
+                    "run `bash tests/browser/ensure_chromium.sh` as root or set SELAB_CHROMIUM")
+    return path
+
+
+@pytest.fixture(scope="session")
+def run_dir() -> Path:
+    """``runs/browser/<timestamp>/``: screenshots of each step and the JupyterLab log."""
+    base = Path(os.environ.get("SELAB_BROWSER_RUNS", REPO / "runs" / "browser"))
+    directory = base / time.strftime("%Y%m%d-%H%M%S")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def lab_root(tmp_path_factory) -> Path:
+    """A temporary copy of the repo's notebooks (and any files beside them) for JupyterLab to run."""
+    root = tmp_path_factory.mktemp("lab_root")
+    if NOTEBOOKS.is_dir():
+        for source in NOTEBOOKS.iterdir():
+            if source.suffix == ".ipynb":
+                prepare_notebook_copy(source, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def lab(chromium_path, lab_root, run_dir, tmp_path_factory):
+    """A JupyterLab server for the whole session, stopped by its handle at the end."""
+    state = tmp_path_factory.mktemp("lab_state")
+    extra_env = {}
+    # The kernels run in a temp dir: tell them where the repo's data lives.
+    pascal = Path(os.environ.get("SELAB_PASCAL_ROOT",
+                                 REPO.parent / "shared" / "data" / "pascal_person_part"))
+    extra_env["SELAB_PASCAL_ROOT"] = str(pascal)
+    server = JupyterLab.start(root=lab_root, state_dir=state, log_path=run_dir / "jupyterlab.log",
+                              env=extra_env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    """Headless Chromium through Playwright, closed (and the driver stopped) at the end."""
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=chromium_path, headless=True,
+                                              args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context and page; ``page.selab_errors`` collects console and page errors."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        new_page = context.new_page()
+        new_page.set_default_timeout(60_000)
+        new_page.selab_errors = BrowserErrors().attach(new_page)
+        yield new_page
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def shots(run_dir) -> Screenshots:
+    return Screenshots(run_dir)

@@ -1,0 +1,398 @@
+"""Drive JupyterLab in headless Chromium: a server, a browser, and a notebook a test can click through.
+
+The browser tests open selab's notebooks in a real JupyterLab and use the widgets as a person would,
+because a widget that works in a kernel can still break in the browser (a missing lab extension, a
+callback that raises, an Output that never redraws). This module holds the moving parts; the tests
+in ``test_*.py`` say what must happen. The selectors and pitfalls are the ones measured in
+``../shared/BROWSER_TESTING.md`` (JupyterLab 4.6, ipywidgets 8.1).
+
+Example
+-------
+>>> lab = JupyterLab.start(root=tmp_dir, log_path=run_dir / "jupyterlab.log")  # doctest: +SKIP
+>>> notebook = Notebook(page, lab, "01_superpixel_graphs.ipynb", shots=Screenshots(run_dir))  # doctest: +SKIP
+>>> notebook.open(); notebook.run_all()  # doctest: +SKIP
+>>> notebook.assert_no_errors()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+VISIBLE_NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+KERNEL_IDLE = '.jp-StatusBar-TextItem:text-matches("[|] Idle$")'
+
+# Browser console lines that are noise here, not failures (BROWSER_TESTING.md, pitfall 6).
+CONSOLE_NOISE = re.compile(
+    r"dev/shm|dbus|not trusted|Failed to load resource|favicon|"
+    r"ERR_CONNECTION_REFUSED|net::ERR_|WebSocket connection to .* failed",
+    re.IGNORECASE,
+)
+
+
+def find_chromium() -> str | None:
+    """The Chromium executable to drive, or None; ``SELAB_CHROMIUM`` overrides the search."""
+    override = os.environ.get("SELAB_CHROMIUM")
+    candidates = (override,) if override else CHROMIUM_CANDIDATES
+    for candidate in candidates:
+        found = shutil.which(candidate) if candidate else None
+        if found:
+            return found
+    return None
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_lab_settings(settings_dir: Path) -> None:
+    """User settings that make runs deterministic.
+
+    No news/update toast covering the page (pitfall 3), and every cell kept in the DOM
+    (``windowingMode: none``) so that prompts and outputs of cells below the fold can be read.
+    """
+    files = {
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+        },
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    }
+    for relative, content in files.items():
+        path = settings_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content))
+
+
+def prepare_notebook_copy(source: Path, target_dir: Path) -> Path:
+    """Copy a notebook for JupyterLab to run, with the ``python3`` kernelspec set (pitfall 4)."""
+    notebook = json.loads(source.read_text())
+    notebook.setdefault("metadata", {})["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    target = target_dir / source.name
+    target.write_text(json.dumps(notebook, indent=1))
+    return target
+
+
+@dataclass
+class JupyterLab:
+    """A JupyterLab server on a free local port, serving ``root``, with its own HOME and settings."""
+
+    process: subprocess.Popen
+    url: str
+    root: Path
+    log_path: Path
+    _log_file: object = None
+
+    @classmethod
+    def start(cls, root: Path, state_dir: Path, log_path: Path, env: dict | None = None,
+              timeout: float = 90.0) -> "JupyterLab":
+        """Start the server and wait until ``/lab`` answers; stop it again if it never does."""
+        home, workspaces, settings = state_dir / "home", state_dir / "workspaces", state_dir / "settings"
+        for directory in (home, workspaces, settings):
+            directory.mkdir(parents=True, exist_ok=True)
+        write_lab_settings(settings)
+        port = free_port()
+        command = [
+            sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+            "--ip", "127.0.0.1", "--port", str(port), "--port-retries", "0",
+            f"--ServerApp.root_dir={root}",
+            "--IdentityProvider.token=", "--ServerApp.password=",
+            "--ServerApp.disable_check_xsrf=True",
+            f"--LabApp.workspaces_dir={workspaces}",
+            f"--LabApp.user_settings_dir={settings}",
+            "--LabApp.news_url=",
+            "--ServerApp.open_browser=False",
+        ]
+        environment = {
+            **os.environ,
+            "HOME": str(home),
+            "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
+            "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+            "IPYTHONDIR": str(home / ".ipython"),
+            "MPLCONFIGDIR": str(home / ".matplotlib"),
+            # Keep the kernel polite on a shared 2-core machine.
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+            **(env or {}),
+        }
+        log_file = open(log_path, "w")
+        process = subprocess.Popen(command, cwd=root, env=environment, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
+        lab = cls(process=process, url=f"http://127.0.0.1:{port}", root=root, log_path=log_path,
+                  _log_file=log_file)
+        try:
+            lab._wait_ready(timeout)
+        except BaseException:
+            lab.stop()
+            raise
+        return lab
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited with {self.process.returncode} before it "
+                                   f"answered; log:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/lab", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"JupyterLab did not answer at {self.url}/lab within {timeout:.0f} s; "
+                           f"log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        self._log_file.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def running_kernels(self) -> list[dict]:
+        with urllib.request.urlopen(f"{self.url}/api/kernels", timeout=5) as response:
+            return json.loads(response.read())
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server by its handle; SIGTERM makes it shut its kernels down first."""
+        try:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(timeout=timeout)
+        finally:
+            if self._log_file and not self._log_file.closed:
+                self._log_file.close()
+
+
+@dataclass
+class Screenshots:
+    """Numbered screenshots of each step, written into one run folder."""
+
+    directory: Path
+    taken: list[Path] = field(default_factory=list)
+
+    def take(self, page, name: str, locator=None) -> Path:
+        path = self.directory / f"{len(self.taken) + 1:02d}_{name}.png"
+        (locator.screenshot if locator is not None else page.screenshot)(path=str(path))
+        self.taken.append(path)
+        return path
+
+
+@dataclass
+class BrowserErrors:
+    """Console errors and uncaught page errors seen by one page."""
+
+    messages: list[str] = field(default_factory=list)
+
+    def attach(self, page) -> "BrowserErrors":
+        page.on("pageerror", lambda error: self.messages.append(f"pageerror: {error}"))
+        page.on("console", self._on_console)
+        return self
+
+    def _on_console(self, message) -> None:
+        if message.type == "error" and not CONSOLE_NOISE.search(message.text):
+            self.messages.append(f"console.error: {message.text}")
+
+    def assert_none(self) -> None:
+        assert not self.messages, "browser reported errors:\n" + "\n".join(self.messages)
+
+
+def _tail(text: str, chars: int = 1500) -> str:
+    """The end of a traceback, where the exception and the user's frame are."""
+    return text if len(text) <= chars else "..." + text[-chars:]
+
+
+def _label_regex(description: str) -> re.Pattern:
+    """A widget description, matched whole, case-insensitive, with an optional trailing ':'."""
+    return re.compile(rf"^\s*{re.escape(description)}\s*:?\s*$", re.IGNORECASE)
+
+
+class Notebook:
+    """One notebook opened in JupyterLab; the steps a person takes, each waiting for its effect."""
+
+    def __init__(self, page, lab: JupyterLab, name: str, shots: Screenshots,
+                 cell_timeout_ms: float = 120_000):
+        self.page, self.lab, self.name, self.shots = page, lab, name, shots
+        self.cell_timeout_ms = cell_timeout_ms
+        self.panel = page.locator(VISIBLE_NOTEBOOK)
+
+    # --- opening and running -------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the notebook alone (``?reset`` drops any restored layout) and wait for an idle kernel."""
+        self.page.goto(f"{self.lab.url}/lab/tree/{self.name}?reset")
+        self.panel.wait_for(state="visible", timeout=60_000)
+        current_tab = self.page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current "
+                                        ".lm-TabBar-tabLabel")
+        current_tab.filter(has_text=self.name).wait_for(timeout=30_000)
+        self.wait_kernel_idle(60_000)
+
+    def wait_kernel_idle(self, timeout_ms: float | None = None) -> None:
+        # The toolbar's idle indicator says idle before a kernel exists (pitfall 1): use the status bar.
+        self.page.locator(KERNEL_IDLE).wait_for(timeout=timeout_ms or self.cell_timeout_ms)
+
+    def run_all(self) -> None:
+        """Run All Cells from the menu and wait until every code cell ran or execution stopped."""
+        self.page.locator('.lm-MenuBar-itemLabel:text-is("Run")').click()
+        self.page.locator('.lm-Menu-itemLabel:text-is("Run All Cells")').click()
+        total = self.panel.locator(".jp-CodeCell").count()
+        self.page.wait_for_function(
+            """([selector, total]) => {
+                const panel = document.querySelector(selector);
+                if (!panel) return false;
+                const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+                    .map(p => p.textContent.trim());
+                const busy = prompts.some(p => p.includes('*'));
+                const done = prompts.filter(p => /\\[\\d+\\]/.test(p)).length;
+                const errors = panel.querySelectorAll(
+                    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length;
+                return !busy && (done === total || errors > 0);
+            }""",
+            arg=[VISIBLE_NOTEBOOK, total],
+            timeout=self.cell_timeout_ms * max(total, 1),
+            polling=250,
+        )
+        self.wait_kernel_idle()
+        self.assert_all_cells_ran(total)
+
+    def cell_prompts(self) -> list[str]:
+        return [text.strip() for text in
+                self.panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()]
+
+    def assert_all_cells_ran(self, total: int | None = None) -> None:
+        prompts = self.cell_prompts()
+        not_run = [i for i, prompt in enumerate(prompts) if not re.search(r"\[\d+\]", prompt)]
+        assert not not_run, (f"{self.name}: code cells {not_run} did not run (prompts {prompts});"
+                             f" errors: {self.error_outputs()}")
+
+    # --- errors ----------------------------------------------------------------------------------
+    def error_outputs(self) -> list[str]:
+        """Tracebacks anywhere in the notebook: cell outputs and Output widgets alike.
+
+        JupyterLab renders an error output as ``application/vnd.jupyter.stderr``; plain stderr
+        (warnings, progress bars) counts only when it holds a traceback or a widget error.
+        """
+        texts = self.panel.locator(
+            '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+        ).all_inner_texts()
+        widget_errors = self.panel.locator(".jupyter-widgets").filter(
+            has_text=re.compile(r"Error displaying widget|Error rendering", re.I)).all_inner_texts()
+        return [text for text in texts
+                if re.search(r"Traceback|Error\b|Exception\b", text)] + widget_errors
+
+    def log_console_count(self) -> int:
+        """Messages JupyterLab logged for this notebook: kernel output that belongs to no cell, such as
+        a widget callback that raised outside any Output widget. The status bar shows their number."""
+        item = self.page.locator(".jp-LogConsoleStatusItem")
+        if item.count() == 0:
+            return 0
+        numbers = re.findall(r"\d+", item.first.inner_text())
+        return int(numbers[0]) if numbers else 0
+
+    def log_console_messages(self) -> list[str]:
+        """Open JupyterLab's log console (from its status-bar item) and read what it holds."""
+        if self.log_console_count() == 0:
+            return []
+        self.page.locator(".jp-LogConsoleStatusItem").first.click()
+        entries = self.page.locator(".jp-LogConsolePanel .jp-OutputArea-output")
+        entries.first.wait_for(timeout=10_000)
+        return [text.strip() for text in entries.all_inner_texts()]
+
+    def assert_no_errors(self) -> None:
+        errors = self.error_outputs()
+        assert not errors, f"{self.name}: error output:\n" + "\n---\n".join(map(_tail, errors))
+        logged = self.log_console_messages()
+        assert not logged, (f"{self.name}: JupyterLab's log console holds output that belongs to no "
+                            "cell (a widget callback printed or raised):\n" + "\n---\n".join(map(_tail, logged)))
+
+    # --- widgets ---------------------------------------------------------------------------------
+    def widget(self, kind: str, description: str):
+        """The ipywidget of CSS class ``kind`` (e.g. ``widget-slider``) whose description matches."""
+        label = self.page.locator(".widget-label", has_text=_label_regex(description))
+        return self.panel.locator(f".jp-OutputArea .{kind}", has=label).first
+
+    def slider(self, description: str):
+        return self.widget("widget-slider", description)
+
+    def slider_value(self, description: str) -> str:
+        """The slider's readout, as a person reads it (e.g. ``"2"``)."""
+        return self.slider(description).locator(".widget-readout").inner_text().strip()
+
+    def move_slider(self, description: str, steps: int = 1) -> str:
+        """Move a slider by keyboard (ArrowRight/ArrowLeft ``|steps|`` times); returns its new readout."""
+        slider = self.slider(description)
+        handle = slider.locator('[role="slider"]')
+        before = handle.get_attribute("aria-valuenow")
+        handle.focus()
+        for _ in range(abs(steps)):
+            handle.press("ArrowRight" if steps > 0 else "ArrowLeft")
+        self.page.wait_for_function(
+            "([el, before]) => el.getAttribute('aria-valuenow') !== before",
+            arg=[handle.element_handle(), before], timeout=10_000)
+        return self.slider_value(description)
+
+    def dropdown(self, description: str):
+        return self.widget("widget-dropdown", description).locator("select")
+
+    def dropdown_options(self, description: str) -> list[str]:
+        return [text.strip() for text in self.dropdown(description).locator("option").all_inner_texts()]
+
+    def pick(self, description: str, option: str) -> None:
+        """Pick a dropdown option by its visible label."""
+        self.dropdown(description).select_option(label=option)
+
+    def image_sources(self, scope=None) -> list[str]:
+        """``src`` of every image (figure) in ``scope`` (a locator) or in the whole notebook."""
+        root = scope if scope is not None else self.panel
+        return root.locator("img").evaluate_all("images => images.map(i => i.src)")
+
+    def wait_images_change(self, before: list[str], scope=None, timeout_ms: float | None = None
+                           ) -> list[str]:
+        """Wait until the images in ``scope`` differ from ``before`` and the kernel is idle again."""
+        root = scope if scope is not None else self.panel
+        root.locator("img").first.wait_for(timeout=timeout_ms or self.cell_timeout_ms)
+        deadline = time.monotonic() + (timeout_ms or self.cell_timeout_ms) / 1000
+        while time.monotonic() < deadline:
+            now = self.image_sources(scope)
+            if now and now != before:
+                self.wait_kernel_idle()
+                # An Output widget redraws by clear + display: read again once the kernel is idle.
+                return self.image_sources(scope)
+            self.page.wait_for_timeout(100)
+        raise AssertionError(f"{self.name}: images did not change within "
+                             f"{(timeout_ms or self.cell_timeout_ms) / 1000:.0f} s")
+
+    def texts(self, selector: str) -> list[str]:
+        return [text.strip() for text in self.panel.locator(selector).all_inner_texts()]
+
+    def screenshot(self, step: str, locator=None) -> Path:
+        return self.shots.take(self.page, f"{Path(self.name).stem}_{step}", locator)
