@@ -220,11 +220,11 @@ def adjacency(labels):
         key = torch.unique(torch.minimum(a, b) * n + torch.maximum(a, b))
         return torch.stack([key // n, key % n])
     lab = labels.astype(np.int64, copy=False)
-    a = np.concatenate([lab[..., :, :-1].ravel(), lab[..., :-1, :].ravel()])
-    b = np.concatenate([lab[..., :, 1:].ravel(), lab[..., 1:, :].ravel()])
-    # Most neighbouring pixels share a label; dropping them first keeps the sort small.
-    boundary = a != b
-    a, b = a[boundary], b[boundary]
+    left, right, up, down = lab[..., :, :-1], lab[..., :, 1:], lab[..., :-1, :], lab[..., 1:, :]
+    # Most neighbouring pixels share a label; keeping only boundary pairs keeps the sort small.
+    across, along = left != right, up != down
+    a = np.concatenate([left[across], up[along]])
+    b = np.concatenate([right[across], down[along]])
     if a.size == 0:
         return np.empty((2, 0), dtype=np.int64)
     n = int(lab.max()) + 1
@@ -299,20 +299,22 @@ def pool_to_nodes(features: torch.Tensor, labels, num_nodes: int | None = None) 
     elif lab.numel() and int(lab.max()) >= num_nodes:
         raise ValueError(f"labels: ids must be < num_nodes={num_nodes}, got max {int(lab.max())}")
     channels = features.shape[-3]
-    # [C,H,W] or [B,C,H,W] -> [P,C], pixel order matching lab.reshape(-1)
     index = lab.reshape(-1)
-    pixels = features.movedim(-3, -1).reshape(index.numel(), channels)
     dtype, device = features.dtype, features.device
-    count = torch.zeros(num_nodes, dtype=dtype, device=device).index_add_(
-        0, index, torch.ones(index.numel(), dtype=dtype, device=device))
-    total = torch.zeros(num_nodes, channels, dtype=dtype, device=device).index_add_(0, index, pixels)
+    # [C,P] keeps a [C,H,W] input a free view; index_add_ along pixels is the fastest CPU layout measured.
+    pixels = (features if features.ndim == 3 else features.transpose(0, 1)).reshape(channels, index.numel())
+    total = torch.zeros(channels, num_nodes, dtype=dtype, device=device).index_add_(1, index, pixels)
+    # counts and centroids need no gradient: integer / weighted bincount is cheaper than index_add_
+    count = torch.bincount(index, minlength=num_nodes).to(dtype)
     height, width = lab.shape[-2:]
-    rows = torch.arange(height, dtype=dtype, device=device).view(height, 1).expand(lab.shape[-2:])
-    cols = torch.arange(width, dtype=dtype, device=device).view(1, width).expand(lab.shape[-2:])
-    coords = torch.stack([rows, cols], dim=-1).expand(*lab.shape, 2).reshape(-1, 2)
-    pos_total = torch.zeros(num_nodes, 2, dtype=dtype, device=device).index_add_(0, index, coords)
-    denom = count.clamp(min=1).unsqueeze(1)
-    return NodePooling(x=total / denom, count=count, pos=pos_total / denom)
+    images = index.numel() // (height * width)
+    rows = torch.arange(height, dtype=torch.float64, device=device).repeat_interleave(width).repeat(images)
+    cols = torch.arange(width, dtype=torch.float64, device=device).repeat(height * images)
+    pos_total = torch.stack([torch.bincount(index, weights=rows, minlength=num_nodes),
+                             torch.bincount(index, weights=cols, minlength=num_nodes)], dim=1)
+    denom = count.clamp(min=1)
+    return NodePooling(x=(total / denom).t().contiguous(), count=count,
+                       pos=(pos_total / denom.to(torch.float64).unsqueeze(1)).to(dtype))
 
 
 def unpool_to_pixels(x: torch.Tensor, labels) -> torch.Tensor:
