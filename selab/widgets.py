@@ -34,7 +34,54 @@ from matplotlib.figure import Figure
 
 from selab import viz
 
-__all__ = ["FigureApp", "SuperpixelExplorer"]
+__all__ = ["ORDERS", "update_order", "FigureApp", "SuperpixelExplorer", "UpdateOrderExplorer"]
+
+#: The update orders the explorers offer, by name (the paper's Graph LSTM ablations plus a baseline).
+ORDERS = ("confidence", "bfs", "dfs", "random")
+
+
+def update_order(
+    name: str,
+    edge_index: Any,
+    pos: Any,
+    confidence: Any | None = None,
+    batch: Any | None = None,
+    seed: int = 0,
+) -> "torch.Tensor":
+    """Rank ``[N]`` of every node in the update order called ``name`` (one of :data:`ORDERS`).
+
+    ``confidence`` is the paper's confidence-driven order (foreground first, most confident first);
+    ``bfs`` and ``dfs`` start at the most confident node when ``confidence`` is given (the paper's
+    "BFS/DFS (confidence)"), else at the left-most node ("location"); ``random`` uses ``seed``.
+
+    Example
+    -------
+    >>> import torch
+    >>> update_order("bfs", torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0.0, 0], [0, 1], [0, 2]])).tolist()
+    [0, 1, 2]
+    """
+    import torch
+
+    from selab import orders
+
+    edge_index = torch.as_tensor(edge_index, dtype=torch.long)
+    pos = torch.as_tensor(pos, dtype=torch.float32)
+    num_nodes = pos.shape[0]
+    batch = torch.zeros(num_nodes, dtype=torch.long) if batch is None else torch.as_tensor(batch)
+    if confidence is not None:
+        confidence = torch.as_tensor(confidence, dtype=torch.float32)
+    if name == "confidence":
+        if confidence is None:
+            raise ValueError("confidence: the confidence order needs node confidences [N, K]")
+        return orders.confidence_order(confidence, pos, batch)
+    if name in ("bfs", "dfs"):
+        start = (orders.most_confident_node(confidence, batch, pos) if confidence is not None
+                 else orders.leftmost_node(pos, batch))
+        traverse = orders.bfs_order if name == "bfs" else orders.dfs_order
+        return traverse(edge_index, start, batch, num_nodes)
+    if name == "random":
+        return orders.random_order(batch, generator=torch.Generator().manual_seed(seed))
+    raise ValueError(f"name: expected one of {ORDERS}, got {name!r}")
 
 
 class FigureApp:
@@ -175,3 +222,148 @@ class SuperpixelExplorer(FigureApp):
                             title=f"{self.state['num_nodes']} superpixels")
         viz.show_image(self.source, ax=right, title=f"region graph: {self.state['num_edges']} edges")
         viz.draw_graph(self.state["edge_index"], self.state["pos"], ax=right, node_size=4, linewidth=0.7)
+
+
+class UpdateOrderExplorer(FigureApp):
+    """A Graph LSTM layer's update order, its wavefront levels and the gates of one node.
+
+    Controls: ``"order"`` (one of :data:`ORDERS`) and ``"node"`` (the node whose gates are shown).
+    State: ``order``, ``num_levels``, ``node``, ``node_rank``, ``node_level``, ``degree``,
+    ``neighbours_before`` (neighbours updated before the node: their *new* state enters its update),
+    the node's mean ``input_gate`` / ``forget_gate`` / ``output_gate``, and the arrays ``rank [N]``,
+    ``levels [N]``, ``neighbours [d]`` and ``neighbour_forget [d]`` (mean adaptive forget gate
+    ḡ^f_ij of the node for each neighbour j).
+
+    Parameters
+    ----------
+    image : array
+        The image the superpixels come from.
+    labels : int array [H, W]
+        Superpixel ids 0..N-1.
+    confidence : float array [N, K], optional
+        Node class confidences (drive the confidence order and the BFS/DFS start node).
+    layer : GraphLSTM, optional
+        The layer to run; default an untrained ``GraphLSTM(C, 16)`` seeded with ``seed``.
+    x : float tensor [N, C], optional
+        Node features; default the mean colour and the normalised centroid of each superpixel.
+
+    Example
+    -------
+    >>> from selab.superpixels import slic
+    >>> image = viz.demo_image("astronaut", 64)
+    >>> app = UpdateOrderExplorer(image, slic(image, 60))
+    >>> app.controls["order"].value = "dfs"
+    >>> app.state["num_levels"] > 1
+    True
+    """
+
+    def __init__(
+        self,
+        image: Any,
+        labels: Any,
+        confidence: Any | None = None,
+        layer: Any | None = None,
+        x: Any | None = None,
+        order: str = "confidence",
+        node: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        import torch
+
+        from selab.graph import graph_from_superpixels
+        from selab.graph_lstm import GraphLSTM
+        from selab.superpixels import pool_to_nodes
+
+        self.source = viz.to_image(image)
+        self.labels = viz.to_numpy(labels).astype(np.int64)
+        self.graph = graph_from_superpixels(self.labels)
+        self.seed = seed
+        num_nodes = self.graph.num_nodes
+        self.confidence = None if confidence is None else torch.as_tensor(confidence, dtype=torch.float32)
+        if self.confidence is not None and self.confidence.shape[0] != num_nodes:
+            raise ValueError(f"confidence: expected {num_nodes} rows (one per node), got {self.confidence.shape[0]}")
+        if x is None:
+            colour = pool_to_nodes(torch.from_numpy(self.source).permute(2, 0, 1), self.labels).x
+            x = torch.cat([colour, self.graph.pos / max(self.labels.shape)], dim=1)
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+        if layer is None:
+            torch.manual_seed(seed)
+            layer = GraphLSTM(self.x.shape[1], 16)
+        self.layer = layer
+        if order == "confidence" and self.confidence is None:
+            order = "bfs"
+        if node is None:  # the node nearest the image centre
+            centre = torch.tensor(self.labels.shape, dtype=torch.float32) / 2
+            node = int(((self.graph.pos - centre) ** 2).sum(1).argmin())
+        options = [name for name in ORDERS if name != "confidence" or self.confidence is not None]
+        self.controls = {
+            "order": widgets.Dropdown(options=options, value=order, description="order"),
+            "node": widgets.IntSlider(value=node, min=0, max=num_nodes - 1, description="node",
+                                      continuous_update=False),
+        }
+        super().__init__(figsize=(12.0, 3.6))
+
+    def compute(self) -> dict[str, Any]:
+        import torch
+
+        order = self.controls["order"].value
+        node = int(self.controls["node"].value)
+        edge_index = self.graph.edge_index
+        rank = update_order(order, edge_index, self.graph.pos, self.confidence, self.graph.batch, self.seed)
+        with torch.no_grad():
+            out = self.layer(self.x, edge_index, rank)
+        # the node's incident edges, and which row of edge_forget holds *its* gate for the neighbour
+        at_source, at_target = edge_index[0] == node, edge_index[1] == node
+        incident = torch.nonzero(at_source | at_target).flatten()
+        neighbours = torch.where(at_source[incident], edge_index[1, incident], edge_index[0, incident])
+        row = torch.where(at_source[incident], 0, 1)
+        neighbour_forget = out.edge_forget[row, incident].mean(dim=1)
+        return {
+            "order": order,
+            "num_levels": out.num_levels,
+            "node": node,
+            "node_rank": int(rank[node]),
+            "node_level": int(out.levels[node]),
+            "degree": int(neighbours.numel()),
+            "neighbours_before": int((rank[neighbours] < rank[node]).sum()),
+            "input_gate": float(out.gates["input"][node].mean()),
+            "forget_gate": float(out.gates["forget"][node].mean()),
+            "output_gate": float(out.gates["output"][node].mean()),
+            "rank": rank.numpy(),
+            "levels": out.levels.numpy(),
+            "neighbours": neighbours.numpy(),
+            "neighbour_forget": neighbour_forget.numpy(),
+        }
+
+    def draw(self, figure: Figure) -> None:
+        state = self.state
+        ranks, levels, local, bars = figure.subplots(1, 4, width_ratios=[1, 1, 1, 0.8])
+        pos = viz.to_numpy(self.graph.pos)
+        viz.paint_nodes(self.labels, state["rank"], ax=ranks, cmap="viridis",
+                        title=f"{state['order']} order (rank)", colorbar="rank")
+        viz.paint_nodes(self.labels, state["levels"], ax=levels, cmap="turbo",
+                        title=f"{state['num_levels']} wavefront levels", colorbar="level")
+        for ax in (ranks, levels):
+            ax.scatter(pos[state["node"], 1], pos[state["node"], 0], marker="*", s=120, c="white",
+                       edgecolors="black", zorder=4)
+        # the chosen node and its neighbours: edges coloured by the node's adaptive forget gate
+        node, neighbours = state["node"], state["neighbours"]
+        viz.draw_boundaries(self.source, self.labels, ax=local, alpha=0.35,
+                            title=f"node {node}: rank {state['node_rank']}, level {state['node_level']}")
+        star = np.stack([np.full_like(neighbours, node), neighbours])
+        viz.draw_graph(star, pos, ax=local, edge_values=state["neighbour_forget"], vmin=None, vmax=None,
+                       edge_cmap="magma", linewidth=3, node_size=0, colorbar="ḡᶠ (mean)")
+        before = state["rank"][neighbours] < state["node_rank"]
+        local.scatter(pos[neighbours, 1], pos[neighbours, 0], c=np.where(before, "lime", "red"), s=25,
+                      zorder=4, edgecolors="black")
+        radius = 1.6 * np.abs(pos[neighbours] - pos[node]).max() if len(neighbours) else 10
+        local.set_xlim(pos[node, 1] - radius, pos[node, 1] + radius)
+        local.set_ylim(pos[node, 0] + radius, pos[node, 0] - radius)
+        names = ["input gᵘ", "forget gᶠ", "output gᵒ"] + [f"ḡᶠ → {j}" for j in neighbours]
+        values = [state["input_gate"], state["forget_gate"], state["output_gate"], *state["neighbour_forget"]]
+        colors = ["tab:blue"] * 3 + [("tab:green" if b else "tab:red") for b in before]
+        bars.barh(np.arange(len(values)), values, color=colors)
+        bars.set_yticks(np.arange(len(values)), names, fontsize="small")
+        bars.invert_yaxis()
+        bars.set_xlim(0, 1)
+        bars.set_title("gates (green: updated before)", fontsize="small")
