@@ -1,0 +1,257 @@
+"""Tests for selab.data: loaders and their errors, transforms, the superpixel cache, collate."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selab import data
+from selab.data import (
+    ColorJitter, ImageMaskFolder, PascalPersonParts, RandomHorizontalFlip, RandomPersonCrop, RandomRotation,
+    Resize, SuperpixelCache, SyntheticPersonParts, WithSuperpixels, collate, eval_transform, make_dataset,
+    train_transform,
+)
+
+
+def _write_pair(root, sample_id, size=(12, 16), labels=None, image_dir="JPEGImages", mask_dir="SegmentationPart",
+                suffix=".jpg"):
+    rng = np.random.default_rng(len(sample_id))
+    (root / image_dir).mkdir(parents=True, exist_ok=True)
+    (root / mask_dir).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / image_dir / f"{sample_id}{suffix}")
+    if labels is None:
+        labels = np.zeros(size, np.uint8)
+        labels[2:8, 4:10] = rng.integers(1, 7, (6, 6))
+    Image.fromarray(np.asarray(labels, np.uint8)).save(root / mask_dir / f"{sample_id}.png")
+
+
+def _pascal(tmp_path, ids=("a", "b"), split="train"):
+    for sample_id in ids:
+        _write_pair(tmp_path, sample_id)
+    (tmp_path / f"{split}_id.txt").write_text("".join(f"{i}\n" for i in ids))
+    return tmp_path
+
+
+# --- loaders ---------------------------------------------------------------------------------------
+def test_pascal_layout_loads(tmp_path):
+    ds = PascalPersonParts(_pascal(tmp_path), "train")
+    sample = ds[1]
+    assert len(ds) == 2 and sample["id"] == "b"
+    assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, 12, 16)
+    assert sample["mask"].dtype == torch.int64 and sample["mask"].shape == (12, 16)
+    assert len(PascalPersonParts(tmp_path, "train", limit=1)) == 1
+
+
+def test_missing_split_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="val_id.txt"):
+        PascalPersonParts(_pascal(tmp_path), "val")
+
+
+def test_id_without_file_names_the_file(tmp_path):
+    root = _pascal(tmp_path)
+    (root / "train_id.txt").write_text("a\nghost\n")
+    with pytest.raises(FileNotFoundError, match="ghost.jpg"):
+        PascalPersonParts(root, "train")
+    (root / "JPEGImages" / "ghost.jpg").write_bytes((root / "JPEGImages" / "a.jpg").read_bytes())
+    with pytest.raises(FileNotFoundError, match="ghost.png"):
+        PascalPersonParts(root, "train")
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    root = _pascal(tmp_path)
+    (root / "JPEGImages" / "b.jpg").write_bytes(b"not a jpeg at all")
+    ds = PascalPersonParts(root, "train")
+    ds[0]
+    with pytest.raises(ValueError, match="b.jpg"):
+        ds[1]
+
+
+def test_mask_size_differing_from_image_names_both(tmp_path):
+    root = _pascal(tmp_path)
+    Image.fromarray(np.zeros((12, 15), np.uint8)).save(root / "SegmentationPart" / "a.png")
+    with pytest.raises(ValueError, match=r"a\.png.*a\.jpg|same size"):
+        PascalPersonParts(root, "train")[0]
+
+
+def test_label_out_of_range_names_the_file(tmp_path):
+    root = _pascal(tmp_path)
+    labels = np.zeros((12, 16), np.uint8)
+    labels[0, 0] = 7
+    Image.fromarray(labels).save(root / "SegmentationPart" / "b.png")
+    with pytest.raises(ValueError, match=r"b\.png.*out of range"):
+        PascalPersonParts(root, "train")[1]
+
+
+def test_colour_mask_is_rejected(tmp_path):
+    root = _pascal(tmp_path)
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(root / "SegmentationPart" / "a.png")
+    with pytest.raises(ValueError, match="single-channel"):
+        PascalPersonParts(root, "train")[0]
+
+
+def test_image_mask_folder_pairs_by_stem(tmp_path):
+    for sample_id in ("x", "y"):
+        _write_pair(tmp_path, sample_id, image_dir="images", mask_dir="masks", suffix=".png")
+    ds = ImageMaskFolder(tmp_path / "images", tmp_path / "masks")
+    assert ds.ids == ["x", "y"] and ds[0]["image"].shape == (3, 12, 16)
+    assert ImageMaskFolder(tmp_path, split="train").ids == ["x", "y"]  # root/images + root/masks
+    with pytest.raises(FileNotFoundError, match="val"):
+        ImageMaskFolder(tmp_path, split="val")  # no split folder or list: no silent reuse of train
+    (tmp_path / "val_id.txt").write_text("y\n")
+    assert ImageMaskFolder(tmp_path, split="val").ids == ["y"]
+    os.remove(tmp_path / "masks" / "x.png")
+    with pytest.raises(FileNotFoundError, match="x.png"):
+        ImageMaskFolder(tmp_path / "images", tmp_path / "masks")
+
+
+# --- transforms ------------------------------------------------------------------------------------
+def _sample_with_superpixels(size=(60, 80), index=0):
+    sample = SyntheticPersonParts(index + 1, size, seed=7)[index]
+    # Superpixels equal to the mask (shifted): after any transform each superpixel must still
+    # cover exactly one class, which holds only if both maps moved together.
+    sample["superpixels"] = sample["mask"] * 3 + 5
+    return sample
+
+
+def _moved_together(sample):
+    sp, mask = sample["superpixels"], sample["mask"]
+    ids = torch.unique(sp)
+    assert torch.equal(ids, torch.arange(len(ids)))  # renumbered 0..N-1
+    classes_per_superpixel = torch.zeros(len(ids), 7, dtype=torch.bool)
+    classes_per_superpixel[sp.flatten(), mask.flatten()] = True
+    return bool((classes_per_superpixel.sum(1) == 1).all())
+
+
+def test_resize_is_deterministic_and_moves_labels():
+    out = Resize(32)(_sample_with_superpixels())
+    assert out["image"].shape == (3, 32, 32) and out["mask"].shape == (32, 32) and out["superpixels"].shape == (32, 32)
+    assert out["mask"].dtype == torch.int64 and _moved_together(out)
+    assert torch.equal(out["image"], Resize(32)(_sample_with_superpixels())["image"])
+    assert set(out["mask"].unique().tolist()) <= set(_sample_with_superpixels()["mask"].unique().tolist())
+
+
+@pytest.mark.parametrize("rotation", [0.0, 15.0])
+def test_train_transform_moves_all_label_maps_together(rotation):
+    generator = torch.Generator().manual_seed(1)
+    transform = train_transform(48, rotation=rotation, generator=generator)
+    for index in range(4):
+        out = transform(_sample_with_superpixels(index=index))
+        assert out["image"].shape == (3, 48, 48) and _moved_together(out)
+        assert 0 <= float(out["image"].min()) and float(out["image"].max()) <= 1
+
+
+def test_person_crop_keeps_every_person_pixel():
+    sample = _sample_with_superpixels()
+    crop = RandomPersonCrop(context_range=(1.05, 1.5), jitter=0.0, generator=torch.Generator().manual_seed(0))
+    for _ in range(5):
+        out = crop(sample)
+        assert int((out["mask"] > 0).sum()) == int((sample["mask"] > 0).sum())
+        assert out["image"].shape[1:] == out["mask"].shape and out["image"].shape[1] <= 60
+
+
+def test_flip_twice_is_identity_and_rotation_by_zero_keeps_labels():
+    sample = _sample_with_superpixels()
+    flip = RandomHorizontalFlip(p=1.0)
+    once = flip(sample)
+    assert torch.equal(once["mask"], sample["mask"].flip(-1))
+    assert torch.equal(flip(once)["image"], sample["image"])
+    still = RandomRotation(0.0)(sample)
+    assert torch.equal(still["mask"], sample["mask"])
+
+
+def test_colour_jitter_changes_only_the_image():
+    sample = _sample_with_superpixels()
+    out = ColorJitter(0.5, 0.5, 0.5, generator=torch.Generator().manual_seed(3))(sample)
+    assert torch.equal(out["mask"], sample["mask"]) and not torch.equal(out["image"], sample["image"])
+    assert 0 <= float(out["image"].min()) and float(out["image"].max()) <= 1
+
+
+def test_fast_renumbering_matches_superpixels_relabel():
+    from selab.superpixels import relabel
+
+    labels = torch.randint(0, 500, (40, 30)) * 2
+    assert torch.equal(data._relabel(labels), torch.as_tensor(relabel(labels)))
+
+
+# --- superpixel cache ------------------------------------------------------------------------------
+def test_cache_computes_once_and_keys_by_parameters(tmp_path, monkeypatch):
+    cache = SuperpixelCache(tmp_path, n_segments=30, compactness=10)
+    image = SyntheticPersonParts(1, 40)[0]["image"]
+    first = cache.get("demo", "img/1", image)
+    assert first.dtype == np.int64 and first.shape == (40, 40) and first.min() == 0
+    path = cache.path("demo", "img/1", (40, 40))
+    assert path.is_file() and path.parent.parent == tmp_path
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    import selab.superpixels
+
+    def no_slic(*args, **kwargs):
+        raise AssertionError("SLIC ran again although the result was cached")
+
+    monkeypatch.setattr(selab.superpixels, "slic", no_slic)
+    assert np.array_equal(cache.get("demo", "img/1", image), first)
+    assert SuperpixelCache(tmp_path, n_segments=60).path("demo", "img/1", (40, 40)) != path
+    assert cache.path("demo", "img/1", (40, 41)) != path
+
+
+def test_default_cache_dir_follows_selab_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("SELAB_CACHE", str(tmp_path))
+    assert data.default_cache_dir() == tmp_path / "superpixels"
+    monkeypatch.delenv("SELAB_CACHE")
+    assert data.default_cache_dir().parts[-3:] == (".cache", "selab", "superpixels")
+
+
+def test_with_superpixels_adds_label_map_and_transforms_it(tmp_path):
+    base = SyntheticPersonParts(2, 48, seed=1)
+    ds = WithSuperpixels(base, SuperpixelCache(tmp_path, n_segments=40), transform=eval_transform(32))
+    sample = ds[0]
+    assert sample["superpixels"].shape == (32, 32) and sample["superpixels"].dtype == torch.int64
+    assert torch.equal(sample["superpixels"].unique(), torch.arange(int(sample["superpixels"].max()) + 1))
+    with pytest.raises(ValueError, match="transform"):
+        WithSuperpixels(SyntheticPersonParts(2, 48, transform=eval_transform(32)), SuperpixelCache(tmp_path))
+
+
+# --- collate and factory ---------------------------------------------------------------------------
+def test_collate_stacks_tensors_and_lists_ids(tmp_path):
+    ds = WithSuperpixels(SyntheticPersonParts(3, 32), SuperpixelCache(tmp_path, n_segments=20))
+    batch = collate([ds[0], ds[1], ds[2]])
+    assert batch["image"].shape == (3, 3, 32, 32) and batch["mask"].shape == (3, 32, 32)
+    assert batch["superpixels"].shape == (3, 32, 32) and batch["id"] == ["0000000", "0000001", "0000002"]
+    with pytest.raises(ValueError, match="differs in size"):
+        collate([SyntheticPersonParts(1, 32)[0], SyntheticPersonParts(1, 40)[0]])
+
+
+def test_make_dataset_by_name(tmp_path):
+    train = make_dataset("synthetic", split="train", limit=3, image_size=32)
+    val = make_dataset("synthetic", split="val", limit=3, image_size=32)
+    assert len(train) == 3 and not set(train.ids) & set(val.ids)
+    pascal = make_dataset("pascal_person_part", _pascal(tmp_path / "p"), image_size=24)
+    assert pascal[0]["image"].shape == (3, 24, 24)
+    for sample_id in ("u", "v"):
+        _write_pair(tmp_path / "f", sample_id, image_dir="images", mask_dir="masks")
+    folder = make_dataset("folder", tmp_path / "f", limit=1, transform=None)
+    assert len(folder) == 1 and folder[0]["image"].shape == (3, 12, 16)
+    augmented = make_dataset("synthetic", limit=2, image_size=32, transform="augment", superpixels=True,
+                             n_segments=20, cache_dir=tmp_path / "cache")
+    assert set(augmented[0]) == {"image", "mask", "id", "superpixels"}
+    with pytest.raises(ValueError, match="name"):
+        make_dataset("coco")
+    with pytest.raises(ValueError, match="root"):
+        make_dataset("pascal_person_part")
+
+
+# --- the real data ---------------------------------------------------------------------------------
+def test_real_pascal_person_part_loads(pascal_root):
+    train, val = PascalPersonParts(pascal_root, "train"), PascalPersonParts(pascal_root, "val", limit=3)
+    assert len(train) > 1000 and len(val) == 3 and not set(train.ids) & set(val.ids)
+    for i in (0, len(train) - 1):
+        sample = train[i]
+        H, W = sample["mask"].shape
+        assert sample["image"].shape == (3, H, W) and max(H, W) <= 500
+        assert 0 <= int(sample["mask"].min()) and int(sample["mask"].max()) <= 6
+        assert int((sample["mask"] > 0).sum()) > 0  # every image holds a person
+        assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
+    resized = make_dataset("pascal_person_part", pascal_root, "val", limit=2, image_size=64)
+    assert collate([resized[0], resized[1]])["image"].shape == (2, 3, 64, 64)
