@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from jlab import CHROMIUM_ARGS, CHROMIUM_CANDIDATES, BrowserErrors, JupyterLab, Screenshots, find_chromium, \
-    prepare_notebook_copy
+from jlab import CHROMIUM_ARGS, CHROMIUM_CANDIDATES, BrowserErrors, JupyterLab, Notebook, \
+    Screenshots, find_chromium, prepare_notebook_copy
 
 REPO = Path(__file__).resolve().parents[2]
-NOTEBOOKS = REPO / "notebooks"
+NOTEBOOKS = Path(os.environ.get("SELAB_BROWSER_NOTEBOOKS", REPO / "notebooks"))
 
 
 @pytest.fixture(scope="session")
@@ -86,19 +86,48 @@ def browser(chromium_path):
         playwright.stop()
 
 
-@pytest.fixture
-def page(browser):
-    """A fresh browser context and page; ``page.selab_errors`` collects console and page errors."""
+@pytest.fixture(scope="session")
+def browser_context(browser):
+    """One context for the session, so JupyterLab's scripts load from the HTTP cache after the first page."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
-        new_page = context.new_page()
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser_context):
+    """A fresh page; ``page.selab_errors`` collects its console and page errors."""
+    new_page = browser_context.new_page()
+    try:
         new_page.set_default_timeout(60_000)
         new_page.selab_errors = BrowserErrors().attach(new_page)
         yield new_page
     finally:
-        context.close()
+        new_page.close()
 
 
 @pytest.fixture(scope="session")
 def shots(run_dir) -> Screenshots:
     return Screenshots(run_dir)
+
+
+@pytest.fixture
+def open_notebook(page, lab, lab_root, shots):
+    """Open a notebook of the temporary lab root (skip if this checkout lacks it); its kernel is
+    shut down after the test."""
+    opened = []
+
+    def open_(name: str) -> Notebook:
+        if not (lab_root / name).exists():
+            pytest.skip(f"notebooks/{name} is not in this checkout")
+        notebook = Notebook(page, lab, name, shots)
+        opened.append(name)
+        notebook.open()
+        return notebook
+
+    yield open_
+    page.close()
+    for name in opened:
+        lab.close_sessions(name)

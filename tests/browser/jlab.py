@@ -179,6 +179,20 @@ class JupyterLab:
         with urllib.request.urlopen(f"{self.url}/api/kernels", timeout=5) as response:
             return json.loads(response.read())
 
+    def close_sessions(self, notebook_name: str) -> None:
+        """Ask the server to shut down the kernel(s) of one notebook (DELETE its sessions), freeing
+        their memory; no waiting for it (``stop`` shuts down whatever is left)."""
+        with urllib.request.urlopen(f"{self.url}/api/sessions", timeout=5) as response:
+            sessions = json.loads(response.read())
+        for session in sessions:
+            if session.get("path", "").endswith(notebook_name):
+                request = urllib.request.Request(f"{self.url}/api/sessions/{session['id']}",
+                                                 method="DELETE")
+                try:
+                    urllib.request.urlopen(request, timeout=0.5).close()
+                except (TimeoutError, urllib.error.URLError, OSError):
+                    pass  # the server goes on shutting the kernel down
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server by its handle; SIGTERM makes it shut its kernels down first."""
         try:
@@ -340,6 +354,12 @@ class Notebook:
         label = self.page.locator(".widget-label", has_text=_label_regex(description))
         return self.panel.locator(f".jp-OutputArea .{kind}", has=label).first
 
+    def app(self, control_description: str, kind: str = "widget-slider"):
+        """The outermost widget box (an explorer) that holds the control with this description."""
+        label = self.page.locator(".widget-label", has_text=_label_regex(control_description))
+        control = self.page.locator(f".{kind}", has=label)
+        return self.panel.locator(".jp-OutputArea-output .widget-box", has=control).first
+
     def slider(self, description: str):
         return self.widget("widget-slider", description)
 
@@ -384,12 +404,30 @@ class Notebook:
         while time.monotonic() < deadline:
             now = self.image_sources(scope)
             if now and now != before:
+                # An Output widget redraws by clear + display, and an app may draw several images:
+                # wait for the kernel, then until two reads agree.
                 self.wait_kernel_idle()
-                # An Output widget redraws by clear + display: read again once the kernel is idle.
-                return self.image_sources(scope)
+                settled = self.image_sources(scope)
+                while time.monotonic() < deadline:
+                    self.page.wait_for_timeout(200)
+                    again = self.image_sources(scope)
+                    if again == settled:
+                        return settled
+                    settled = again
+                return settled
             self.page.wait_for_timeout(100)
         raise AssertionError(f"{self.name}: images did not change within "
                              f"{(timeout_ms or self.cell_timeout_ms) / 1000:.0f} s")
+
+    def wait_for_change(self, read, before, timeout_ms: float | None = None):
+        """Poll ``read()`` until it returns something other than ``before``; return that."""
+        deadline = time.monotonic() + (timeout_ms or self.cell_timeout_ms) / 1000
+        while time.monotonic() < deadline:
+            now = read()
+            if now != before:
+                return now
+            self.page.wait_for_timeout(100)
+        raise AssertionError(f"{self.name}: {getattr(read, '__name__', 'value')} stayed {before!r}")
 
     def texts(self, selector: str) -> list[str]:
         return [text.strip() for text in self.panel.locator(selector).all_inner_texts()]

@@ -8,8 +8,6 @@ import json
 
 import pytest
 
-from jlab import Notebook
-
 pytestmark = pytest.mark.browser
 
 CELLS = [
@@ -55,9 +53,8 @@ def harness_notebook(lab_root):
     return path.name
 
 
-def test_slider_redraws_and_raising_callback_is_reported(page, lab, shots, harness_notebook):
-    notebook = Notebook(page, lab, harness_notebook, shots)
-    notebook.open()
+def test_slider_redraws_and_raising_callback_is_reported(page, open_notebook, harness_notebook):
+    notebook = open_notebook(harness_notebook)
     notebook.run_all()
     notebook.assert_no_errors()
     figure = notebook.panel.locator(".harness-figure")
