@@ -1,0 +1,464 @@
+r"""The parsing model: backbone -> [superpixel graph -> Graph LSTM / SE-LSTM layers] -> pixel classifier.
+
+One :class:`ModelConfig` builds the three variants compared in selab:
+
+- ``cnn``: backbone features and a pixel classifier (the DeepLab-like baseline of both papers);
+- ``graph_lstm``: "Semantic Object Parsing with Graph LSTM" (Liang et al., ECCV 2016): two Graph LSTM
+  layers on the fixed superpixel graph with residual connections, nodes updated in the confidence-driven
+  order; ``ModelConfig(variant="graph_lstm")`` is the paper's configuration (``num_layers=2``,
+  ``residual=True``, ``order="confidence"``);
+- ``se_lstm``: "Interpretable Structure-Evolving LSTM" (Liang et al., CVPR 2017): ``num_layers`` evolving
+  layers (Graph LSTM -> merge probabilities -> Metropolis-Hastings -> coarsen), a stochastic update
+  order in training, a deterministic structure at test time by default; every level's node states are
+  copied back to the pixels and fused with the CNN features before the classifier.
+
+The data flow is one way: image [B,3,S,S] -> multi-scale backbone features, fused at the finest stride
+by a two-layer conv neck [B,C,h,w] -> a 1x1 conv gives the initial class confidences (K maps) -> both are
+bilinearly upsampled to S x S and averaged over each superpixel (node features and node confidences) ->
+Graph LSTM layers -> node states back to pixels -> 1x1 classifier over [CNN features, states of every
+level] -> logits [B,K,S,S].
+
+Two exact shortcuts keep this cheap on a CPU (they change no result, up to float rounding):
+upsampling then averaging over a superpixel is linear, so it is done as one sparse-like [N, h*w]
+matrix product per image instead of materialising [B,C,S,S]; and the final 1x1 classifier is linear,
+so it is applied at the feature resolution and on the nodes, and only the K-channel logits are
+upsampled / copied back to pixels.
+
+Example
+-------
+>>> import torch
+>>> model = SELabModel(ModelConfig(variant="cnn", backbone="small"))
+>>> out = model({"image": torch.rand(2, 3, 64, 64)})
+>>> tuple(out.logits.shape)
+(2, 7, 64, 64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selab.backbones import BACKBONES, build_backbone
+from selab.classes import NUM_CLASSES
+
+VARIANTS = ("cnn", "graph_lstm", "se_lstm")
+ORDERS = ("confidence", "stochastic", "random", "bfs", "dfs")
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a model; saved in each run's ``config.json``.
+
+    Parameters
+    ----------
+    variant : {"cnn", "graph_lstm", "se_lstm"}
+    backbone : {"small", "efficientnet_lite0"}
+    pretrained : bool
+        ImageNet weights for ``efficientnet_lite0`` (ignored by ``small``).
+    output_stride : {8, 16}
+        Finest backbone stride used.
+    freeze_backbone : bool
+        Keep the backbone fixed (eval mode, no gradients); lets :mod:`selab.train` cache its features.
+    feature_channels : int
+        Channels of the fused CNN features (the two-layer conv neck).
+    hidden_channels : int
+        Graph LSTM hidden size (paper: not given; selab decision 64-256).
+    num_layers : int
+        Graph LSTM layers (``graph_lstm``: 2 in the paper) or evolving layers L (``se_lstm``).
+    residual : bool
+        Residual connections between Graph LSTM layers (paper: on).
+    identical_forget_gates : bool
+        The paper's ablation with one forget gate per node.
+    order : str
+        Update order at test time (and in training for ``graph_lstm``): ``confidence`` (paper),
+        ``random``, ``bfs``, ``dfs`` (from the most confident node).
+    train_order : str or None
+        Order in training; default ``stochastic`` for ``se_lstm`` (confidence plus noise, the paper's
+        "stochastic node updating") and ``order`` otherwise.
+    order_noise : float
+        Noise scale of the stochastic order.
+    n_segments, compactness : SLIC parameters of the superpixels (used by the data pipeline).
+    evolution : dict
+        Keyword arguments for :class:`selab.evolve.StructureEvolution` (``se_lstm`` only).
+    merge_loss_weight : float
+        Weight of the merge-probability L2 loss (``se_lstm``).
+    confidence_loss_weight : float
+        Weight of a cross-entropy on the initial confidence maps. selab decision: on by default for the
+        graph variants, so that the confidences that drive the update order stay meaningful.
+    dropout : float
+        Dropout on the fused features before the classifier.
+    num_classes : int
+    """
+
+    variant: str = "cnn"
+    backbone: str = "small"
+    pretrained: bool = True
+    output_stride: int = 8
+    freeze_backbone: bool = False
+    feature_channels: int = 128
+    hidden_channels: int = 64
+    num_layers: int = 2
+    residual: bool = True
+    identical_forget_gates: bool = False
+    order: str = "confidence"
+    train_order: str | None = None
+    order_noise: float = 0.1
+    n_segments: int = 1000
+    compactness: float = 10.0
+    evolution: dict = field(default_factory=dict)
+    merge_loss_weight: float = 1.0
+    confidence_loss_weight: float = 0.4
+    dropout: float = 0.1
+    num_classes: int = NUM_CLASSES
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name, expected):
+            raise ValueError(f"ModelConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        if self.variant not in VARIANTS:
+            bad("variant", f"one of {VARIANTS}")
+        if self.backbone not in BACKBONES:
+            bad("backbone", f"one of {BACKBONES}")
+        if self.output_stride not in (8, 16):
+            bad("output_stride", "8 or 16")
+        for name in ("feature_channels", "hidden_channels", "num_classes", "n_segments"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "a positive int")
+        if not isinstance(self.num_layers, int) or self.num_layers < (0 if self.variant == "cnn" else 1):
+            bad("num_layers", "an int >= 1")
+        if self.order not in ORDERS:
+            bad("order", f"one of {ORDERS}")
+        if self.train_order is not None and self.train_order not in ORDERS:
+            bad("train_order", f"None or one of {ORDERS}")
+        for name in ("order_noise", "merge_loss_weight", "confidence_loss_weight", "compactness"):
+            if getattr(self, name) < 0:
+                bad(name, "a number >= 0")
+        if not 0 <= self.dropout < 1:
+            bad("dropout", "a number in [0, 1)")
+        if not isinstance(self.evolution, dict):
+            bad("evolution", "a dict of StructureEvolution keyword arguments")
+
+    @property
+    def uses_graph(self) -> bool:
+        return self.variant != "cnn"
+
+    @property
+    def effective_train_order(self) -> str:
+        if self.train_order is not None:
+            return self.train_order
+        return "stochastic" if self.variant == "se_lstm" else self.order
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ModelOutput:
+    """What :class:`SELabModel` returns; the notebooks draw ``levels``, ``merge_prob`` and ``traces``.
+
+    Attributes
+    ----------
+    logits : Tensor [B,K,S,S]
+    confidence_logits : Tensor [B,K,S,S]
+        The initial confidence maps (1x1 conv on CNN features), upsampled.
+    levels : list of Graph
+        Level 0 is the superpixel graph; ``se_lstm`` adds one per evolving layer.
+    states : list of Tensor [N_l,H]
+        Node hidden states of each Graph LSTM layer (on the graph of the level it ran on).
+    ranks : list of Tensor [N_l]
+        The update order used in each layer.
+    merge_prob, merge_target : list of Tensor [E_l]
+        ``se_lstm``: merge probabilities of each layer's edges and their targets (when a mask is given).
+    traces : list
+        ``se_lstm``: the Metropolis-Hastings trace of each layer.
+    """
+
+    logits: torch.Tensor
+    confidence_logits: torch.Tensor | None = None
+    levels: list = field(default_factory=list)
+    states: list = field(default_factory=list)
+    ranks: list = field(default_factory=list)
+    merge_prob: list = field(default_factory=list)
+    merge_target: list = field(default_factory=list)
+    traces: list = field(default_factory=list)
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class FeatureNeck(nn.Module):
+    """Fuse multi-scale features at the finest stride: upsample, concatenate, 1x1 then 3x3 conv.
+
+    With :class:`~selab.backbones.EfficientNetLite0Backbone` this is the "two-layer conv head on stride-8
+    features" of the DESIGN reference, fed richer concatenated stride-8/16/32 features.
+    """
+
+    def __init__(self, in_channels: list[int], out_channels: int):
+        super().__init__()
+        self.reduce = conv_bn_relu(sum(in_channels), out_channels, 1)
+        self.refine = conv_bn_relu(out_channels, out_channels, 3)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        fused = torch.cat(
+            [features[0]]
+            + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features[1:]],
+            dim=1,
+        )
+        return self.refine(self.reduce(fused))
+
+
+def _bilinear_taps(out_size: int, in_size: int, device) -> tuple[torch.Tensor, ...]:
+    """Source indices and weights of ``F.interpolate(mode="bilinear", align_corners=False)`` on one axis."""
+    src = ((torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * (in_size / out_size) - 0.5)
+    src = src.clamp(min=0)
+    low = src.floor().long().clamp(max=in_size - 1)
+    high = (low + 1).clamp(max=in_size - 1)
+    w_high = src - low
+    return low, high, 1.0 - w_high, w_high
+
+
+def upsample_and_pool(features: torch.Tensor, labels: torch.Tensor, num_nodes: int, ptr: torch.Tensor) -> torch.Tensor:
+    """Mean over each superpixel of the bilinearly upsampled ``features``, without upsampling.
+
+    Equal to ``pool_to_nodes(F.interpolate(features, size=labels.shape[-2:], mode="bilinear"), labels).x``
+    but costs O(S^2 + N*h*w*C / B) instead of O(C*S^2): the composition of the two linear maps is built as
+    one [N_b, h*w] matrix per image.
+
+    Parameters
+    ----------
+    features : Tensor [B,C,h,w]
+    labels : LongTensor [B,S,S]
+        Global node ids (image b's nodes are ``ptr[b] .. ptr[b+1]-1``).
+    num_nodes : int
+    ptr : LongTensor [B+1]
+
+    Returns
+    -------
+    Tensor [N,C]
+
+    Example
+    -------
+    >>> f = torch.rand(1, 3, 4, 4); lab = torch.zeros(1, 8, 8, dtype=torch.long)
+    >>> x = upsample_and_pool(f, lab, 1, torch.tensor([0, 1]))
+    >>> torch.allclose(x, F.interpolate(f, size=(8, 8), mode="bilinear").mean((2, 3)))
+    True
+    """
+    batch, channels, h, w = features.shape
+    size_y, size_x = labels.shape[-2:]
+    device, dtype = features.device, features.dtype
+    rows = _bilinear_taps(size_y, h, device)
+    cols = _bilinear_taps(size_x, w, device)
+    labels = labels.to(device)
+    count = torch.bincount(labels.reshape(-1), minlength=num_nodes).to(dtype).clamp(min=1)
+    pooled = []
+    for b in range(batch):  # a loop over images, not pixels or nodes
+        start, stop = int(ptr[b]), int(ptr[b + 1])
+        local = (labels[b] - start) * (h * w)
+        matrix = torch.zeros((stop - start) * h * w, device=device, dtype=dtype)
+        for r_index, r_weight in ((rows[0], rows[2]), (rows[1], rows[3])):
+            for c_index, c_weight in ((cols[0], cols[2]), (cols[1], cols[3])):
+                key = local + (r_index[:, None] * w + c_index[None, :])
+                weight = (r_weight[:, None] * c_weight[None, :]).to(dtype)
+                matrix.index_add_(0, key.reshape(-1), weight.reshape(-1))
+        matrix = matrix.view(stop - start, h * w) / count[start:stop, None]
+        pooled.append(matrix @ features[b].reshape(channels, h * w).t())
+    return torch.cat(pooled, 0) if pooled else features.new_zeros(0, channels)
+
+
+class SELabModel(nn.Module):
+    """The three variants of selab behind one forward.
+
+    ``forward(batch)`` takes a dict with ``image`` [B,3,S,S] (values in [0,1]) or precomputed backbone
+    ``features`` (a list of [B,C_i,h_i,w_i], from the feature cache) plus ``image`` for the output size;
+    the graph variants also need ``superpixels`` [B,S,S] (per-image ids from 0); ``se_lstm`` uses ``mask``
+    [B,S,S] in training for the merge targets. Returns a :class:`ModelOutput`.
+
+    Example
+    -------
+    >>> model = SELabModel(ModelConfig(variant="cnn", backbone="small", feature_channels=16))
+    >>> model({"image": torch.rand(1, 3, 32, 32)}).logits.shape
+    torch.Size([1, 7, 32, 32])
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"SELabModel: config must be a ModelConfig, got {type(config).__name__}")
+        self.config = config
+        self.backbone = build_backbone(config.backbone, pretrained=config.pretrained, output_stride=config.output_stride)
+        if config.freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self.neck = FeatureNeck(self.backbone.out_channels, config.feature_channels)
+        self.dropout = nn.Dropout2d(config.dropout)
+        K, C, H = config.num_classes, config.feature_channels, config.hidden_channels
+        # The CNN part of the final 1x1 classifier; for the graph variants its node part is `node_classifiers`.
+        self.classifier = nn.Conv2d(C, K, 1)
+        if config.uses_graph:
+            from selab.graph_lstm import GraphLSTM
+
+            self.confidence = nn.Conv2d(C, K, 1)
+            # selab decision: node features are the pooled CNN features and initial confidences, projected to
+            # H channels so that residual connections between layers have matching sizes.
+            self.node_input = nn.Sequential(nn.Linear(C + K, H), nn.ReLU(inplace=True))
+            self.layers = nn.ModuleList(
+                GraphLSTM(H, H, residual=config.residual, identical_forget_gates=config.identical_forget_gates)
+                for _ in range(config.num_layers)
+            )
+            # One classifier slice per level whose states reach the pixels (graph_lstm: the last layer;
+            # se_lstm: every level).
+            levels_out = config.num_layers if config.variant == "se_lstm" else 1
+            self.node_classifiers = nn.ModuleList(nn.Linear(H, K, bias=False) for _ in range(levels_out))
+            if config.variant == "se_lstm":
+                from selab.evolve import StructureEvolution
+
+                # One evolution (with its own merge-probability weights) after every layer but the last.
+                self.evolutions = nn.ModuleList(
+                    StructureEvolution(H, **config.evolution) for _ in range(config.num_layers - 1)
+                )
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_backbone:
+            self.backbone.eval()  # frozen batch-norm statistics too
+        return self
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def backbone_features(self, image: torch.Tensor) -> list[torch.Tensor]:
+        if self.config.freeze_backbone:
+            with torch.no_grad():
+                return self.backbone(image)
+        return self.backbone(image)
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None,
+                confidence_only: bool = False) -> ModelOutput:
+        if not isinstance(batch, dict):
+            raise TypeError(f"SELabModel.forward: batch must be a dict, got {type(batch).__name__}")
+        if "image" not in batch:
+            raise ValueError("SELabModel.forward: batch needs 'image' [B,3,S,S]")
+        image = batch["image"]
+        device = next(self.parameters()).device
+        size = tuple(image.shape[-2:])
+        features = batch.get("features")
+        if features is None:
+            features = self.backbone_features(image.to(device))
+        else:
+            features = [f.to(device=device, dtype=torch.float32) for f in features]
+        fused = self.dropout(self.neck(features))
+        cnn_logits = self.classifier(fused)
+        if not self.config.uses_graph:
+            return ModelOutput(logits=F.interpolate(cnn_logits, size=size, mode="bilinear", align_corners=False))
+        if confidence_only:  # step one of the paper's two-step training
+            confidence = F.interpolate(self.confidence(fused), size=size, mode="bilinear", align_corners=False)
+            return ModelOutput(logits=None, confidence_logits=confidence)
+        return self._graph_forward(batch, fused, cnn_logits, size, generator)
+
+    # -- graph variants ---------------------------------------------------------------------------------
+    def _order(self, name, confidence, graph, generator):
+        from selab import graph_lstm as gl
+
+        if name == "confidence":
+            return gl.confidence_order(confidence, graph.pos, graph.batch)
+        if name == "stochastic":
+            return gl.stochastic_order(confidence, graph.pos, graph.batch, noise=self.config.order_noise,
+                                       generator=generator)
+        if name == "random":
+            return gl.random_order(graph.batch, generator=generator)
+        start = gl.most_confident_node(confidence, graph.batch, graph.pos)
+        if name == "bfs":
+            return gl.bfs_order(graph.edge_index, start, graph.batch)
+        return gl.dfs_order(graph.edge_index, start, graph.batch)
+
+    def _graph_forward(self, batch, fused, cnn_logits, size, generator) -> ModelOutput:
+        from selab.evolve import merge_target, node_majority_labels
+        from selab.graph import graph_from_superpixels
+        from selab.superpixels import unpool_to_pixels
+
+        graph = batch.get("graph")
+        if graph is None:
+            if batch.get("superpixels") is None:
+                raise ValueError(
+                    f"SELabModel.forward: variant {self.config.variant!r} needs batch['superpixels'] [B,S,S]"
+                )
+            graph = graph_from_superpixels(torch.as_tensor(batch["superpixels"]))
+        if tuple(graph.assignment.shape[-2:]) != size:
+            raise ValueError(
+                f"SELabModel.forward: superpixels {tuple(graph.assignment.shape)} must match the image size {size}"
+            )
+        device = fused.device
+        graph = graph.to(device)
+        confidence_lowres = self.confidence(fused)
+        node_in = upsample_and_pool(torch.cat([fused, confidence_lowres], 1), graph.assignment,
+                                    graph.num_nodes, graph.ptr)
+        # selab decision: a node's confidence is the softmax of its mean confidence logits.
+        node_confidence = node_in[:, -self.config.num_classes:].detach().softmax(1)
+        x = self.node_input(node_in)
+        order = self.config.effective_train_order if self.training else self.config.order
+        mask = batch.get("mask")
+        out = ModelOutput(logits=None, levels=[graph], confidence_logits=F.interpolate(
+            confidence_lowres, size=size, mode="bilinear", align_corners=False))
+        logits = F.interpolate(cnn_logits, size=size, mode="bilinear", align_corners=False)
+
+        h = m = None
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            rank = self._order(order, node_confidence, graph, generator)
+            result = layer(x, graph.edge_index, rank, h0=h, m0=m)
+            out.states.append(result.h)
+            out.ranks.append(rank)
+            if self.config.variant == "graph_lstm":
+                # Stacked layers: the next layer reads this layer's output and starts from zero states.
+                x = result.h
+                if index == last:
+                    logits = logits + unpool_to_pixels(self.node_classifiers[0](result.h), graph.assignment)
+                continue
+            # se_lstm: this level's states reach the pixels, then (but after the last layer) the structure evolves.
+            logits = logits + unpool_to_pixels(self.node_classifiers[index](result.h), graph.assignment)
+            if index == last:
+                break
+            node_labels = None
+            if mask is not None and self.training:
+                node_labels = node_majority_labels(mask.to(device), graph.assignment, graph.num_nodes,
+                                                   self.config.num_classes)
+            # selab decision: the next level's input f is this layer's output (stacked like graph_lstm),
+            # and the merged nodes' mean h and m are its initial states.
+            evolved = self.evolutions[index](graph, result, node_confidence, node_labels=node_labels,
+                                             generator=generator, features=result.h)
+            out.merge_prob.append(evolved.merge_prob)
+            if node_labels is not None:
+                out.merge_target.append(merge_target(graph.edge_index, node_labels))
+            out.traces.append(evolved.trace)
+            graph, x, h, m = evolved.graph, evolved.graph.x, evolved.h, evolved.m
+            node_confidence = evolved.confidence
+            out.levels.append(graph)
+        out.logits = logits
+        return out
+
+
+def build_model(config: ModelConfig | dict) -> SELabModel:
+    """A model from a :class:`ModelConfig` or its dict (as saved in ``config.json``).
+
+    Example
+    -------
+    >>> build_model({"variant": "cnn", "backbone": "small"}).config.variant
+    'cnn'
+    """
+    if isinstance(config, dict):
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"build_model: unknown ModelConfig fields {sorted(unknown)}")
+        config = ModelConfig(**config)
+    return SELabModel(config)
