@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 
 from selab import viz
 
-__all__ = ["ORDERS", "update_order", "FigureApp", "SuperpixelExplorer", "UpdateOrderExplorer"]
+__all__ = ["ORDERS", "update_order", "FigureApp", "SuperpixelExplorer", "UpdateOrderExplorer", "mh_table", "MHChainExplorer"]
 
 #: The update orders the explorers offer, by name (the paper's Graph LSTM ablations plus a baseline).
 ORDERS = ("confidence", "bfs", "dfs", "random")
@@ -367,3 +367,150 @@ class UpdateOrderExplorer(FigureApp):
         bars.invert_yaxis()
         bars.set_xlim(0, 1)
         bars.set_title("gates (green: updated before)", fontsize="small")
+
+
+def mh_table(trace: Any) -> dict[str, np.ndarray]:
+    """A Metropolis-Hastings trace (:class:`selab.evolve.MHTrace`) as columns, one row per proposal.
+
+    Columns: ``energy``, ``log_q``, ``alpha``, ``accepted``, ``num_clusters`` of each proposal, and
+    ``state_energy``: the energy of the chain's state after the step.
+
+    Example
+    -------
+    >>> import torch
+    >>> from selab.evolve import PartitionEnergy, metropolis_hastings
+    >>> energy = PartitionEnergy(node_labels=torch.tensor([0, 0, 1]))
+    >>> _, trace = metropolis_hastings(torch.tensor([[0, 1], [1, 2]]), torch.tensor([0.9, 0.1]), energy, 3)
+    >>> mh_table(trace)["alpha"].shape
+    (3,)
+    """
+    steps = trace.steps
+    table = {
+        "energy": np.array([step.energy for step in steps], dtype=np.float64),
+        "log_q": np.array([step.log_q for step in steps], dtype=np.float64),
+        "alpha": np.array([step.alpha for step in steps], dtype=np.float64),
+        "accepted": np.array([step.accepted for step in steps], dtype=bool),
+        "num_clusters": np.array([step.num_clusters for step in steps], dtype=np.int64),
+    }
+    # the state's energy: the last accepted proposal's (or the initial state's) at every step
+    accepted_energy = np.where(table["accepted"], table["energy"], np.nan)
+    last = np.maximum.accumulate(np.where(table["accepted"], np.arange(len(steps)), -1))
+    table["state_energy"] = np.where(last >= 0, accepted_energy[np.maximum(last, 0)], trace.initial_energy)
+    return table
+
+
+class MHChainExplorer(FigureApp):
+    """One Metropolis-Hastings chain over the partitions of a superpixel graph, step by step.
+
+    Controls: ``"temperature"`` (reruns the chain with the same seed, so the same proposals are
+    judged at another temperature) and ``"step"`` (which proposal to show).
+    State: ``temperature``, ``step``, the shown proposal's ``energy``, ``log_q``, ``alpha``,
+    ``accepted`` and ``num_clusters``, the chain's ``acceptance_rate`` and ``final_energy``, and
+    ``table`` (:func:`mh_table`), ``proposal_cluster [N]`` and ``cluster [N]`` (the chain's result).
+
+    Parameters
+    ----------
+    image, labels : the image and its superpixels (ids 0..N-1).
+    merge_prob : float tensor [E]
+        Merge probability of every edge of ``graph_from_superpixels(labels)``.
+    energy : callable
+        ``energy(cluster [N]) -> float``, e.g. :class:`selab.evolve.PartitionEnergy`.
+    num_steps, merge_budget, seed : the chain's settings (see :func:`selab.evolve.metropolis_hastings`).
+
+    Example
+    -------
+    >>> import torch
+    >>> from selab.evolve import PartitionEnergy
+    >>> from selab.superpixels import adjacency, slic
+    >>> image = viz.demo_image("astronaut", 48); labels = slic(image, 30)
+    >>> energy = PartitionEnergy(node_labels=torch.zeros(int(labels.max()) + 1, dtype=torch.long))
+    >>> app = MHChainExplorer(image, labels, torch.full((adjacency(labels).shape[1],), 0.5), energy, 10)
+    >>> app.controls["step"].value = 9
+    >>> app.state["step"]
+    9
+    """
+
+    def __init__(
+        self,
+        image: Any,
+        labels: Any,
+        merge_prob: Any,
+        energy: Any,
+        num_steps: int = 30,
+        temperature: float = 1.0,
+        merge_budget: float | int | None = None,
+        seed: int = 0,
+    ) -> None:
+        import torch
+
+        from selab.graph import graph_from_superpixels
+
+        self.source = viz.to_image(image)
+        self.labels = viz.to_numpy(labels).astype(np.int64)
+        self.graph = graph_from_superpixels(self.labels)
+        self.merge_prob = torch.as_tensor(merge_prob, dtype=torch.float32)
+        if self.merge_prob.shape != (self.graph.num_edges,):
+            raise ValueError(f"merge_prob: expected {self.graph.num_edges} values (one per edge), "
+                             f"got shape {tuple(self.merge_prob.shape)}")
+        if num_steps < 1:
+            raise ValueError(f"num_steps: expected at least 1, got {num_steps}")
+        self.energy, self.num_steps, self.merge_budget, self.seed = energy, num_steps, merge_budget, seed
+        self._chain: tuple[float, Any, Any] | None = None
+        self.controls = {
+            "temperature": widgets.FloatLogSlider(value=temperature, base=10, min=-2, max=3, step=0.25,
+                                                  description="temperature", continuous_update=False),
+            "step": widgets.IntSlider(value=0, min=0, max=num_steps - 1, description="step"),
+        }
+        super().__init__(figsize=(12.0, 3.8))
+
+    def chain(self) -> tuple[Any, Any]:
+        """``(cluster, trace)`` of the chain at the current temperature (cached per temperature)."""
+        import torch
+
+        from selab.evolve import metropolis_hastings
+
+        temperature = float(self.controls["temperature"].value)
+        if self._chain is None or self._chain[0] != temperature:
+            generator = torch.Generator().manual_seed(self.seed)
+            cluster, trace = metropolis_hastings(
+                self.graph.edge_index, self.merge_prob, self.energy, self.num_steps, temperature=temperature,
+                generator=generator, num_nodes=self.graph.num_nodes, merge_budget=self.merge_budget)
+            self._chain = (temperature, cluster, trace)
+        return self._chain[1], self._chain[2]
+
+    def compute(self) -> dict[str, Any]:
+        from selab.evolve import connected_components
+
+        cluster, trace = self.chain()
+        table = mh_table(trace)
+        step = int(self.controls["step"].value)
+        proposal = trace.steps[step]
+        proposal_cluster = connected_components(self.graph.edge_index, proposal.proposal_edges, self.graph.num_nodes)
+        return {
+            "temperature": float(self.controls["temperature"].value),
+            "step": step,
+            "energy": float(proposal.energy),
+            "log_q": float(proposal.log_q),
+            "alpha": float(proposal.alpha),
+            "accepted": bool(proposal.accepted),
+            "num_clusters": int(proposal.num_clusters),
+            "acceptance_rate": float(trace.acceptance_rate),
+            "final_energy": float(trace.energy),
+            "table": table,
+            "proposal_cluster": viz.to_numpy(proposal_cluster),
+            "cluster": viz.to_numpy(cluster),
+        }
+
+    def draw(self, figure: Figure) -> None:
+        state = self.state
+        shown, result, curve = figure.subplots(1, 3, width_ratios=[1, 1, 1.4])
+        verdict = "accepted" if state["accepted"] else "rejected"
+        viz.draw_partition(state["proposal_cluster"][self.labels], ax=shown, image=self.source,
+                           title=f"proposal {state['step']}: {state['num_clusters']} cliques, {verdict}")
+        final_cluster = state["cluster"]
+        viz.draw_partition(final_cluster[self.labels], ax=result, image=self.source,
+                           title=f"chain result: {int(final_cluster.max()) + 1} cliques")
+        table = state["table"]
+        viz.draw_mh_trace(table["energy"], table["accepted"], ax=curve, current_energy=table["state_energy"],
+                          title=f"T = {state['temperature']:.3g}: acceptance {state['acceptance_rate']:.0%}")
+        curve.axvline(state["step"], color="0.5", ls="--", lw=1)

@@ -116,3 +116,64 @@ def test_update_order_explorer_without_confidence_offers_no_confidence_order(ima
     assert "confidence" not in app.controls["order"].options and app.state["order"] == "bfs"
     with pytest.raises(ValueError, match="confidence"):
         widgets.UpdateOrderExplorer(image, labels, confidence=np.ones((3, 7)))
+
+
+@pytest.fixture(scope="module")
+def chain_setup(image):
+    import torch
+
+    from selab.evolve import PartitionEnergy, merge_target, node_majority_labels
+    from selab.graph import graph_from_superpixels
+    from selab.superpixels import slic
+
+    labels = slic(image, n_segments=40)
+    graph = graph_from_superpixels(labels)
+    mask = torch.as_tensor((np.arange(image.shape[1]) > image.shape[1] // 2).astype(np.int64))
+    mask = mask.expand(image.shape[0], -1)[None]
+    node_labels = node_majority_labels(mask, graph.assignment, graph.num_nodes)
+    target = merge_target(graph.edge_index, node_labels)
+    merge_prob = 0.1 + 0.8 * target
+    energy = PartitionEnergy(node_labels=node_labels, size=graph.size, num_classes=7)
+    return labels, graph, merge_prob, energy
+
+
+def test_mh_table_tracks_the_state_energy():
+    from types import SimpleNamespace
+
+    steps = [SimpleNamespace(energy=e, log_q=-1.0, alpha=0.5, accepted=a, num_clusters=3)
+             for e, a in [(5.0, False), (4.0, True), (6.0, False), (3.0, True)]]
+    table = widgets.mh_table(SimpleNamespace(steps=steps, initial_energy=9.0))
+    assert table["state_energy"].tolist() == [9.0, 4.0, 4.0, 3.0]
+    assert table["accepted"].tolist() == [False, True, False, True]
+
+
+def test_mh_chain_explorer_steps_and_reruns_at_another_temperature(image, chain_setup):
+    from selab.evolve import metropolis_hastings
+
+    labels, graph, merge_prob, energy = chain_setup
+    app = widgets.MHChainExplorer(image, labels, merge_prob, energy, num_steps=12, temperature=1.0, seed=3)
+    assert app.controls["temperature"].description == "temperature" and app.error is None
+    import torch
+
+    _, expected = metropolis_hastings(graph.edge_index, merge_prob, energy, 12, temperature=1.0,
+                                      generator=torch.Generator().manual_seed(3))
+    assert app.state["acceptance_rate"] == expected.acceptance_rate
+    assert app.state["final_energy"] == pytest.approx(expected.energy)
+
+    png = app.png
+    app.controls["step"].value = 7
+    assert app.state["alpha"] == expected.steps[7].alpha and app.state["energy"] == expected.steps[7].energy
+    assert int(app.state["proposal_cluster"].max()) + 1 == expected.steps[7].num_clusters
+    assert app.png != png
+
+    app.controls["temperature"].value = 1000.0
+    _, hot = metropolis_hastings(graph.edge_index, merge_prob, energy, 12, temperature=1000.0,
+                                 generator=torch.Generator().manual_seed(3))
+    assert app.state["temperature"] == 1000.0
+    assert app.state["table"]["alpha"].tolist() == [step.alpha for step in hot.steps]
+
+
+def test_mh_chain_explorer_rejects_a_wrong_number_of_probabilities(image, chain_setup):
+    labels, _, merge_prob, energy = chain_setup
+    with pytest.raises(ValueError, match="merge_prob"):
+        widgets.MHChainExplorer(image, labels, merge_prob[:-1], energy)
