@@ -16,6 +16,8 @@ Example
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -419,6 +421,19 @@ class Notebook:
         raise AssertionError(f"{self.name}: images did not change within "
                              f"{(timeout_ms or self.cell_timeout_ms) / 1000:.0f} s")
 
+    def image_bytes(self, scope=None) -> list[bytes]:
+        """The bytes behind every image in ``scope`` (blob: or data: URLs alike), fetched by the page."""
+        root = scope if scope is not None else self.panel
+        encoded = root.locator("img").evaluate_all(
+            """async images => Promise.all(images.map(async image => {
+                const bytes = new Uint8Array(await (await fetch(image.src)).arrayBuffer());
+                let text = '';
+                for (let i = 0; i < bytes.length; i += 0x8000)
+                    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+                return btoa(text);
+            }))""")
+        return [base64.b64decode(item) for item in encoded]
+
     def wait_for_change(self, read, before, timeout_ms: float | None = None):
         """Poll ``read()`` until it returns something other than ``before``; return that."""
         deadline = time.monotonic() + (timeout_ms or self.cell_timeout_ms) / 1000
@@ -434,3 +449,26 @@ class Notebook:
 
     def screenshot(self, step: str, locator=None) -> Path:
         return self.shots.take(self.page, f"{Path(self.name).stem}_{step}", locator)
+
+
+def panel_difference(before: bytes, after: bytes, grid: tuple[int, int], cell: tuple[int, int],
+                     margin: float = 0.2) -> float:
+    """Mean absolute pixel difference (0..255) between two renders of one figure, inside one panel.
+
+    The figure is cut into a ``grid`` of rows x columns and ``cell`` = (row, column) is compared,
+    leaving out ``margin`` of each side so that titles and tick labels (which may change with the
+    state) do not count: only the drawing itself does.
+    """
+    import numpy as np
+    from PIL import Image
+
+    first = np.asarray(Image.open(io.BytesIO(before)).convert("RGB"), dtype=np.float32)
+    second = np.asarray(Image.open(io.BytesIO(after)).convert("RGB"), dtype=np.float32)
+    if first.shape != second.shape:
+        raise ValueError(f"before/after: figure sizes differ, {first.shape} vs {second.shape}")
+    rows, cols = grid
+    height, width = first.shape[0] / rows, first.shape[1] / cols
+    row, col = cell
+    top, left = int((row + margin) * height), int((col + margin) * width)
+    bottom, right = int((row + 1 - margin) * height), int((col + 1 - margin) * width)
+    return float(np.abs(first[top:bottom, left:right] - second[top:bottom, left:right]).mean())

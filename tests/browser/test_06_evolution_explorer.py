@@ -1,0 +1,103 @@
+"""notebooks/06_evolution_explorer in JupyterLab: every cell runs without error, and the evolution
+explorer answers its controls in the browser as a person would use them.
+
+Moving the layer slider must show a coarser level: the readout's node count drops to the next entry
+of "nodes per level", and both the partition drawing and the merge-probability drawing change (the
+explorer draws one figure of 2 x 3 panels; each panel is compared pixel by pixel). Picking another
+setting in a dropdown must change the readout and the picture. No error output in any cell, nothing
+in JupyterLab's log console, no console or page errors in the browser.
+
+With ``SELAB_BROWSER_DOCS=1`` the explorer's screenshot is also written to docs/explorer.png (the
+README's picture); otherwise runs never write into the repo.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jlab import panel_difference
+
+pytestmark = pytest.mark.browser
+
+NOTEBOOK = "06_evolution_explorer.ipynb"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "explorer.png"
+GRID = (2, 3)  # EvolutionExplorer's panels
+PARTITION, MERGE_PROB = (0, 0), (0, 1)
+# Mean |difference| (0..255) inside a panel below which it counts as unchanged; a redrawn partition
+# or graph differs by several units, anti-aliasing noise between equal renders is 0.
+CHANGED = 0.5
+
+SUMMARY = re.compile(r"layer (\d+) of (\d+): (\d+) nodes, (\d+) edges; nodes per level \[([\d, ]*)\]")
+
+
+def parse_readout(text: str) -> dict:
+    """EvolutionExplorer's readout line -> its numbers."""
+    match = SUMMARY.search(text)
+    assert match, f"unexpected readout: {text!r}"
+    layer, num_levels, nodes, edges, per_level = match.groups()
+    return {"layer": int(layer), "num_levels": int(num_levels), "num_nodes": int(nodes),
+            "num_edges": int(edges), "nodes_per_level": [int(n) for n in per_level.split(",") if n.strip()],
+            "text": text}
+
+
+def test_evolution_explorer_answers_layer_and_settings(page, open_notebook):
+    notebook = open_notebook(NOTEBOOK)
+    notebook.run_all()
+    notebook.assert_no_errors()
+    notebook.screenshot("ran_all")
+
+    explorer = notebook.app("layer")
+    explorer.scroll_into_view_if_needed()
+    readout = explorer.locator(".widget-html").first
+
+    def readout_text() -> str:
+        return readout.inner_text().strip()
+
+    start = parse_readout(readout_text())
+    assert start["layer"] == int(notebook.slider_value("layer")) == 0
+    assert start["num_nodes"] == start["nodes_per_level"][0]
+    assert start["num_levels"] >= 2, "the explorer needs at least two levels to step through"
+    picture = notebook.image_bytes(explorer)
+    assert len(picture) == 1, "EvolutionExplorer draws one figure"
+    sources = notebook.image_sources(explorer)
+    shot = notebook.screenshot("explorer_layer0", explorer)
+    if os.environ.get("SELAB_BROWSER_DOCS"):
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+    # One layer up: the next, coarser level of the hierarchy.
+    assert notebook.move_slider("layer") == "1"
+    notebook.wait_for_change(lambda: parse_readout(readout_text())["layer"], 0)
+    sources = notebook.wait_images_change(sources, explorer)
+    layer1 = parse_readout(readout_text())
+    assert layer1["nodes_per_level"] == start["nodes_per_level"]
+    assert layer1["num_nodes"] == start["nodes_per_level"][1] < start["num_nodes"]
+    picture1 = notebook.image_bytes(explorer)
+    assert panel_difference(picture[0], picture1[0], GRID, PARTITION) > CHANGED, "partition not redrawn"
+    assert panel_difference(picture[0], picture1[0], GRID, MERGE_PROB) > CHANGED, \
+        "merge probabilities not redrawn"
+    notebook.screenshot("explorer_layer1", explorer)
+
+    # Another setting from a dropdown reruns the model: new readout, new picture.
+    dropdown = next(name for name in ("image", "order", "structure")
+                    if notebook.widget("widget-dropdown", name).count())
+    current = notebook.dropdown(dropdown).input_value()
+    options = notebook.dropdown(dropdown).locator("option").evaluate_all(
+        "options => options.map(o => [o.value, o.textContent])")
+    other = next(label for value, label in options if value != current)
+    notebook.pick(dropdown, other)
+    notebook.wait_for_change(readout_text, layer1["text"])
+    notebook.wait_images_change(sources, explorer)
+    picked = parse_readout(readout_text())
+    picture2 = notebook.image_bytes(explorer)
+    assert picked["text"] != layer1["text"]
+    assert panel_difference(picture1[0], picture2[0], GRID, PARTITION) > CHANGED \
+        or panel_difference(picture1[0], picture2[0], GRID, MERGE_PROB) > CHANGED, \
+        f"picking {dropdown} = {other!r} changed neither the partition nor the merge probabilities"
+    notebook.screenshot(f"explorer_{dropdown}_" + re.sub(r"\W+", "_", other), explorer)
+
+    notebook.assert_no_errors()
+    page.selab_errors.assert_none()
