@@ -395,7 +395,8 @@ class PreparedSplit(torch.utils.data.Dataset):
         saved_dir, self.feature_dir = self.feature_dir, None  # load items without features while filling
         keep_full, self.keep_full = self.keep_full, False
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self, todo), batch_size=batch_size,
-                                             num_workers=num_workers, collate_fn=collate)
+                                             num_workers=num_workers, collate_fn=collate,
+                                       generator=torch.Generator().manual_seed(0))
         try:
             position = 0
             for batch in tqdm(loader, desc=f"caching {self.split} superpixels/features", disable=not progress,
@@ -426,6 +427,10 @@ def collate(items: list[dict]) -> dict:
         batch["full_masks"] = [i["full_mask"] for i in items]
         batch["full_images"] = [i["full_image"] for i in items]
     return batch
+
+
+# Every DataLoader gets its own generator: creating an iterator draws a seed from it, and drawing from
+# the global torch RNG instead would make a run depend on whether the caches were already filled.
 
 
 def to_device(batch: dict, device) -> dict:
@@ -461,7 +466,8 @@ class TrainingData:
         remaining = order[start_step * self.config.batch_size :].tolist()
         return torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, remaining),
                                            batch_size=self.config.batch_size, shuffle=False,
-                                           num_workers=self.config.num_workers, collate_fn=collate)
+                                           num_workers=self.config.num_workers, collate_fn=collate,
+                                       generator=torch.Generator().manual_seed(0))
 
 
 def evaluation_loader(config: TrainConfig, model: SELabModel):
@@ -471,7 +477,8 @@ def evaluation_loader(config: TrainConfig, model: SELabModel):
         raise ValueError(f"TrainConfig.val_split: split {config.val_split!r} of {config.dataset!r} holds no images")
     dataset.prepare(model, config.resolved_device(), config.batch_size, config.num_workers, config.progress)
     return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
-                                       num_workers=config.num_workers, collate_fn=collate)
+                                       num_workers=config.num_workers, collate_fn=collate,
+                                       generator=torch.Generator().manual_seed(0))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -863,6 +870,10 @@ def run(config: TrainConfig | dict) -> dict:
             write_metrics(run_dir, history, None)
             plot_curves(run_dir, history)
             plot_predictions(run_dir, examples)
+            if interrupt.requested and epoch + 1 < config.epochs:
+                print(f"\ninterrupted: checkpoint saved to {last_path} (end of epoch {epoch + 1}); "
+                      f"continue with resume=True / --resume")
+                raise KeyboardInterrupt
             if config.progress:
                 shown = f", val mIoU {score:.2f}" if score is not None else ""
                 tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}{shown} "
