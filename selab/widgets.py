@@ -30,11 +30,14 @@ from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
 from selab import viz
+from selab.classes import CLASS_COLORS
 
-__all__ = ["ORDERS", "update_order", "FigureApp", "SuperpixelExplorer", "UpdateOrderExplorer", "mh_table", "MHChainExplorer"]
+__all__ = ["ORDERS", "update_order", "FigureApp", "SuperpixelExplorer", "UpdateOrderExplorer", "mh_table", "MHChainExplorer",
+           "as_batch", "evolution_forward", "level_contributions", "level_predictions", "EvolutionExplorer"]
 
 #: The update orders the explorers offer, by name (the paper's Graph LSTM ablations plus a baseline).
 ORDERS = ("confidence", "bfs", "dfs", "random")
@@ -514,3 +517,246 @@ class MHChainExplorer(FigureApp):
         viz.draw_mh_trace(table["energy"], table["accepted"], ax=curve, current_energy=table["state_energy"],
                           title=f"T = {state['temperature']:.3g}: acceptance {state['acceptance_rate']:.0%}")
         curve.axvline(state["step"], color="0.5", ls="--", lw=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# the evolution of one image through a model
+# --------------------------------------------------------------------------------------------------
+def as_batch(sample: dict, n_segments: int | None = None, compactness: float = 10.0) -> dict:
+    """A model batch of one image from a sample dict (``image [3,S,S]``, optional ``mask [S,S]`` and
+    ``superpixels [S,S]``; SLIC with ``n_segments`` when the superpixels are missing).
+
+    Example
+    -------
+    >>> import torch
+    >>> batch = as_batch({"image": torch.rand(3, 32, 32)}, n_segments=20)
+    >>> batch["image"].shape, batch["superpixels"].shape
+    (torch.Size([1, 3, 32, 32]), torch.Size([1, 32, 32]))
+    """
+    import torch
+
+    if "image" not in sample:
+        raise ValueError("sample: expected a dict with 'image' [3,S,S]")
+    image = torch.as_tensor(sample["image"], dtype=torch.float32)
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"sample['image']: expected [3,S,S], got {tuple(image.shape)}")
+    batch = {"image": image[None]}
+    if sample.get("mask") is not None:
+        batch["mask"] = torch.as_tensor(sample["mask"], dtype=torch.long)[None]
+    superpixels = sample.get("superpixels")
+    if superpixels is None:
+        from selab.superpixels import slic
+
+        if n_segments is None:
+            raise ValueError("n_segments: needed when the sample has no 'superpixels'")
+        superpixels = slic(image, n_segments=n_segments, compactness=compactness)
+    batch["superpixels"] = torch.as_tensor(superpixels, dtype=torch.long)[None]
+    return batch
+
+
+def evolution_forward(model: Any, batch: dict, structure: str = "mh", energy: str = "ground_truth",
+                      seed: int = 0) -> Any:
+    """Run a model on a batch at test time, choosing how its layers pick their structure.
+
+    ``structure``: ``"mh"`` (Metropolis-Hastings, traces recorded), ``"greedy"`` (p > 0.5) or
+    ``"none"``. ``energy``: ``"ground_truth"`` scores partitions by the batch's ``mask`` (the training
+    energy; useful with an untrained model) or ``"prediction"`` by the model's node confidences.
+    Every layer is in eval mode (no dropout, frozen batch norm) and the test-time update order is used;
+    the model's settings are restored afterwards. Returns the model's ``ModelOutput``.
+
+    selab decision: the ground-truth energy at test time is an inspection tool, not an evaluation: it
+    lets the explorer show how the chain would structure an image under the training energy.
+    """
+    import torch
+
+    if structure not in ("mh", "greedy", "none"):
+        raise ValueError(f"structure: expected 'mh', 'greedy' or 'none', got {structure!r}")
+    if energy not in ("ground_truth", "prediction"):
+        raise ValueError(f"energy: expected 'ground_truth' or 'prediction', got {energy!r}")
+    if energy == "ground_truth" and batch.get("mask") is None:
+        raise ValueError("energy: 'ground_truth' needs the batch's 'mask'")
+    evolutions = list(getattr(model, "evolutions", []))
+    saved = (model.training, model.config.train_order, [(evo.eval_mode, evo.training) for evo in evolutions])
+    try:
+        model.eval()
+        for evo in evolutions:
+            evo.eval_mode = structure
+        if energy == "ground_truth":
+            # The model reads node labels from the mask only when its own training flag is set; set
+            # that flag alone (submodules stay in eval) and keep the test-time order.
+            model.training = True
+            model.config.train_order = model.config.order
+        with torch.no_grad():
+            return model(batch, generator=torch.Generator().manual_seed(seed))
+    finally:
+        model.training, model.config.train_order = saved[0], saved[1]
+        for evo, (eval_mode, training) in zip(evolutions, saved[2]):
+            evo.eval_mode, evo.training = eval_mode, training
+
+
+def level_contributions(model: Any, output: Any) -> list:
+    """Each level's additive share of the logits: ``[B,K,S,S]`` per level whose states reach the pixels.
+
+    The model's logits are the CNN's logits plus one node-classifier term per level copied back to the
+    pixels (``se_lstm``: every level; ``graph_lstm``: the last layer on level 0; ``cnn``: none).
+    """
+    from selab.superpixels import unpool_to_pixels
+
+    variant = model.config.variant
+    if variant == "cnn":
+        return []
+    if variant == "graph_lstm":
+        pairs = [(model.node_classifiers[0], output.states[-1], output.levels[0])]
+    else:
+        pairs = list(zip(model.node_classifiers, output.states, output.levels))
+    return [unpool_to_pixels(classifier(states), level.assignment) for classifier, states, level in pairs]
+
+
+def level_predictions(model: Any, output: Any) -> list:
+    """Class maps ``[B,S,S]``: the CNN alone, then with the levels added one by one (the last is the
+    model's prediction).
+
+    Exact because the final classifier is linear: logits = CNN logits + Σ level contributions.
+    """
+    contributions = level_contributions(model, output)
+    logits = output.logits - sum(contributions) if contributions else output.logits
+    predictions = [logits.argmax(1)]
+    for contribution in contributions:
+        logits = logits + contribution
+        predictions.append(logits.argmax(1))
+    return predictions
+
+
+class EvolutionExplorer(FigureApp):
+    """Step through the evolution of one image's hierarchy in a (SE-LSTM) model.
+
+    Controls: ``"layer"`` (the level shown), ``"structure"`` (``mh`` / ``greedy`` / ``none``) and
+    ``"energy"`` (``ground_truth`` / ``prediction``); changing the last two reruns the model.
+    Panels: the partition at that level over the image; the merge probabilities of that level's edges
+    (the input of the next evolution); the MH trace of that layer; the prediction with the levels up to
+    this one; the ground truth; the hierarchy as a tree (nodes coloured by their predicted class).
+    State: ``layer``, ``num_levels``, ``nodes_per_level``, ``num_nodes``, ``num_edges``,
+    ``mean_merge_prob``, ``acceptance_rate`` (NaN without a chain), ``pixel_accuracy`` of the shown
+    prediction (NaN without a mask), ``structure``, ``energy``; arrays ``assignment [S,S]``,
+    ``prediction [S,S]``, ``merge_prob [E]`` (empty at the top level) and ``clusters`` (one per evolution).
+
+    Example
+    -------
+    >>> import torch
+    >>> from selab.model import ModelConfig, SELabModel
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <...>
+    >>> model = SELabModel(ModelConfig(variant="se_lstm", num_layers=3, feature_channels=16, hidden_channels=16))
+    >>> sample = {"image": torch.rand(3, 48, 48), "mask": torch.randint(0, 7, (48, 48))}
+    >>> app = EvolutionExplorer(model, sample, n_segments=40)
+    >>> app.controls["layer"].value = 2
+    >>> app.state["num_nodes"] <= app.state["nodes_per_level"][0]
+    True
+    """
+
+    def __init__(self, model: Any, sample: dict, structure: str = "mh", energy: str = "ground_truth",
+                 seed: int = 0, n_segments: int | None = None) -> None:
+        self.model = model
+        self.seed = seed
+        self.batch = as_batch(sample, n_segments=n_segments or model.config.n_segments,
+                              compactness=model.config.compactness)
+        self.source = viz.to_image(self.batch["image"][0])
+        self.mask = self.batch["mask"][0].numpy() if "mask" in self.batch else None
+        if self.mask is None and energy == "ground_truth":
+            energy = "prediction"
+        self._output_key: tuple | None = None
+        self.controls = {
+            "layer": widgets.IntSlider(value=0, min=0, max=max(model.config.num_layers - 1, 0), description="layer"),
+            "structure": widgets.Dropdown(options=["mh", "greedy", "none"], value=structure,
+                                          description="structure"),
+            "energy": widgets.Dropdown(options=["ground_truth", "prediction"], value=energy, description="energy"),
+        }
+        super().__init__(figsize=(12.0, 7.0))
+
+    def _run(self) -> None:
+        key = (self.controls["structure"].value, self.controls["energy"].value)
+        if key != self._output_key:
+            self.output = evolution_forward(self.model, self.batch, structure=key[0], energy=key[1], seed=self.seed)
+            self.predictions = [p[0].numpy() for p in level_predictions(self.model, self.output)]
+            self._output_key = key
+            num_levels = len(self.output.levels)
+            self.controls["layer"].max = max(num_levels - 1, 0)
+
+    def compute(self) -> dict[str, Any]:
+        self._run()
+        out = self.output
+        num_levels = len(out.levels)
+        layer = min(int(self.controls["layer"].value), num_levels - 1)
+        level = out.levels[layer]
+        merge_prob = viz.to_numpy(out.merge_prob[layer]) if layer < len(out.merge_prob) else np.zeros(0)
+        chains = out.traces[layer].chains if layer < len(out.traces) else []
+        chain = chains[0] if chains else None
+        # prediction with the levels up to this one (index 0 of predictions is the CNN alone)
+        prediction = self.predictions[min(layer + 1, len(self.predictions) - 1)]
+        accuracy = float((prediction == self.mask).mean()) if self.mask is not None else float("nan")
+        return {
+            "layer": layer,
+            "num_levels": num_levels,
+            "nodes_per_level": [lv.num_nodes for lv in out.levels],
+            "num_nodes": level.num_nodes,
+            "num_edges": level.num_edges,
+            "mean_merge_prob": float(merge_prob.mean()) if merge_prob.size else float("nan"),
+            "acceptance_rate": chain.acceptance_rate if chain is not None else float("nan"),
+            "pixel_accuracy": accuracy,
+            "structure": self._output_key[0],
+            "energy": self._output_key[1],
+            "assignment": viz.to_numpy(level.assignment[0]),
+            "prediction": prediction,
+            "merge_prob": merge_prob,
+            "chain": chain,
+            "clusters": [viz.to_numpy(trace.cluster) for trace in out.traces],
+        }
+
+    def summary(self) -> str:
+        state = self.state
+        text = (f"layer {state['layer']} of {state['num_levels']}: {state['num_nodes']} nodes, "
+                f"{state['num_edges']} edges; nodes per level {state['nodes_per_level']}")
+        if not np.isnan(state["acceptance_rate"]):
+            text += f"; MH acceptance {state['acceptance_rate']:.0%}"
+        if not np.isnan(state["pixel_accuracy"]):
+            text += f"; pixel accuracy {state['pixel_accuracy']:.1%}"
+        return text
+
+    def draw(self, figure: Figure) -> None:
+        from selab.evolve import node_label_histogram
+
+        state = self.state
+        axes = figure.subplots(2, 3)
+        layer, level = state["layer"], self.output.levels[state["layer"]]
+        viz.draw_partition(state["assignment"], ax=axes[0, 0], image=self.source,
+                           title=f"level {layer}: {state['num_nodes']} nodes")
+        if state["merge_prob"].size:
+            viz.draw_boundaries(self.source, state["assignment"], ax=axes[0, 1], alpha=0.3,
+                                title=f"merge probabilities, layer {layer}")
+            viz.draw_graph(level.edge_index, level.pos, ax=axes[0, 1], edge_values=state["merge_prob"],
+                           node_size=0, linewidth=1.5, colorbar="p")
+        else:
+            viz.show_image(self.source, ax=axes[0, 1], title="top level: no further merge")
+        if state["chain"] is not None:
+            table = mh_table(state["chain"])
+            viz.draw_mh_trace(table["energy"], table["accepted"], ax=axes[0, 2],
+                              current_energy=table["state_energy"],
+                              title=f"MH, layer {layer}: {state['acceptance_rate']:.0%} accepted")
+        else:
+            axes[0, 2].set_axis_off()
+            axes[0, 2].set_title(f"no MH chain here ({state['structure']})")
+        viz.draw_segmentation(state["prediction"], ax=axes[1, 0], image=self.source, alpha=0.75,
+                              title=f"prediction with levels 0..{layer}")
+        if self.mask is not None:
+            viz.draw_segmentation(self.mask, ax=axes[1, 1], image=self.source, alpha=0.75, title="ground truth")
+        else:
+            axes[1, 1].set_axis_off()
+        final = self.predictions[-1]
+        colors = []
+        for lv in self.output.levels:  # each node coloured by the final prediction's majority class
+            votes = node_label_histogram(torch.as_tensor(final)[None], lv.assignment, lv.num_nodes)
+            colors.append(CLASS_COLORS[votes.argmax(1).numpy()] / 255.0)
+        viz.draw_hierarchy(state["clusters"], self.output.levels[0].pos, ax=axes[1, 2], node_colors=colors,
+                           title="hierarchy")
+        axes[1, 2].axhline(layer, color="0.4", lw=4, alpha=0.25)
+

@@ -177,3 +177,75 @@ def test_mh_chain_explorer_rejects_a_wrong_number_of_probabilities(image, chain_
     labels, _, merge_prob, energy = chain_setup
     with pytest.raises(ValueError, match="merge_prob"):
         widgets.MHChainExplorer(image, labels, merge_prob[:-1], energy)
+
+
+@pytest.fixture(scope="module")
+def tiny_se_lstm():
+    import torch
+
+    from selab.model import ModelConfig, SELabModel
+
+    torch.manual_seed(0)
+    config = ModelConfig(variant="se_lstm", num_layers=3, feature_channels=16, hidden_channels=16, n_segments=40,
+                         evolution={"num_proposals": 16})
+    model = SELabModel(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 48, 48, generator=generator)
+    mask = torch.zeros(48, 48, dtype=torch.long)
+    mask[10:40, 15:30] = 2  # a torso-like block
+    return model, {"image": image, "mask": mask}
+
+
+def test_evolution_forward_restores_the_model_and_is_seeded(tiny_se_lstm):
+    model, sample = tiny_se_lstm
+    batch = widgets.as_batch(sample, n_segments=40)
+    modes = [evo.eval_mode for evo in model.evolutions]
+    first = widgets.evolution_forward(model, batch, structure="mh", energy="ground_truth", seed=5)
+    again = widgets.evolution_forward(model, batch, structure="mh", energy="ground_truth", seed=5)
+    assert not model.training and [evo.eval_mode for evo in model.evolutions] == modes
+    assert model.config.train_order is None
+    assert [lv.num_nodes for lv in first.levels] == [lv.num_nodes for lv in again.levels]
+    assert all(trace.chains for trace in first.traces), "mh structure records a chain per layer"
+    greedy = widgets.evolution_forward(model, batch, structure="greedy")
+    assert not any(trace.chains for trace in greedy.traces)
+    with pytest.raises(ValueError, match="structure"):
+        widgets.evolution_forward(model, batch, structure="anneal")
+    with pytest.raises(ValueError, match="energy"):
+        widgets.evolution_forward(model, {k: v for k, v in batch.items() if k != "mask"}, energy="ground_truth")
+
+
+def test_level_predictions_add_up_to_the_model_prediction(tiny_se_lstm):
+    import torch
+
+    model, sample = tiny_se_lstm
+    output = widgets.evolution_forward(model, widgets.as_batch(sample, n_segments=40), structure="greedy")
+    contributions = widgets.level_contributions(model, output)
+    assert len(contributions) == len(output.levels) == 3
+    predictions = widgets.level_predictions(model, output)
+    assert len(predictions) == 4 and torch.equal(predictions[-1], output.logits.argmax(1))
+
+
+def test_evolution_explorer_layer_structure_and_energy(tiny_se_lstm):
+    model, sample = tiny_se_lstm
+    app = widgets.EvolutionExplorer(model, sample, structure="mh", energy="ground_truth", seed=1)
+    assert app.controls["layer"].description == "layer" and app.error is None
+    nodes = app.state["nodes_per_level"]
+    assert app.controls["layer"].max == len(nodes) - 1 == 2
+    assert all(a >= b for a, b in zip(nodes, nodes[1:]))
+    assert 0.0 <= app.state["acceptance_rate"] <= 1.0
+    png, forward = app.png, app.output
+
+    app.controls["layer"].value = 2
+    assert app.state["num_nodes"] == nodes[2] and np.isnan(app.state["acceptance_rate"])  # top: no chain
+    assert app.state["merge_prob"].size == 0
+    assert int(app.state["assignment"].max()) + 1 == nodes[2]
+    assert app.output is forward, "moving the slider does not rerun the model"
+    assert app.png != png
+
+    app.controls["layer"].value = 1
+    assert app.state["merge_prob"].shape == (app.state["num_edges"],)
+    app.controls["structure"].value = "none"
+    assert app.output is not forward and app.state["nodes_per_level"] == [nodes[0]] * 3
+    app.controls["energy"].value = "prediction"
+    app.controls["structure"].value = "mh"
+    assert app.state["energy"] == "prediction" and app.error is None
