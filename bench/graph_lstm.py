@@ -2,7 +2,7 @@
 
 Compares the exact wavefront schedule with the one-node-at-a-time oracle (same numbers) and the
 synchronous step (a different model; the cost floor), and counts the wavefront levels of every update
-order. Run: ``.venv/bin/python bench/graph_lstm.py [--device cuda] [--repeats 5]``; prints a table and
+order. Run: ``.venv/bin/python bench/graph_lstm.py [--device cuda] [--repeats 5] [--threads 1]``; prints a table and
 writes bench/results/graph_lstm.json.
 """
 
@@ -93,13 +93,17 @@ def time_forward_backward(layer, x, edge_index, rank, schedule, repeats, device)
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads; 1 gives steadier numbers on a busy shared machine")
     parser.add_argument("--sequential-repeats", type=int, default=1)
     parser.add_argument("--n-segments", type=int, default=1000)
     parser.add_argument("--in-channels", type=int, default=64)
     parser.add_argument("--hidden-channels", type=int, default=128)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     edge_index, batch, pos, confidence = build_batch(args.n_segments, device)
     N = batch.numel()
