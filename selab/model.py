@@ -67,8 +67,9 @@ class ModelConfig:
         Channels of the fused CNN features (the two-layer conv neck).
     hidden_channels : int
         Graph LSTM hidden size (paper: not given; selab decision 64-256).
-    num_layers : int
-        Graph LSTM layers (``graph_lstm``: 2 in the paper) or evolving layers L (``se_lstm``).
+    num_layers : int, optional
+        Graph LSTM layers (``graph_lstm``: default 2, the paper's) or evolving layers L (``se_lstm``:
+        default 3, selab decision; an evolution follows every layer but the last).
     residual : bool
         Residual connections between Graph LSTM layers (paper: on).
     identical_forget_gates : bool
@@ -79,6 +80,9 @@ class ModelConfig:
     train_order : str or None
         Order in training; default ``stochastic`` for ``se_lstm`` (confidence plus noise, the paper's
         "stochastic node updating") and ``order`` otherwise.
+    schedule : {"wavefront", "sequential", "synchronous"}
+        Graph LSTM schedule (:class:`selab.graph_lstm.GraphLSTM`): ``wavefront`` is the paper's
+        sequential update computed level by level; ``synchronous`` is a faster selab ablation.
     order_noise : float
         Noise scale of the stochastic order.
     n_segments, compactness : SLIC parameters of the superpixels (used by the data pipeline).
@@ -101,11 +105,12 @@ class ModelConfig:
     freeze_backbone: bool = False
     feature_channels: int = 128
     hidden_channels: int = 64
-    num_layers: int = 2
+    num_layers: int | None = None
     residual: bool = True
     identical_forget_gates: bool = False
     order: str = "confidence"
     train_order: str | None = None
+    schedule: str = "wavefront"
     order_noise: float = 0.1
     n_segments: int = 1000
     compactness: float = 10.0
@@ -119,6 +124,9 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
+        if self.num_layers is None:
+            self.num_layers = 3 if self.variant == "se_lstm" else 2
+
         def bad(name, expected):
             raise ValueError(f"ModelConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
@@ -135,6 +143,8 @@ class ModelConfig:
             bad("num_layers", "an int >= 1")
         if self.order not in ORDERS:
             bad("order", f"one of {ORDERS}")
+        if self.schedule not in ("wavefront", "sequential", "synchronous"):
+            bad("schedule", "'wavefront', 'sequential' or 'synchronous'")
         if self.train_order is not None and self.train_order not in ORDERS:
             bad("train_order", f"None or one of {ORDERS}")
         for name in ("order_noise", "merge_loss_weight", "confidence_loss_weight", "compactness"):
@@ -415,7 +425,7 @@ class SELabModel(nn.Module):
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             rank = self._order(order, node_confidence, graph, generator)
-            result = layer(x, graph.edge_index, rank, h0=h, m0=m)
+            result = layer(x, graph.edge_index, rank, schedule=self.config.schedule, h0=h, m0=m)
             out.states.append(result.h)
             out.ranks.append(rank)
             if self.config.variant == "graph_lstm":

@@ -54,6 +54,7 @@ from selab.model import ModelConfig, SELabModel, build_model
 DATASETS = ("synthetic", "pascal_person_part", "folder")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("poly", "cosine", "constant")
+SYNTHETIC_TRAIN_IMAGES, SYNTHETIC_VAL_IMAGES = 256, 32
 
 
 @dataclass
@@ -70,8 +71,8 @@ class TrainConfig:
         Training and validation splits (``train_id.txt`` / ``val_id.txt`` for PASCAL-Person-Part);
         ``val_split=None`` skips validation.
     limit, val_limit : int, optional
-        Use the first N images of each split (``synthetic``: the number of images generated, default 64
-        and 16).
+        Use the first N images of each split (``synthetic``: the number of images generated, default 256
+        and 32).
     image_size : int
         Images (and masks, superpixels) are resized to S x S for training.
     epochs, batch_size, lr : training length, batch and base learning rate.
@@ -121,7 +122,7 @@ class TrainConfig:
     limit: int | None = None
     val_limit: int | None = None
     image_size: int = 96
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 8
     lr: float = 3e-3
     optimizer: str = "adamw"
@@ -299,10 +300,13 @@ def base_dataset(config: TrainConfig, split: str, limit: int | None):
     """The split's full-resolution samples (dicts with ``image`` [3,H,W], ``mask`` [H,W], ``id``).
 
     :func:`selab.data.make_dataset` without transforms; ``synthetic`` renders ``limit`` images
-    (default 64 for ``train``, 16 otherwise) at ``image_size``, with disjoint ``train``/``val``/``test``.
+    (default 256 for training, 32 otherwise) at ``image_size``, with disjoint ``train``/``val``/``test``.
     """
     from selab.data import make_dataset
 
+    if config.dataset == "synthetic" and limit is None:
+        # selab decision: enough synthetic images that the default quick run learns visibly.
+        limit = SYNTHETIC_TRAIN_IMAGES if split == config.split else SYNTHETIC_VAL_IMAGES
     return make_dataset(config.dataset, root=config.data_root, split=split, limit=limit,
                         image_size=config.image_size, transform=None)
 
@@ -358,7 +362,7 @@ class PreparedSplit(torch.utils.data.Dataset):
         labels = slic(image, n_segments=self.config.segments, compactness=self.config.model_config().compactness)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, labels.astype(np.int32))
+        np.save(tmp, labels.astype(np.int16 if labels.max() < 2**15 else np.int32))
         os.replace(tmp, path)
         return torch.from_numpy(labels)
 
