@@ -87,25 +87,26 @@ def browser(chromium_path):
 
 
 @pytest.fixture(scope="session")
-def browser_context(browser):
-    """One context for the session, so JupyterLab's scripts load from the HTTP cache after the first page."""
+def lab_page(browser):
+    """One JupyterLab page for the session: the front end loads once, notebooks open in tabs."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
-        yield context
+        shared = context.new_page()
+        shared.set_default_timeout(60_000)
+        yield shared
     finally:
         context.close()
 
 
 @pytest.fixture
-def page(browser_context):
-    """A fresh page; ``page.selab_errors`` collects its console and page errors."""
-    new_page = browser_context.new_page()
+def page(lab_page):
+    """The session's page; ``page.selab_errors`` collects the console and page errors of this test."""
+    errors = BrowserErrors().attach(lab_page)
+    lab_page.selab_errors = errors
     try:
-        new_page.set_default_timeout(60_000)
-        new_page.selab_errors = BrowserErrors().attach(new_page)
-        yield new_page
+        yield lab_page
     finally:
-        new_page.close()
+        errors.detach(lab_page)
 
 
 @pytest.fixture(scope="session")
@@ -114,20 +115,22 @@ def shots(run_dir) -> Screenshots:
 
 
 @pytest.fixture
-def open_notebook(page, lab, lab_root, shots):
+def open_notebook(page, lab, lab_root, shots, run_dir):
     """Open a notebook of the temporary lab root (skip if this checkout lacks it); its kernel is
-    shut down after the test."""
-    opened = []
+    shut down after the test and the time of each step is appended to the run folder's timings.txt."""
+    notebooks = []
 
     def open_(name: str) -> Notebook:
         if not (lab_root / name).exists():
             pytest.skip(f"notebooks/{name} is not in this checkout")
         notebook = Notebook(page, lab, name, shots)
-        opened.append(name)
+        notebooks.append(notebook)
         notebook.open()
         return notebook
 
     yield open_
-    page.close()
-    for name in opened:
-        lab.close_sessions(name)
+    with open(run_dir / "timings.txt", "a") as timings:
+        for notebook in notebooks:
+            lab.close_sessions(notebook.name)
+            for step, seconds in notebook.timings:
+                timings.write(f"{notebook.name}\t{step}\t{seconds:.1f} s\n")

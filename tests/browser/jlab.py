@@ -49,7 +49,9 @@ KERNEL_IDLE = '.jp-StatusBar-TextItem:text-matches("[|] Idle$")'
 # Browser console lines that are noise here, not failures (BROWSER_TESTING.md, pitfall 6).
 CONSOLE_NOISE = re.compile(
     r"dev/shm|dbus|not trusted|Failed to load resource|favicon|"
-    r"ERR_CONNECTION_REFUSED|net::ERR_|WebSocket connection to .* failed",
+    r"ERR_CONNECTION_REFUSED|net::ERR_|WebSocket connection to .* failed|"
+    # the debugger sidebar of a notebook whose kernel the previous test shut down on purpose
+    r"Could not restore the debugger state",
     re.IGNORECASE,
 )
 
@@ -141,8 +143,9 @@ class JupyterLab:
             "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
             "IPYTHONDIR": str(home / ".ipython"),
             "MPLCONFIGDIR": str(home / ".matplotlib"),
-            # Keep the kernel polite on a shared 2-core machine.
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+            # One torch thread in the kernels, as tests/conftest.py does for pytest: on a busy 2-core
+            # machine two threads make small ops stall.
+            "OMP_NUM_THREADS": os.environ.get("SELAB_TEST_THREADS", "1"),
             **(env or {}),
         }
         log_file = open(log_path, "w")
@@ -231,9 +234,16 @@ class BrowserErrors:
     messages: list[str] = field(default_factory=list)
 
     def attach(self, page) -> "BrowserErrors":
-        page.on("pageerror", lambda error: self.messages.append(f"pageerror: {error}"))
+        page.on("pageerror", self._on_pageerror)
         page.on("console", self._on_console)
         return self
+
+    def detach(self, page) -> None:
+        page.remove_listener("pageerror", self._on_pageerror)
+        page.remove_listener("console", self._on_console)
+
+    def _on_pageerror(self, error) -> None:
+        self.messages.append(f"pageerror: {error}")
 
     def _on_console(self, message) -> None:
         if message.type == "error" and not CONSOLE_NOISE.search(message.text):
@@ -261,16 +271,36 @@ class Notebook:
         self.page, self.lab, self.name, self.shots = page, lab, name, shots
         self.cell_timeout_ms = cell_timeout_ms
         self.panel = page.locator(VISIBLE_NOTEBOOK)
+        self.timings: list[tuple[str, float]] = []  # (step, seconds since the previous mark)
+        self._last_mark = time.monotonic()
+
+    def mark(self, step: str) -> None:
+        """Note how long the step that just ended took (written to the run folder's timings.txt)."""
+        now = time.monotonic()
+        self.timings.append((step, now - self._last_mark))
+        self._last_mark = now
 
     # --- opening and running -------------------------------------------------------------------
     def open(self) -> None:
-        """Open the notebook alone (``?reset`` drops any restored layout) and wait for an idle kernel."""
-        self.page.goto(f"{self.lab.url}/lab/tree/{self.name}?reset")
+        """Open the notebook and wait for an idle kernel.
+
+        On a fresh page: load JupyterLab at the notebook with ``?reset`` (drops any restored layout).
+        On a page that already shows this JupyterLab: File > Open from Path, which saves reloading
+        the whole front end (several seconds per notebook on 2 cores).
+        """
+        if self.page.url.startswith(f"{self.lab.url}/lab"):
+            self.page.locator('.lm-MenuBar-itemLabel:text-is("File")').click()
+            self.page.locator('.lm-Menu-itemLabel:text-matches("^Open from Path")').click()
+            self.page.locator(".jp-Dialog input").fill(self.name)
+            self.page.locator(".jp-Dialog .jp-mod-accept").click()
+        else:
+            self.page.goto(f"{self.lab.url}/lab/tree/{self.name}?reset")
         self.panel.wait_for(state="visible", timeout=60_000)
         current_tab = self.page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current "
                                         ".lm-TabBar-tabLabel")
         current_tab.filter(has_text=self.name).wait_for(timeout=30_000)
         self.wait_kernel_idle(60_000)
+        self.mark("open (page load, kernel start)")
 
     def wait_kernel_idle(self, timeout_ms: float | None = None) -> None:
         # The toolbar's idle indicator says idle before a kernel exists (pitfall 1): use the status bar.
@@ -298,6 +328,7 @@ class Notebook:
             polling=250,
         )
         self.wait_kernel_idle()
+        self.mark("run all cells")
         self.assert_all_cells_ran(total)
 
     def cell_prompts(self) -> list[str]:
@@ -448,7 +479,10 @@ class Notebook:
         return [text.strip() for text in self.panel.locator(selector).all_inner_texts()]
 
     def screenshot(self, step: str, locator=None) -> Path:
-        return self.shots.take(self.page, f"{Path(self.name).stem}_{step}", locator)
+        """A numbered screenshot of the page (or of ``locator``); also closes a timing mark."""
+        path = self.shots.take(self.page, f"{Path(self.name).stem}_{step}", locator)
+        self.mark(step)
+        return path
 
 
 def panel_difference(before: bytes, after: bytes, grid: tuple[int, int], cell: tuple[int, int],

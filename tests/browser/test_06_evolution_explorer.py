@@ -1,8 +1,8 @@
 """notebooks/06_evolution_explorer in JupyterLab: every cell runs without error, and the evolution
 explorer answers its controls in the browser as a person would use them.
 
-Moving the layer slider must show a coarser level: the readout's node count drops to the next entry
-of "nodes per level", and both the partition drawing and the merge-probability drawing change (the
+Moving the layer slider must show another level: the readout's node count becomes that level's entry
+of "nodes per level" (fewer nodes on the coarser level), and both the partition drawing and the merge-probability drawing change (the
 explorer draws one figure of 2 x 3 panels; each panel is compared pixel by pixel). Picking another
 setting in a dropdown must change the readout and the picture. No error output in any cell, nothing
 in JupyterLab's log console, no console or page errors in the browser.
@@ -57,29 +57,34 @@ def test_evolution_explorer_answers_layer_and_settings(page, open_notebook):
         return readout.inner_text().strip()
 
     start = parse_readout(readout_text())
-    assert start["layer"] == int(notebook.slider_value("layer")) == 0
-    assert start["num_nodes"] == start["nodes_per_level"][0]
+    assert start["layer"] == int(notebook.slider_value("layer"))
+    assert start["num_nodes"] == start["nodes_per_level"][start["layer"]]
     assert start["num_levels"] >= 2, "the explorer needs at least two levels to step through"
     picture = notebook.image_bytes(explorer)
     assert len(picture) == 1, "EvolutionExplorer draws one figure"
     sources = notebook.image_sources(explorer)
-    shot = notebook.screenshot("explorer_layer0", explorer)
-    if os.environ.get("SELAB_BROWSER_DOCS"):
-        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(shot, DOCS_SCREENSHOT)
+    notebook.screenshot(f"explorer_layer{start['layer']}", explorer)
 
-    # One layer up: the next, coarser level of the hierarchy.
-    assert notebook.move_slider("layer") == "1"
-    notebook.wait_for_change(lambda: parse_readout(readout_text())["layer"], 0)
+    # One layer along the slider (down when the notebook left it above 0): another level of the
+    # hierarchy, with its own partition and merge probabilities.
+    step = -1 if start["layer"] > 0 else 1
+    layer = start["layer"] + step
+    assert notebook.move_slider("layer", steps=step) == str(layer)
+    notebook.wait_for_change(lambda: parse_readout(readout_text())["layer"], start["layer"])
     sources = notebook.wait_images_change(sources, explorer)
-    layer1 = parse_readout(readout_text())
-    assert layer1["nodes_per_level"] == start["nodes_per_level"]
-    assert layer1["num_nodes"] == start["nodes_per_level"][1] < start["num_nodes"]
+    moved = parse_readout(readout_text())
+    assert moved["layer"] == layer and moved["nodes_per_level"] == start["nodes_per_level"]
+    assert moved["num_nodes"] == start["nodes_per_level"][layer]
+    finer, coarser = (moved, start) if step < 0 else (start, moved)
+    assert coarser["num_nodes"] < finer["num_nodes"], f"no merge between these levels: {moved['text']}"
     picture1 = notebook.image_bytes(explorer)
     assert panel_difference(picture[0], picture1[0], GRID, PARTITION) > CHANGED, "partition not redrawn"
     assert panel_difference(picture[0], picture1[0], GRID, MERGE_PROB) > CHANGED, \
         "merge probabilities not redrawn"
-    notebook.screenshot("explorer_layer1", explorer)
+    shot = notebook.screenshot(f"explorer_layer{layer}", explorer)
+    if os.environ.get("SELAB_BROWSER_DOCS"):
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
 
     # Another setting from a dropdown reruns the model: new readout, new picture.
     dropdown = next(name for name in ("image", "order", "structure")
@@ -89,11 +94,11 @@ def test_evolution_explorer_answers_layer_and_settings(page, open_notebook):
         "options => options.map(o => [o.value, o.textContent])")
     other = next(label for value, label in options if value != current)
     notebook.pick(dropdown, other)
-    notebook.wait_for_change(readout_text, layer1["text"])
+    notebook.wait_for_change(readout_text, moved["text"])
     notebook.wait_images_change(sources, explorer)
     picked = parse_readout(readout_text())
     picture2 = notebook.image_bytes(explorer)
-    assert picked["text"] != layer1["text"]
+    assert picked["text"] != moved["text"]
     assert panel_difference(picture1[0], picture2[0], GRID, PARTITION) > CHANGED \
         or panel_difference(picture1[0], picture2[0], GRID, MERGE_PROB) > CHANGED, \
         f"picking {dropdown} = {other!r} changed neither the partition nor the merge probabilities"
