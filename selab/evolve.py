@@ -11,7 +11,8 @@ the next, higher-level graph (merged nodes take the mean of their f, h and m).
 The SE-LSTM text that fixes these details is not available; every choice here is a selab decision
 (PAPER.md, "Where selab decides") with a named option. The defaults reproduce selab's reading of the
 paper's configuration: ``MergeProbability(source="forget_gates")`` (decision 1), independent edge
-proposals without a budget (decision 2), ``PartitionEnergy(distance="tv", beta=0.5)`` (decision 3),
+proposals over the top quarter of each image's edges (``merge_budget=0.25``, decision 2),
+``PartitionEnergy(distance="tv", beta=0.1, scale=100)`` (decision 3),
 ``StructureEvolution(mode="mh", num_proposals=8, temperature=1.0)`` in training and the deterministic
 ``eval_mode="greedy"`` (``p > 0.5``) at test time (decisions 4 and 6). ``mode="none"`` gives a plain
 Graph LSTM (no merging).
@@ -232,8 +233,8 @@ def candidate_edges(merge_prob: Tensor, budget: Budget = None, edge_graph: Optio
     else:
         keep = torch.clamp(per_graph, max=budget)
     # rank of each edge within its image by decreasing p (stable: ties keep the lower edge id)
-    order = torch.argsort(p, descending=True, stable=True)
-    order = order[torch.argsort(edge_graph[order], stable=True)]
+    # one sort by (image, decreasing p): p is in [0, 1], so the image id dominates a key of step 2
+    order = torch.argsort(edge_graph.double() * 2 + (1 - p.double()), stable=True)
     starts = torch.cumsum(per_graph, 0) - per_graph
     rank = torch.empty_like(order)
     rank[order] = torch.arange(num_edges, device=p.device) - starts[edge_graph[order]]
@@ -361,7 +362,7 @@ class PartitionEnergy:
     selab decision (PAPER.md decision 3):
 
     .. math::
-        E(c) = \sum_i w_i \, D(p_i, \bar p_{c(i)}) + \beta \cdot |\{\text{clusters}\}|,
+        E(c) = s \Big( \sum_i w_i \, D(p_i, \bar p_{c(i)}) + \beta \cdot |\{\text{clusters}\}| \Big),
         \qquad \bar p_k = \frac{\sum_{c(i)=k} w_i p_i}{\sum_{c(i)=k} w_i}
 
     with :math:`p_i` the node's predicted class distribution (prediction mode) or the one-hot of its
@@ -369,8 +370,17 @@ class PartitionEnergy:
     size of its image (so the disagreement is counted in "average nodes"), and D the total variation
     (``distance="tv"``, in [0, 1]) or the squared Euclidean distance (``distance="sq"``). Merging two
     average nodes with different labels costs 1 (tv) and gains ``beta``: with ``beta < 1`` the
-    ground-truth energy prefers merging agreeing nodes only. The count of clusters per node is what
-    rewards merging. Evaluated with scatter ops, O(N K).
+    ground-truth energy prefers merging agreeing nodes only, and a clique may absorb a minority of at
+    most about ``beta`` average nodes per merge. The count of clusters is what rewards merging.
+
+    selab decision (normalisation): the scale ``s`` (nats per average node, default 100) makes the
+    energy comparable with log q, which sums a log-odds term over every edge (about 3 per node on a
+    SLIC graph): with ``s = 1`` the q-correction of the MH ratio dominates and the chain, started
+    from "nothing on", accepts almost nothing when the merge probabilities are confident. On SLIC
+    graphs of PASCAL-Person-Part images (about 800 nodes, ground-truth mode, merge budget 0.25),
+    ``s = 100, beta = 0.1, T = 1`` merges about 30% of the nodes per layer with calibrated merge
+    probabilities and keeps the cliques' label purity above 99.9% (``bench/evolve.py`` prints this).
+    Evaluated with scatter ops, O(N K).
 
     Parameters
     ----------
@@ -383,14 +393,16 @@ class PartitionEnergy:
     batch : Tensor [N], optional
         Image of each node (for per-image size normalisation and :meth:`per_graph`).
     beta : float
-        Reward per merge (cost per cluster).
+        Reward per merge (cost per cluster), in average nodes of disagreement.
     distance : {"tv", "sq"}
     num_classes : int, optional
         K for one-hot labels (default: max label + 1).
+    scale : float
+        Energy unit in nats per average node of disagreement (selab decision, see above).
 
     Example
     -------
-    >>> energy = PartitionEnergy(node_labels=torch.tensor([0, 0, 1]), beta=0.5)
+    >>> energy = PartitionEnergy(node_labels=torch.tensor([0, 0, 1]), beta=0.5, scale=1.0)
     >>> energy(torch.tensor([0, 1, 2])), energy(torch.tensor([0, 0, 1]))
     (1.5, 1.0)
     """
@@ -401,9 +413,10 @@ class PartitionEnergy:
         node_labels: Optional[Tensor] = None,
         size: Optional[Tensor] = None,
         batch: Optional[Tensor] = None,
-        beta: float = 0.5,
+        beta: float = 0.1,
         distance: str = "tv",
         num_classes: Optional[int] = None,
+        scale: float = 100.0,
     ):
         if distance not in ("tv", "sq"):
             raise ValueError(f"distance must be 'tv' or 'sq', got {distance!r}")
@@ -433,6 +446,9 @@ class PartitionEnergy:
         mean_size = mean_size / torch.bincount(batch, minlength=self.num_graphs).clamp(min=1)
         self.prob, self.batch, self.beta, self.distance = prob, batch, float(beta), distance
         self.weight = size / mean_size[batch].clamp(min=1e-12)
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale!r}")
+        self.scale = float(scale)
 
     def per_graph_many(self, clusters: Tensor) -> Tensor:
         """Energies of S partitions at once, per image: ``[S, B]`` float64 (cluster ids per row < N)."""
@@ -456,7 +472,7 @@ class PartitionEnergy:
         hi = hi.scatter_reduce(0, graph, c, "amax")
         lo = lo.scatter_reduce(0, graph, c, "amin")
         count = (hi - lo + 1).clamp(min=0).double()
-        return (disagreement + self.beta * count).reshape(num_states, self.num_graphs)
+        return self.scale * (disagreement + self.beta * count).reshape(num_states, self.num_graphs)
 
     def per_graph(self, cluster: Tensor) -> Tensor:
         """Energy per image ``[B]`` of one partition."""
@@ -564,7 +580,13 @@ def _run_chains(
     count_list, uniform_list = cluster_count.tolist(), uniforms.tolist()
     chosen_list = [0] * num_graphs
     # each image's view of the proposals, sliced once (not per step)
-    own_edges = [states] if num_graphs == 1 else [states[:, edge_graph == b] for b in range(num_graphs)]
+    if num_graphs == 1:
+        own_edges = [states]
+    elif bool((edge_graph[1:] >= edge_graph[:-1]).all()):  # edges grouped by image: cheap views
+        ends = torch.cumsum(torch.bincount(edge_graph, minlength=num_graphs), 0).tolist()
+        own_edges = [states[:, start:end] for start, end in zip([0] + ends[:-1], ends)]
+    else:
+        own_edges = [states[:, edge_graph == b] for b in range(num_graphs)]
     for s in range(1, num_steps + 1):
         for b in range(num_graphs):
             cur = chosen_list[b]
@@ -744,11 +766,14 @@ class StructureEvolution(nn.Module):
         MH proposals per layer and image.
     temperature : float
     merge_budget : int or float, optional
-        Top-k edges (int) or fraction of edges (float) per image that may merge.
+        Top-k edges (int) or fraction of edges (float) per image that may merge. selab decision:
+        0.25 by default, because independent switching of all edges of a planar SLIC graph
+        percolates (with p around 0.8 one giant clique spans labels) and the chain then accepts
+        nothing or a nearly total merge; ``None`` lets every edge merge.
     threshold : float
         Greedy mode: merge edges with ``p > threshold``.
-    beta : float
-        Merge reward of the default energy (see :class:`PartitionEnergy`).
+    beta, energy_scale : float
+        Merge reward and energy unit of the default energy (see :class:`PartitionEnergy`).
     distance : {"tv", "sq"}
     eval_mode : {"greedy", "mh", "none", None}
         Mode in ``eval()``; selab decision (PAPER.md decision 6): deterministic by default, ``None``
@@ -769,9 +794,10 @@ class StructureEvolution(nn.Module):
         mode: str = "mh",
         num_proposals: int = 8,
         temperature: float = 1.0,
-        merge_budget: Budget = None,
+        merge_budget: Budget = 0.25,
         threshold: float = 0.5,
-        beta: float = 0.5,
+        beta: float = 0.1,
+        energy_scale: float = 100.0,
         distance: str = "tv",
         eval_mode: Optional[str] = "greedy",
         source: str = "forget_gates",
@@ -788,7 +814,7 @@ class StructureEvolution(nn.Module):
         self.mode, self.eval_mode = mode, eval_mode
         self.num_proposals, self.temperature = num_proposals, float(temperature)
         self.merge_budget, self.threshold = merge_budget, float(threshold)
-        self.beta, self.distance = float(beta), distance
+        self.beta, self.distance, self.energy_scale = float(beta), distance, float(energy_scale)
         self.merge_probability = MergeProbability(hidden_channels, source=source)
 
     def current_mode(self) -> str:
@@ -865,7 +891,7 @@ class StructureEvolution(nn.Module):
         if mode == "mh":
             energy = PartitionEnergy(
                 node_prob=node_class_prob, node_labels=node_labels, size=graph.size, batch=batch,
-                beta=self.beta, distance=self.distance, num_classes=node_class_prob.shape[1],
+                beta=self.beta, distance=self.distance, num_classes=node_class_prob.shape[1], scale=self.energy_scale,
             )
         cluster, edges_on, chains = self.sample(edge_index, merge_prob, batch, energy, generator, mode)
         num_clusters = int(cluster.max()) + 1 if n else 0

@@ -150,7 +150,8 @@ def test_candidate_edges_budget():
 
 # ------------------------------------------------------------------ energy
 def test_energy_matches_loop_oracle_on_all_partitions():
-    energy = PartitionEnergy(node_labels=TINY_LABELS, size=TINY_SIZES, beta=0.7, num_classes=2)
+    energy = PartitionEnergy(node_labels=TINY_LABELS, size=TINY_SIZES, beta=0.7, num_classes=2, scale=1.0)
+    assert PartitionEnergy(node_labels=TINY_LABELS, beta=0.7, scale=3.0)(torch.arange(5)) == pytest.approx(3 * 0.7 * 5)
     for z in itertools.product([False, True], repeat=5):
         cluster = connected_components(TINY_EDGES, torch.tensor(z), 5)
         want = python_energy(cluster.tolist(), TINY_LABELS.tolist(), TINY_SIZES.tolist(), 0.7, 2)
@@ -160,7 +161,7 @@ def test_energy_matches_loop_oracle_on_all_partitions():
 def test_energy_prediction_mode_and_per_graph():
     prob = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8]])
     batch = torch.tensor([0, 0, 1, 1])
-    energy = PartitionEnergy(node_prob=prob, batch=batch, beta=0.1)
+    energy = PartitionEnergy(node_prob=prob, batch=batch, beta=0.1, scale=1.0)
     separate = energy.per_graph(torch.arange(4))
     assert separate.tolist() == pytest.approx([0.2, 0.2])
     merged = energy.per_graph(torch.tensor([0, 0, 1, 1]))
@@ -171,7 +172,7 @@ def test_energy_prediction_mode_and_per_graph():
 
 # ------------------------------------------------------------------ Metropolis-Hastings
 def _tiny_energy(beta=0.7):
-    return PartitionEnergy(node_labels=TINY_LABELS, size=TINY_SIZES, beta=beta, num_classes=2)
+    return PartitionEnergy(node_labels=TINY_LABELS, size=TINY_SIZES, beta=beta, num_classes=2, scale=1.0)
 
 
 def test_acceptance_probabilities_brute_force():
@@ -338,7 +339,7 @@ def test_structure_evolution_coarsens_states(mode):
     lstm = _FakeLSTM(n, e, 6)
     prob = torch.softmax(torch.randn(n, 3), 1)
     labels = (graph.pos[:, 1] > 4).long()  # left/right halves
-    evo = StructureEvolution(6, mode=mode, num_proposals=6, beta=0.5)
+    evo = StructureEvolution(6, mode=mode, num_proposals=6)
     with torch.no_grad():
         evo.merge_probability.linear.bias.fill_(1.0)
     out = evo(graph, lstm, prob, node_labels=labels, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,190 @@
+"""Cost of structure evolution against one Graph LSTM layer, and how much it merges with defaults.
+
+Times, in one run on the same batch of 4 SLIC graphs (about 1000 superpixels each): one Graph LSTM
+layer (wavefront schedule, forward and forward+backward), one Metropolis-Hastings step with 8
+proposals per image (one chain per image: drawing, connected components, energies, accept/reject),
+the whole ``StructureEvolution`` forward (merge probabilities + MH + coarsening of f, h, m), and greedy
+merging. Target: the sampler costs at most 10% of the layer. Then reports the fraction of nodes merged
+per layer with the default energy on PASCAL-Person-Part images in ground-truth mode (skipped without
+the data). Run: ``.venv/bin/python bench/evolve.py [--device cuda] [--repeats 7]``; prints tables and
+writes bench/results/evolve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage import data
+
+from selab.evolve import (
+    PartitionEnergy,
+    StructureEvolution,
+    merge_target,
+    metropolis_hastings,
+    node_majority_labels,
+)
+from selab.graph import batch_graphs, graph_from_superpixels
+from selab.graph_lstm import GraphLSTM, confidence_order
+from selab.superpixels import pool_to_nodes, slic
+
+IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
+PASCAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "pascal_person_part"
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median wall time in ms over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def build_batch(n_segments: int, channels: int, device: torch.device):
+    graphs, features = [], []
+    for name in IMAGES:
+        image = getattr(data, name)()[:300, :400]  # one size: a batch shares assignment [B, H, W]
+        labels = slic(image, n_segments=n_segments)
+        graphs.append(graph_from_superpixels(labels))
+        pixels = torch.as_tensor(image, dtype=torch.float32).permute(2, 0, 1) / 255
+        features.append(pool_to_nodes(pixels, labels).x)
+    graph = batch_graphs(graphs).to(device)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.cat(features) @ torch.randn(3, channels, generator=generator)
+    confidence = torch.softmax((graph.pos.cpu() / 100) @ torch.randn(2, 7, generator=generator)
+                               + 0.5 * torch.randn(graph.num_nodes, 7, generator=generator), dim=1)
+    graph.x = x.to(device)
+    return graph, confidence.to(device)
+
+
+def timing(args, device):
+    graph, confidence = build_batch(args.n_segments, args.channels, device)
+    torch.manual_seed(0)
+    layer = GraphLSTM(args.channels, args.hidden).to(device)
+    evolution = StructureEvolution(args.hidden).to(device).train()
+    rank = confidence_order(confidence, graph.pos, graph.batch)
+
+    def layer_forward():
+        with torch.no_grad():
+            return layer(graph.x, graph.edge_index, rank)
+
+    def layer_forward_backward():
+        out = layer(graph.x, graph.edge_index, rank)
+        (out.h.sum() + out.edge_forget.sum()).backward()
+
+    out = layer_forward()
+    with torch.no_grad():
+        merge_prob = evolution.merge_probability(edge_forget=out.edge_forget)
+    energy = PartitionEnergy(node_prob=confidence, size=graph.size, batch=graph.batch)
+
+    def mh_step():
+        generator = torch.Generator(device=device).manual_seed(0)
+        evolution.sample(graph.edge_index, merge_prob, graph.batch, energy, generator, mode="mh")
+
+    def mh_step_no_budget():
+        generator = torch.Generator(device=device).manual_seed(0)
+        evolution.merge_budget = None
+        evolution.sample(graph.edge_index, merge_prob, graph.batch, energy, generator, mode="mh")
+        evolution.merge_budget = 0.25
+
+    def evolution_forward():
+        with torch.no_grad():
+            evolution(graph, out, confidence, generator=torch.Generator(device=device).manual_seed(0))
+
+    def greedy():
+        evolution.sample(graph.edge_index, merge_prob, graph.batch, energy, mode="greedy")
+
+    rows = [
+        ("Graph LSTM layer, wavefront, forward", layer_forward),
+        ("Graph LSTM layer, wavefront, forward+backward", layer_forward_backward),
+        ("MH step, 8 proposals/image, budget 0.25", mh_step),
+        ("MH step, 8 proposals/image, no budget", mh_step_no_budget),
+        ("StructureEvolution forward (p + MH + coarsen)", evolution_forward),
+        ("greedy merge (p > 0.5)", greedy),
+    ]
+    results = [(name, timed(fn, args.repeats, device)) for name, fn in rows]
+    reference = results[0][1]
+    print(f"\nbatch: {graph.num_graphs} graphs, {graph.num_nodes} nodes, {graph.edge_index.shape[1]} edges, "
+          f"{int(out.levels.max()) + 1} wavefront levels, hidden {args.hidden}, device {device}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'variant':50s} {'ms':>9s} {'/ layer fwd':>12s}")
+    for name, ms in results:
+        print(f"{name:50s} {ms:9.2f} {ms / reference:12.3f}")
+    return {"num_nodes": graph.num_nodes, "num_edges": int(graph.edge_index.shape[1]),
+            "rows": [{"variant": name, "ms": ms, "ratio_to_layer_forward": ms / reference} for name, ms in results]}
+
+
+def merge_fractions(args):
+    """Fraction of nodes merged by one MH step with default settings, ground-truth energy."""
+    if not (PASCAL / "JPEGImages").is_dir():
+        print("\nPASCAL-Person-Part not found: merge fractions skipped")
+        return None
+    ids = (PASCAL / "val_id.txt").read_text().split()[: args.images]
+    settings = {
+        "untrained (p = 0.5)": lambda t, g: torch.full_like(t, 0.5),
+        "calibrated (p = 0.8 / 0.2)": lambda t, g: 0.2 + 0.6 * t,
+        "noisy (sigmoid(+-2.5 + N(0, 1.5)))": lambda t, g: torch.sigmoid(2.5 * (2 * t - 1) + 1.5 * torch.randn(t.shape, generator=g)),
+    }
+    table = {name: {"merged": [], "impurity": [], "accepted": []} for name in settings}
+    for image_id in ids:
+        image = np.asarray(Image.open(PASCAL / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
+        mask = torch.from_numpy(np.array(Image.open(PASCAL / "SegmentationPart" / f"{image_id}.png"))).long()
+        graph = graph_from_superpixels(slic(image, n_segments=args.n_segments))
+        n = graph.num_nodes
+        labels = node_majority_labels(mask[None], graph.assignment, n)
+        target = merge_target(graph.edge_index, labels)
+        energy = PartitionEnergy(node_labels=labels, size=graph.size, num_classes=7)
+        for name, make in settings.items():
+            generator = torch.Generator().manual_seed(0)
+            cluster, trace = metropolis_hastings(graph.edge_index, make(target, generator), energy, 8,
+                                                 generator=generator, num_nodes=n, merge_budget=0.25)
+            k = int(cluster.max()) + 1
+            counts = torch.zeros(k, 7).index_add_(0, cluster, torch.nn.functional.one_hot(labels, 7).float())
+            table[name]["merged"].append(1 - k / n)
+            table[name]["impurity"].append(1 - float(counts.max(1).values.sum()) / n)
+            table[name]["accepted"].append(sum(step.accepted for step in trace.steps))
+    print(f"\nmerge per layer, defaults (beta 0.1, scale 100, T 1, budget 0.25, 8 proposals), ground-truth "
+          f"energy, {len(ids)} PASCAL val images, ~{args.n_segments} superpixels")
+    print(f"{'merge probabilities':38s} {'merged nodes':>13s} {'label impurity':>15s} {'accepted/8':>11s}")
+    for name, row in table.items():
+        print(f"{name:38s} {np.mean(row['merged']):13.3f} {np.mean(row['impurity']):15.4f} {np.mean(row['accepted']):11.2f}")
+    return table
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--n-segments", type=int, default=1000)
+    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    result = {"device": str(device), "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "timing": timing(args, device), "merge": merge_fractions(args)}
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "evolve.json").write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out / 'evolve.json'}")
+
+
+if __name__ == "__main__":
+    main()
