@@ -625,8 +625,15 @@ def plot_curves(run_dir: Path, history: list) -> Path | None:
     if any(r.get("val_mean_iou") is not None for r in history):
         axes[1].plot(epochs, [r.get("val_mean_iou") for r in history], marker="o", color="C1")
     axes[1].set(xlabel="epoch", ylabel="mIoU (%)", title="validation mean IoU")
+    return _save_figure(fig, run_dir, "curves.png")
+
+
+def _save_figure(fig, run_dir: Path, name: str) -> Path:
+    """Lay out ``fig``, write it to ``run_dir/figures/name`` and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = run_dir / "figures" / "curves.png"
+    path = run_dir / "figures" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -655,12 +662,7 @@ def plot_predictions(run_dir: Path, examples: list) -> Path | None:
             axes[row, col].set_axis_off()
             if row == 0:
                 axes[row, col].set_title(title)
-    fig.tight_layout()
-    path = run_dir / "figures" / "predictions.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, run_dir, "predictions.png")
 
 
 # ---------------------------------------------------------------------------------------------------
