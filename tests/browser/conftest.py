@@ -116,8 +116,8 @@ def shots(run_dir) -> Screenshots:
 
 @pytest.fixture
 def open_notebook(page, lab, lab_root, shots, run_dir):
-    """Open a notebook of the temporary lab root (skip if this checkout lacks it); its kernel is
-    shut down after the test and the time of each step is appended to the run folder's timings.txt."""
+    """Open a notebook of the temporary lab root (skip if this checkout lacks it); its tab is closed
+    and its kernel shut down after the test and the time of each step is appended to the run folder's timings.txt."""
     notebooks = []
 
     def open_(name: str) -> Notebook:
@@ -131,6 +131,9 @@ def open_notebook(page, lab, lab_root, shots, run_dir):
     yield open_
     with open(run_dir / "timings.txt", "a") as timings:
         for notebook in notebooks:
-            lab.close_sessions(notebook.name)
+            try:
+                notebook.close()  # the next test's notebook is then the only one open
+            finally:
+                lab.close_sessions(notebook.name)
             for step, seconds in notebook.timings:
                 timings.write(f"{notebook.name}\t{step}\t{seconds:.1f} s\n")

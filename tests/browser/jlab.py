@@ -184,6 +184,16 @@ class JupyterLab:
         with urllib.request.urlopen(f"{self.url}/api/kernels", timeout=5) as response:
             return json.loads(response.read())
 
+    def kernel_state(self, notebook_name: str) -> str | None:
+        """The server's ``execution_state`` of this notebook's kernel (``idle``, ``busy``,
+        ``starting``, ...), or None while the notebook has no session."""
+        with urllib.request.urlopen(f"{self.url}/api/sessions", timeout=5) as response:
+            sessions = json.loads(response.read())
+        for session in sessions:
+            if session.get("path", "").endswith(notebook_name) and session.get("kernel"):
+                return session["kernel"].get("execution_state")
+        return None
+
     def close_sessions(self, notebook_name: str) -> None:
         """Ask the server to shut down the kernel(s) of one notebook (DELETE its sessions), freeing
         their memory; no waiting for it (``stop`` shuts down whatever is left)."""
@@ -299,34 +309,108 @@ class Notebook:
         current_tab = self.page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current "
                                         ".lm-TabBar-tabLabel")
         current_tab.filter(has_text=self.name).wait_for(timeout=30_000)
+        # The status bar can show a stale "Idle" before this notebook's kernel exists (pitfall 1),
+        # and Run All then skips every cell: ask the server too.
+        self.wait_server_kernel_idle(90)
         self.wait_kernel_idle(60_000)
         self.mark("open (page load, kernel start)")
+
+    def wait_server_kernel_idle(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        state = None
+        while time.monotonic() < deadline:
+            state = self.lab.kernel_state(self.name)
+            if state == "idle":
+                return
+            self.page.wait_for_timeout(250)
+        raise AssertionError(f"{self.name}: the server reports kernel state {state!r}, not 'idle', "
+                             f"{timeout_s:.0f} s after opening; JupyterLab log:\n{self.lab.log_tail()}")
+
+    def close(self, timeout_ms: float = 20_000) -> None:
+        """Close this notebook's tab without saving it, so that the next notebook is the only one open
+        (Run All acts on JupyterLab's current notebook; a second open one could take the command)."""
+        label = self.page.locator(".lm-TabBar-tabLabel", has_text=re.compile(rf"^{re.escape(self.name)}$"))
+        tab = self.page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has=label)
+        if tab.count() == 0:
+            return
+        tab.first.locator(".lm-TabBar-tabCloseIcon").click()
+        discard = self.page.locator(".jp-Dialog button", has_text=re.compile(r"Discard|Don.t Save", re.I))
+        deadline = time.monotonic() + timeout_ms / 1000
+        while time.monotonic() < deadline:
+            if tab.count() == 0:
+                return
+            if discard.count():
+                discard.first.click()
+            self.page.wait_for_timeout(100)
+        raise AssertionError(f"{self.name}: its tab did not close within {timeout_ms / 1000:.0f} s; "
+                             f"dialogs: {self.dialog_texts()}")
+
+    def dialog_texts(self) -> list[str]:
+        """The text of every JupyterLab dialog on the page (a kernel-selection or restart dialog
+        stops Run All)."""
+        return [text.strip() for text in self.page.locator(".jp-Dialog").all_inner_texts()]
 
     def wait_kernel_idle(self, timeout_ms: float | None = None) -> None:
         # The toolbar's idle indicator says idle before a kernel exists (pitfall 1): use the status bar.
         self.page.locator(KERNEL_IDLE).wait_for(timeout=timeout_ms or self.cell_timeout_ms)
 
-    def run_all(self) -> None:
-        """Run All Cells from the menu and wait until every code cell ran or execution stopped."""
-        self.page.locator('.lm-MenuBar-itemLabel:text-is("Run")').click()
-        self.page.locator('.lm-Menu-itemLabel:text-is("Run All Cells")').click()
+    def run_all(self, start_timeout_ms: float = 30_000) -> None:
+        """Run All Cells from the menu and wait until every code cell ran or execution stopped.
+
+        Fails fast, saying what the page shows, when no cell starts (the command went to no kernel or
+        another notebook: it is tried once more first) or when a dialog (kernel died, select kernel)
+        blocks the run.
+        """
         total = self.panel.locator(".jp-CodeCell").count()
-        self.page.wait_for_function(
-            """([selector, total]) => {
-                const panel = document.querySelector(selector);
-                if (!panel) return false;
-                const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
-                    .map(p => p.textContent.trim());
-                const busy = prompts.some(p => p.includes('*'));
-                const done = prompts.filter(p => /\\[\\d+\\]/.test(p)).length;
-                const errors = panel.querySelectorAll(
-                    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length;
-                return !busy && (done === total || errors > 0);
-            }""",
-            arg=[VISIBLE_NOTEBOOK, total],
-            timeout=self.cell_timeout_ms * max(total, 1),
-            polling=250,
-        )
+        progress = """([selector, total]) => {
+            const panel = document.querySelector(selector);
+            if (!panel) return null;
+            const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+                .map(p => p.textContent.trim());
+            const errors = panel.querySelectorAll(
+                '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length;
+            return {busy: prompts.some(p => p.includes('*')),
+                    done: prompts.filter(p => /\\[\\d+\\]/.test(p)).length,
+                    errors, dialog: document.querySelector('.jp-Dialog') !== null};
+        }"""
+        arg = [VISIBLE_NOTEBOOK, total]
+
+        def state() -> dict:
+            return self.page.evaluate(progress, arg) or {}
+
+        def wait(condition: str, timeout_ms: float) -> bool:
+            try:
+                self.page.wait_for_function(
+                    f"(arg) => {{ const s = ({progress})(arg); return s && ({condition}); }}",
+                    arg=arg, timeout=timeout_ms, polling=250)
+                return True
+            except Exception as error:  # playwright's TimeoutError
+                if "Timeout" not in type(error).__name__:
+                    raise
+                return False
+
+        def fail(why: str) -> None:
+            shot = self.screenshot("run_all_failed")
+            raise AssertionError(
+                f"{self.name}: {why}; prompts {self.cell_prompts()}, page state {state()}, dialogs "
+                f"{self.dialog_texts()}, server kernel state {self.lab.kernel_state(self.name)!r}, "
+                f"screenshot {shot}")
+
+        started = "s.busy || s.done > 0 || s.errors > 0 || s.dialog"
+        for attempt in range(2):
+            # Select the first cell, so that this notebook is JupyterLab's current one.
+            self.panel.locator(".jp-CodeCell .jp-InputPrompt").first.click()
+            self.page.locator('.lm-MenuBar-itemLabel:text-is("Run")').click()
+            self.page.locator('.lm-Menu-itemLabel:text-is("Run All Cells")').click()
+            if wait(started, start_timeout_ms):
+                break
+        else:
+            fail(f"Run All Cells started no cell within {start_timeout_ms / 1000:.0f} s, twice")
+        finished = "s.dialog || (!s.busy && (s.done === arg[1] || s.errors > 0))"
+        if not wait(finished, self.cell_timeout_ms * max(total, 1)):
+            fail("the cells did not finish in time")
+        if state().get("dialog"):
+            fail("a dialog stopped the run")
         self.wait_kernel_idle()
         self.mark("run all cells")
         self.assert_all_cells_ran(total)
