@@ -1,5 +1,8 @@
 """Graph LSTM schedules side by side: forward + backward of one layer on a batch of SLIC graphs.
 
+The main table is a layer that starts from zero states (the layer's default, every layer of the
+Graph LSTM model and the first of SE-LSTM); a second table repeats it with given old states.
+
 Compares the exact wavefront schedule with the one-node-at-a-time oracle (same numbers) and the
 synchronous step (a different model; the cost floor), and counts the wavefront levels of every update
 order. Run: ``.venv/bin/python bench/graph_lstm.py [--device cuda] [--repeats 5] [--threads 1]``; prints a table and
@@ -71,11 +74,14 @@ def orders(edge_index, batch, pos, confidence):
     }
 
 
-def time_forward_backward(layer, x, edge_index, rank, schedule, repeats, device):
-    """Wall and process-CPU seconds of forward+backward; minima, since this machine is shared."""
+def time_forward_backward(layer, x, edge_index, rank, schedule, repeats, device, states=None):
+    """Wall and process-CPU seconds of forward+backward; minima, since this machine is shared.
+    ``states`` = (h0, m0) of a layer that continues from earlier states (default: zero states)."""
+    h0, m0 = states if states is not None else (None, None)
+
     def step():
         layer.zero_grad(set_to_none=True)
-        out = layer(x, edge_index, rank, schedule=schedule)
+        out = layer(x, edge_index, rank, schedule=schedule, h0=h0, m0=m0)
         (out.h.square().sum() + out.m.sum()).backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -121,6 +127,13 @@ def main():
         "sequential": time_forward_backward(layer, x, edge_index, rank, "sequential",
                                             args.sequential_repeats, device),
     }
+    # A layer that continues from earlier states (as SE-LSTM's later layers do) also pays U h^old.
+    states = (0.5 * torch.randn(N, args.hidden_channels, device=device),
+              0.5 * torch.randn(N, args.hidden_channels, device=device))
+    with_states = {
+        name: time_forward_backward(layer, x, edge_index, rank, name, args.repeats, device, states)
+        for name in ("synchronous", "wavefront")
+    }
     wavefront_by_order = {
         name: time_forward_backward(layer, x, edge_index, r, "wavefront", args.repeats, device)
         for name, r in ranks.items()
@@ -136,6 +149,10 @@ def main():
         print(f"{name:<28}{1000 * t['wall_min']:>9.1f}{1000 * t['cpu_min']:>9.1f}"
               f"{t['cpu_min'] / sync['cpu_min']:>14.2f}{t['wall_min'] / sync['wall_min']:>15.2f}"
               f"{seconds['sequential']['cpu_min'] / t['cpu_min']:>25.1f}")
+    print(f"\n{'given h0, m0 (confidence)':<28}{'wall ms':>9}{'cpu ms':>9}{'x sync (cpu)':>14}")
+    for name, t in with_states.items():
+        print(f"{name:<28}{1000 * t['wall_min']:>9.1f}{1000 * t['cpu_min']:>9.1f}"
+              f"{t['cpu_min'] / with_states['synchronous']['cpu_min']:>14.2f}")
     print(f"\n{'order (wavefront)':<28}{'levels':>9}{'wall ms':>9}{'cpu ms':>9}{'x sync (cpu)':>14}")
     for name in ranks:
         t = wavefront_by_order[name]
@@ -155,6 +172,9 @@ def main():
         "wavefront_over_synchronous_cpu": seconds["wavefront"]["cpu_min"] / sync["cpu_min"],
         "wavefront_over_synchronous_wall": seconds["wavefront"]["wall_min"] / sync["wall_min"],
         "sequential_over_wavefront_cpu": seconds["sequential"]["cpu_min"] / seconds["wavefront"]["cpu_min"],
+        "seconds_given_states": with_states,
+        "wavefront_over_synchronous_given_states_cpu":
+            with_states["wavefront"]["cpu_min"] / with_states["synchronous"]["cpu_min"],
         "levels": levels,
         "wavefront_seconds_by_order": wavefront_by_order,
     }

@@ -137,87 +137,168 @@ def wavefront_levels(edge_index: Tensor, rank: Tensor, num_nodes: int | None = N
 
 
 @dataclass
-class _WavefrontPlan:
-    """Index sets of the wavefront loop (nodes in slot order: sorted by level)."""
+class _LevelPlan:
+    """Index sets of the level loop. Nodes are in slot order (sorted by level), so the nodes of level
+    l are the rows ``node_bounds[l]:node_bounds[l+1]``. Directed edges (i updated, j its neighbour)
+    split into those that read j's *new* state (j is on an earlier level; grouped by the level of i,
+    ``new_bounds``) and those that read j's *old* state (all of them at once, before the loop)."""
 
-    node_bounds: list[int]  # level l holds slots node_bounds[l]:node_bounds[l+1]
-    edge_bounds: list[int]  # its directed edges edge_bounds[l]:edge_bounds[l+1]
-    edge_row: Tensor  # row of the updated node i within its level
-    edge_nbr: Tensor  # slot of the neighbour j
-    edge_grad_target: Tensor  # slot of j (reads j's new state) or N + slot (reads j's old state)
+    node_bounds: list[int]
+    new_bounds: list[int]
+    new_node: Tensor  # slot of i, for edges reading j's new state
+    new_nbr: Tensor  # slot of j
+    new_edge: Tensor  # position of the edge in the directed edge list (its forget gate)
+    old_node: Tensor
+    old_nbr: Tensor
+    old_edge: Tensor
 
 
-class _Wavefront(torch.autograd.Function):
-    """The wavefront loop with a level-by-level backward.
+class _LevelLoop(torch.autograd.Function):
+    """The recurrent part of the layer, one batched step per level, with a hand-written backward.
 
-    A plain autograd loop that writes each level into an [N, 2H] state tensor pays O(N H) per level
-    in backward (zero-filled gradients of every gather and write). Here each level's small graph is
-    kept, and backward walks the levels in reverse, scattering each level's input gradients in place
-    into one buffer: rows 0..N-1 for the new states (read by later levels), N..2N-1 for the old ones.
+    Everything that does not depend on the order (the input projections, the node forget gate, the
+    old-state part of the neighbour sums, and in backward all parameter and edge gradients) is done
+    once for all nodes; the loop over levels keeps only what must wait for the previous level: the
+    new-state part of the neighbour sums, one [n, H] x [H, 3H] product and the cell's pointwise
+    arithmetic. The backward walks the levels in reverse with the same shape of work, so the
+    wavefront costs little more than the synchronous step (one level), which runs through it too.
+
+    Inputs (slot order): ``own`` [N, 4H] = W f + U h + b in blocks u, f, o, c; ``m_own`` [N, H];
+    ``inv_degree`` [N, 1]; ``state0`` [N, 2H] = old (h, m); ``edge_forget`` [2E, H] (ḡ^f per directed
+    edge, or None with identical forget gates); ``neighbour_weight`` [3H or 4H, H] = U^un, U^on, U^cn
+    (and U^fn with identical forget gates). Outputs: new (h, m) [N, 2H] and the gates [N, 4H] (u, f, o, c).
     """
 
     @staticmethod
-    def forward(ctx, layer, plan, own, m_own, inv_degree, state0, edge_weight, *params):
-        H = layer.hidden_channels
-        state = state0.detach().clone()
-        own, m_own, inv_degree = own.detach(), m_own.detach(), inv_degree.detach()
-        edge_weight = edge_weight.detach() if edge_weight is not None else None
-        gate_rows, graphs = [], []
-        with torch.enable_grad():
-            for level in range(len(plan.node_bounds) - 1):
-                lo, hi = plan.node_bounds[level], plan.node_bounds[level + 1]
-                e_lo, e_hi = plan.edge_bounds[level], plan.edge_bounds[level + 1]
-                leaves = [
-                    own[lo:hi].detach().requires_grad_(),
-                    m_own[lo:hi].detach().requires_grad_(),
-                    state.index_select(0, plan.edge_nbr[e_lo:e_hi]).requires_grad_(),
-                ]
-                gathered = leaves[2]
-                if edge_weight is not None:
-                    leaves.append(edge_weight[e_lo:e_hi].detach().requires_grad_())
-                    gathered = gathered * leaves[3]
-                sums = state.new_zeros(hi - lo, 2 * H).index_add(0, plan.edge_row[e_lo:e_hi], gathered)
-                hbar, neighbour_memory = (sums * inv_degree[lo:hi]).split(H, dim=1)
-                h, m, gates = layer._cell(leaves[0], hbar, neighbour_memory, leaves[1])
-                new_state, gates = torch.cat([h, m], dim=1), torch.cat(gates, dim=1)
-                state[lo:hi] = new_state.detach()
-                gate_rows.append(gates.detach())
-                graphs.append((leaves, new_state, gates))
-        ctx.plan, ctx.graphs, ctx.has_weight = plan, graphs, edge_weight is not None
-        ctx.shapes = (own.shape, m_own.shape, state0.shape, None if edge_weight is None else edge_weight.shape)
-        ctx.params = params
-        all_gates = torch.cat(gate_rows) if gate_rows else own.new_zeros(0, 4 * H)
-        return state, all_gates
+    def forward(ctx, plan, identical, own, m_own, inv_degree, state0, edge_forget, neighbour_weight):
+        ctx.set_materialize_grads(False)
+        N, H = m_own.shape
+        u_, f_, o_, c_ = own.split(H, dim=1)
+        # Internal gate layout: the blocks that read h̄ first (u, o, c, and f when it does too).
+        static = torch.cat([u_, o_, c_, f_] if identical else [u_, o_, c_], dim=1)
+        gates = own.new_empty(N, 4 * H)  # u, o, c, f
+        if not identical:
+            torch.sigmoid(f_, out=gates[:, 3 * H :])
+            forget_memory = gates[:, 3 * H :] * m_own
+        width = H if identical else 2 * H  # the neighbour sums: h (and ḡ^f-weighted m)
+
+        def read(states, nbr, edge):
+            values = states.index_select(0, nbr)
+            if identical:
+                return values[:, :H]
+            values[:, H:] *= edge_forget.index_select(0, edge)
+            return values
+
+        sums = own.new_zeros(N, width)
+        sums.index_add_(0, plan.old_node, read(state0, plan.old_nbr, plan.old_edge))
+        state = state0.clone()
+        hbar_all = own.new_empty(N, H)
+        for level in range(len(plan.node_bounds) - 1):
+            lo, hi = plan.node_bounds[level], plan.node_bounds[level + 1]
+            e_lo, e_hi = plan.new_bounds[level], plan.new_bounds[level + 1]
+            if e_hi > e_lo:
+                sums.index_add_(0, plan.new_node[e_lo:e_hi],
+                                read(state, plan.new_nbr[e_lo:e_hi], plan.new_edge[e_lo:e_hi]))
+            mean = sums[lo:hi] * inv_degree[lo:hi]
+            hbar = mean[:, :H]
+            pre = torch.addmm(static[lo:hi], hbar, neighbour_weight.t())
+            g = gates[lo:hi]
+            torch.sigmoid(pre[:, : 2 * H], out=g[:, : 2 * H])
+            torch.tanh(pre[:, 2 * H : 3 * H], out=g[:, 2 * H : 3 * H])
+            input_gate, output_gate, candidate = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H]
+            if identical:
+                torch.sigmoid(pre[:, 3 * H :], out=g[:, 3 * H :])
+                m = torch.addcmul(g[:, 3 * H :] * m_own[lo:hi], input_gate, candidate)
+            else:
+                m = torch.addcmul(mean[:, H:] + forget_memory[lo:hi], input_gate, candidate)
+            state[lo:hi, H:] = m
+            torch.tanh(output_gate * m, out=state[lo:hi, :H])
+            hbar_all[lo:hi] = hbar
+        ctx.plan, ctx.identical = plan, identical
+        ctx.save_for_backward(state, gates, m_own, inv_degree, state0, edge_forget, neighbour_weight, hbar_all)
+        u, o, c, f = gates.split(H, dim=1)
+        return state, torch.cat([u, f, o, c], dim=1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_state, grad_gates):
-        plan, params = ctx.plan, ctx.params
-        own_shape, m_shape, state_shape, weight_shape = ctx.shapes
-        N = state_shape[0]
-        grad_own = grad_state.new_zeros(own_shape)
-        grad_m_own = grad_state.new_zeros(m_shape)
-        grad_weight = grad_state.new_zeros(weight_shape) if ctx.has_weight else None
-        grad_params = [torch.zeros_like(p) for p in params]
-        # Rows 0..N-1: gradient of each node's new state; N..2N-1: of its old state.
-        grad_states = torch.cat([grad_state, torch.zeros_like(grad_state)])
-        for level in reversed(range(len(ctx.graphs))):
-            leaves, new_state, gates = ctx.graphs[level]
+        plan, identical = ctx.plan, ctx.identical
+        state, gates, m_own, inv_degree, state0, edge_forget, neighbour_weight, hbar_all = ctx.saved_tensors
+        N, H = m_own.shape
+        h, m = state.split(H, dim=1)
+        u, o, c, f = gates.split(H, dim=1)
+        # d(pre-activation) = (the gradient that reaches the gate) x (a factor known from forward):
+        # d m_total = dm + dh * o (1 - h²); d pre_u = dm_total c u(1-u); d pre_o = dh m (1-h²) o(1-o);
+        # d pre_c = dm_total u (1-c²); d pre_f = dm_total m_own f(1-f).
+        tanh_slope = 1 - h * h
+        to_memory = o * tanh_slope
+        slope_u, slope_o, slope_c, slope_f = u * (1 - u), o * (1 - o), 1 - c * c, f * (1 - f)
+        factors = [c * slope_u, m * tanh_slope * slope_o, u * slope_c]
+        if identical:
+            factors.append(m_own * slope_f)
+        factors = torch.cat(factors, dim=1)
+        direct = None  # gradients that reach the gates as outputs of the layer
+        if grad_gates is not None:
+            gg_u, gg_f, gg_o, gg_c = grad_gates.split(H, dim=1)
+            blocks = [gg_u * slope_u, gg_o * slope_o, gg_c * slope_c]
+            direct = torch.cat(blocks + [gg_f * slope_f] if identical else blocks, dim=1)
+
+        grad = (grad_state.clone() if grad_state is not None else state.new_zeros(N, 2 * H))
+        width = H if identical else 2 * H
+        grad_pre = state.new_empty(N, factors.shape[1])
+        grad_sums = state.new_empty(N, width)
+
+        def weigh(values, edge):  # the gradient that an edge's read of a neighbour state receives
+            if not identical:
+                values[:, H:] *= edge_forget.index_select(0, edge)
+            return values
+
+        for level in reversed(range(len(plan.node_bounds) - 1)):
             lo, hi = plan.node_bounds[level], plan.node_bounds[level + 1]
-            e_lo, e_hi = plan.edge_bounds[level], plan.edge_bounds[level + 1]
-            # Every later level has been walked already, so grad_states[lo:hi] is complete.
-            grads = torch.autograd.grad(
-                (new_state, gates), leaves + list(params), (grad_states[lo:hi], grad_gates[lo:hi]),
-                allow_unused=True, retain_graph=True,  # backward may run again (e.g. gradcheck)
-            )
-            grad_own[lo:hi], grad_m_own[lo:hi] = grads[0], grads[1]
-            grad_states.index_add_(0, plan.edge_grad_target[e_lo:e_hi], grads[2])
-            if ctx.has_weight:
-                grad_weight[e_lo:e_hi] = grads[3]
-            for total, g in zip(grad_params, grads[len(leaves):]):
-                if g is not None:
-                    total += g
-        return (None, None, grad_own, grad_m_own, None, grad_states[N:], grad_weight, *grad_params)
+            e_lo, e_hi = plan.new_bounds[level], plan.new_bounds[level + 1]
+            dh, dm = grad[lo:hi, :H], grad[lo:hi, H:]
+            dm_total = torch.addcmul(dm, dh, to_memory[lo:hi])
+            upstream = torch.cat([dm_total, dh, dm_total, dm_total] if identical else [dm_total, dh, dm_total], 1)
+            dpre = grad_pre[lo:hi]
+            torch.mul(upstream, factors[lo:hi], out=dpre)
+            if direct is not None:
+                dpre += direct[lo:hi]
+            dhbar = dpre @ neighbour_weight
+            ds = grad_sums[lo:hi]
+            if identical:
+                torch.mul(dhbar, inv_degree[lo:hi], out=ds)
+            else:
+                torch.mul(dhbar, inv_degree[lo:hi], out=ds[:, :H])
+                torch.mul(dm_total, inv_degree[lo:hi], out=ds[:, H:])
+            if e_hi > e_lo:  # into the new states of earlier neighbours, walked later in this loop
+                grad[:, :width].index_add_(
+                    0, plan.new_nbr[e_lo:e_hi],
+                    weigh(grad_sums.index_select(0, plan.new_node[e_lo:e_hi]), plan.new_edge[e_lo:e_hi]))
+
+        dh, dm = grad.split(H, dim=1)
+        dm_total = torch.addcmul(dm, dh, to_memory)
+        grad_u, grad_o, grad_c = grad_pre[:, :H], grad_pre[:, H : 2 * H], grad_pre[:, 2 * H : 3 * H]
+        if identical:
+            grad_f = grad_pre[:, 3 * H :]
+        else:
+            grad_f = dm_total * m_own * slope_f
+            if grad_gates is not None:
+                grad_f = grad_f + grad_gates[:, H : 2 * H] * slope_f
+        grad_own = torch.cat([grad_u, grad_f, grad_o, grad_c], dim=1)
+        grad_m_own = dm_total * f
+        grad_neighbour_weight = grad_pre.t() @ hbar_all
+        grad_state0 = state.new_zeros(N, 2 * H)
+        grad_state0[:, :width].index_add_(
+            0, plan.old_nbr, weigh(grad_sums.index_select(0, plan.old_node), plan.old_edge))
+        grad_edge_forget = None
+        if not identical and ctx.needs_input_grad[6]:
+            # ḡ^f_ij scales the memory m_j that i read: j's new state or its old one.
+            grad_edge_forget = torch.zeros_like(edge_forget)
+            grad_edge_forget[plan.new_edge] = (grad_sums[:, H:].index_select(0, plan.new_node)
+                                               * state[:, H:].index_select(0, plan.new_nbr))
+            grad_edge_forget[plan.old_edge] = (grad_sums[:, H:].index_select(0, plan.old_node)
+                                               * state0[:, H:].index_select(0, plan.old_nbr))
+        return None, None, grad_own, grad_m_own, None, grad_state0, grad_edge_forget, grad_neighbour_weight
 
 
 class GraphLSTM(nn.Module):
@@ -378,14 +459,14 @@ class GraphLSTM(nn.Module):
         """
         self._check_inputs(x, edge_index, rank, schedule, h0, m0, batch)
         N, H = x.shape[0], self.hidden_channels
-        if h0 is None:
-            h0 = x.new_zeros(N, H)
         if m0 is None:
             m0 = x.new_zeros(N, H)
         if schedule == "sequential":
+            h0 = x.new_zeros(N, H) if h0 is None else h0
             hidden, m, gates, adaptive = self._sequential(x, edge_index, rank, h0, m0)
+            levels = wavefront_levels(edge_index, rank, N)
         else:
-            hidden, m, gates, adaptive = self._parallel(x, edge_index, rank, h0, m0, schedule)
+            hidden, m, gates, adaptive, levels = self._parallel(x, edge_index, rank, h0, m0, schedule)
 
         E = edge_index.shape[1]
         if self.identical_forget_gates:
@@ -393,38 +474,14 @@ class GraphLSTM(nn.Module):
             edge_forget = torch.stack([gates["forget"][edge_index[0]], gates["forget"][edge_index[1]]])
         else:
             edge_forget = adaptive.view(2, E, H)
-        if schedule == "synchronous":
-            levels = torch.zeros(N, dtype=torch.long, device=x.device)
-        else:
-            levels = wavefront_levels(edge_index, rank, N)
         h = hidden
         if self.residual:
             h = hidden + (self.residual_proj(x) if self.residual_proj is not None else x)
         return GraphLSTMOutput(h=h, m=m, edge_forget=edge_forget, levels=levels, hidden=hidden, gates=gates)
 
-    def _cell(self, own: Tensor, hbar: Tensor, neighbour_memory: Tensor, m_own: Tensor):
-        """Gates and new states of a group of nodes that share no edge.
-
-        ``own`` = W f_i + U h_i + b (all four gates), ``hbar`` = h̄_i, ``neighbour_memory`` =
-        Σ_j ḡ^f_ij m_j / |N(i)|, ``m_own`` = the node's old memory.
-        """
-        H = self.hidden_channels
-        own_u, own_f, own_o, own_c = own.split(H, dim=1)
-        nb_u, nb_o, nb_c = self.neighbour_proj(hbar).split(H, dim=1)
-        input_gate = torch.sigmoid(own_u + nb_u)
-        output_gate = torch.sigmoid(own_o + nb_o)
-        candidate = torch.tanh(own_c + nb_c)
-        if self.identical_forget_gates:
-            forget_gate = torch.sigmoid(own_f + self.neighbour_forget_proj(hbar))
-            m = forget_gate * m_own + input_gate * candidate
-        else:
-            forget_gate = torch.sigmoid(own_f)
-            m = neighbour_memory + forget_gate * m_own + input_gate * candidate
-        h = torch.tanh(output_gate * m)
-        return h, m, (input_gate, forget_gate, output_gate, candidate)
-
     def _parallel(self, x, edge_index, rank, h0, m0, schedule):
-        """Wavefront (exact) or synchronous schedule: one batched step per level."""
+        """Wavefront (exact) or synchronous schedule: one batched step per level (one level in all
+        for the synchronous schedule, where every neighbour is read in its old state)."""
         N, H = x.shape[0], self.hidden_channels
         device = x.device
         # Directed edges: first (i, j) = (edge_index[0], edge_index[1]), then the reverse; node i is
@@ -434,53 +491,54 @@ class GraphLSTM(nn.Module):
         degree = torch.bincount(node, minlength=N).clamp(min=1).to(x.dtype).unsqueeze(1)
 
         x_proj = self.input_proj(x)
-        own = x_proj + self.self_proj(h0)  # h_i in the gates is the node's own old state
+        # h_i in the gates is the node's own old state. Zero old states (h0=None) skip the products
+        # U h^old: same numbers, and U^* then get no gradient (they take no part in this forward).
+        own = x_proj if h0 is None else x_proj + self.self_proj(h0)
         if self.identical_forget_gates:
             adaptive = None
+            neighbour_weight = torch.cat([self.neighbour_proj.weight, self.neighbour_forget_proj.weight])
         else:  # ḡ^f_ij reads old states only: all directed edges at once
-            adaptive = torch.sigmoid(x_proj[node, H : 2 * H] + self.neighbour_forget_proj(h0)[nbr])
+            if h0 is None:  # ḡ^f_ij = σ(W^f f_i + b^f), the same for every neighbour j of i
+                adaptive = torch.sigmoid(x_proj[:, H : 2 * H]).index_select(0, node)
+            else:
+                adaptive = torch.sigmoid(x_proj[node, H : 2 * H] + self.neighbour_forget_proj(h0)[nbr])
+            neighbour_weight = self.neighbour_proj.weight
+        if h0 is None:
+            h0 = x.new_zeros(N, H)
 
         if schedule == "synchronous":
-            hbar = torch.zeros_like(h0).index_add(0, node, h0[nbr]) / degree
-            nm = None
-            if adaptive is not None:
-                nm = torch.zeros_like(m0).index_add(0, node, adaptive * m0[nbr]) / degree
-            h, m, gates = self._cell(own, hbar, nm, m0)
-            return h, m, dict(zip(GATES, gates)), adaptive
-
-        # Work in "slot" order: nodes sorted by level, so every level is a contiguous block and the
-        # per-node inputs of a level are slices (views), not gathers.
-        levels = wavefront_levels(edge_index, rank, N)
+            levels = torch.zeros(N, dtype=torch.long, device=device)
+        else:
+            levels = wavefront_levels(edge_index, rank, N)
         num_levels = int(levels.max()) + 1 if N else 0
+        # Slot order: nodes sorted by level, so that every level is a contiguous block of rows.
         node_order = torch.sort(levels, stable=True).indices
         slot = torch.empty_like(node_order)
         slot[node_order] = torch.arange(N, device=device)
-        level_sizes = torch.bincount(levels, minlength=num_levels)
-        level_start = torch.cumsum(level_sizes, 0) - level_sizes
-        edge_order = torch.sort(slot[node], stable=True).indices  # directed edges grouped by level of i
-        e_row = (slot[node] - level_start[levels[node]])[edge_order]  # row of i within its level
-        e_nbr = slot[nbr][edge_order]
-        edge_bounds = [0] + torch.cumsum(torch.bincount(levels[node], minlength=num_levels), 0).tolist()
-        node_bounds = [0] + torch.cumsum(level_sizes, 0).tolist()
-        # Edges whose neighbour comes earlier read its new state, the others its old state.
-        e_reads_new = (levels[nbr] < levels[node])[edge_order]
-        plan = _WavefrontPlan(node_bounds, edge_bounds, e_row, e_nbr, e_nbr + N * (~e_reads_new).long())
-        edge_weight = None
-        if adaptive is not None:  # weights (1, ḡ^f_ij) per edge: h_j is averaged as is, m_j gated
-            edge_weight = torch.cat([torch.ones_like(adaptive), adaptive], dim=1).index_select(0, edge_order)
-        params = [self.neighbour_proj.weight, self.neighbour_forget_proj.weight]
-        state, gates = _Wavefront.apply(
-            self, plan,
+        node_bounds = [0] + torch.cumsum(torch.bincount(levels, minlength=num_levels), 0).tolist()
+        reads_new = levels[nbr] < levels[node]
+        new_edge = torch.nonzero(reads_new).squeeze(1)
+        new_edge = new_edge[torch.sort(levels[node[new_edge]], stable=True).indices]
+        old_edge = torch.nonzero(~reads_new).squeeze(1)
+        new_per_level = torch.bincount(levels[node[new_edge]], minlength=num_levels)
+        plan = _LevelPlan(
+            node_bounds=node_bounds,
+            new_bounds=[0] + torch.cumsum(new_per_level, 0).tolist(),
+            new_node=slot[node[new_edge]], new_nbr=slot[nbr[new_edge]], new_edge=new_edge,
+            old_node=slot[node[old_edge]], old_nbr=slot[nbr[old_edge]], old_edge=old_edge,
+        )
+        state, gates = _LevelLoop.apply(
+            plan, self.identical_forget_gates,
             own.index_select(0, node_order),
             m0.index_select(0, node_order),
             degree.index_select(0, node_order).reciprocal(),
             torch.cat([h0, m0], dim=1).index_select(0, node_order),
-            edge_weight,
-            *params,
+            adaptive,
+            neighbour_weight,
         )
         h, m = state.index_select(0, slot).split(H, dim=1)
         gates = dict(zip(GATES, gates.index_select(0, slot).split(H, dim=1)))
-        return h, m, gates, adaptive
+        return h, m, gates, adaptive, levels
 
     def _sequential(self, x, edge_index, rank, h0, m0):
         """The test oracle: one node at a time in rank order, the equations line by line."""

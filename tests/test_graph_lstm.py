@@ -132,6 +132,43 @@ def test_wavefront_equals_sequential_on_random_graphs(seed, layer_kwargs):
         assert_schedules_agree(edge_index, rank, 70, torch.float64, layer_kwargs)
 
 
+@pytest.mark.parametrize("schedule", ["wavefront", "synchronous"])
+@pytest.mark.parametrize("identical", [False, True])
+def test_zero_old_states_by_default_equal_explicit_zeros(photo_graphs, schedule, identical):
+    """h0=None skips the products U h^old (all zero): outputs and gradients equal those of explicit
+    zero states (and of the sequential oracle); only the U^* weights are left without a gradient."""
+    edge_index, batch, pos = photo_graphs
+    rank = all_orders(edge_index, batch, pos)["confidence"]
+    N = batch.numel()
+    torch.manual_seed(0)
+    layer = GraphLSTM(5, 6, identical_forget_gates=identical).double()
+    x = torch.randn(N, 5, dtype=torch.float64, requires_grad=True)
+    m0 = (0.5 * torch.randn(N, 6, dtype=torch.float64)).requires_grad_()
+    zeros = torch.zeros(N, 6, dtype=torch.float64, requires_grad=True)
+    explicit = run(layer, x, edge_index, rank, schedule, zeros, m0)
+    unused = {"grad_self_proj.weight", "grad_neighbour_forget_proj.weight"}
+    if schedule == "wavefront":
+        oracle = run(layer, x, edge_index, rank, "sequential", zeros, m0)
+        for name in explicit:
+            assert (explicit[name] - oracle[name]).abs().max() <= 1e-10, name
+    layer.zero_grad(set_to_none=True)
+    x.grad = m0.grad = None
+    out = layer(x, edge_index, rank, schedule=schedule, m0=m0)
+    g = torch.Generator().manual_seed(7)
+    weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in (out.h, out.m, out.edge_forget)]
+    loss = sum((w * t).sum() for w, t in zip(weights, (out.h, out.m, out.edge_forget)))
+    (loss + sum(gate.square().sum() for gate in out.gates.values())).div(N).backward()
+    default = {"h": out.h, "m": out.m, "edge_forget": out.edge_forget, **out.gates,
+               "grad_x": x.grad, "grad_m0": m0.grad}
+    default.update({f"grad_{n}": p.grad for n, p in layer.named_parameters()})
+    for name, value in default.items():
+        if name in unused and not (identical and name == "grad_neighbour_forget_proj.weight"):
+            assert value is None, f"{name}: U h^old is skipped for zero old states, so no gradient"
+            assert explicit[name].abs().max() == 0
+            continue
+        assert (value - explicit[name]).abs().max() <= 1e-10, name
+
+
 def test_residual_projection_when_channels_differ():
     edge_index = random_graph(20, 30, 0)
     rank = torch.randperm(20, generator=torch.Generator().manual_seed(0))
