@@ -309,7 +309,12 @@ def _components_numpy(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.
     ones = np.ones(rows.shape[0], dtype=np.int8)
     adj = scipy.sparse.coo_matrix((ones, (rows, cols)), shape=(num_nodes, num_nodes)).tocsr()
     _, labels = scipy.sparse.csgraph.connected_components(adj, directed=False)
-    # canonical numbering (by smallest member) so that clusters of a batch keep the images' order
+    labels = labels.astype(np.int64, copy=False)
+    # canonical numbering (by smallest member) so that clusters of a batch keep the images' order;
+    # scipy numbers components as it meets them, which is usually canonical already: check in O(N)
+    running_max = np.maximum.accumulate(labels)
+    if labels[0] == 0 and (np.diff(running_max) <= 1).all():
+        return labels
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     rank = np.empty_like(first)
     rank[np.argsort(first, kind="stable")] = np.arange(first.shape[0])
@@ -529,15 +534,16 @@ def _acceptance(log_pi_new: float, log_q_new: float, log_pi_cur: float, log_q_cu
     return 1.0 if log_ratio >= 0 else math.exp(log_ratio)
 
 
-def _clusters_per_graph(clusters: Tensor, node_graph: Tensor, num_graphs: int) -> Tensor:
-    """Number of clusters per graph of S partitions ``[S, B]`` (ids canonical: contiguous per image)."""
+def _clusters_per_graph(clusters: Tensor, node_graph: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
+    """First cluster id and number of clusters per graph of S partitions, each ``[S, B]`` (ids
+    canonical: contiguous per image)."""
     num_states, n = clusters.shape
     if n == 0:
-        return clusters.new_zeros(num_states, num_graphs)
+        return clusters.new_zeros(num_states, num_graphs), clusters.new_zeros(num_states, num_graphs)
     index = node_graph.to(clusters.device).expand(num_states, n)
     hi = clusters.new_full((num_states, num_graphs), -1).scatter_reduce(1, index, clusters, "amax")
     lo = clusters.new_full((num_states, num_graphs), n).scatter_reduce(1, index, clusters, "amin")
-    return (hi - lo + 1).clamp(min=0)
+    return lo, (hi - lo + 1).clamp(min=0)
 
 
 def _run_chains(
@@ -552,11 +558,11 @@ def _run_chains(
     temperature: float,
     candidates: Tensor,
     generator: Optional[torch.Generator],
-) -> tuple[Tensor, list[MHTrace]]:
+) -> tuple[Tensor, Tensor, list[MHTrace]]:
     """One independent MH chain per graph of a disjoint batch; all proposals drawn and scored at once.
 
     ``energies_of(clusters [S, N]) -> [S, B]`` gives each partition's energy per graph. Returns the
-    final edge state ``[E]`` and one trace per graph.
+    final edge state ``[E]``, its partition ``[N]`` (canonical ids) and one trace per graph.
     """
     device = merge_prob.device
     log_on, log_off = _edge_log_terms(merge_prob, candidates)
@@ -569,7 +575,8 @@ def _run_chains(
     log_q = torch.zeros(num_steps + 1, num_graphs, dtype=torch.float64, device=device)
     log_q.index_add_(1, edge_graph, edge_terms)
     log_q = log_q.cpu()
-    cluster_count = _clusters_per_graph(clusters, node_graph, num_graphs).cpu()  # [S+1, B]
+    cluster_first, cluster_count = _clusters_per_graph(clusters, node_graph, num_graphs)  # [S+1, B] each
+    cluster_count = cluster_count.cpu()
     uniforms = uniforms.cpu()
 
     traces = [MHTrace(float(energies[0, b]), float(log_q[0, b])) for b in range(num_graphs)]
@@ -601,7 +608,16 @@ def _run_chains(
     for b in range(num_graphs):
         traces[b].edges_on = final if num_graphs == 1 else final[edge_graph == b]
         traces[b].energy = energy_list[chosen_list[b]][b]
-    return final, traces
+    # The final partition: each image's clusters in its chosen state, renumbered to follow the
+    # clusters of the images before it (no second connected-components pass).
+    graphs = torch.arange(num_graphs, device=device)
+    first = cluster_first[chosen, graphs].to(device)
+    count = cluster_count.to(device)[chosen.cpu(), graphs.cpu()].to(device)
+    offset = torch.cumsum(count, 0) - count
+    node_graph = node_graph.to(device)
+    cluster = (clusters.to(device)[chosen[node_graph], torch.arange(num_nodes, device=device)]
+               - first[node_graph] + offset[node_graph])
+    return final, cluster, traces
 
 
 def metropolis_hastings(
@@ -672,9 +688,9 @@ def metropolis_hastings(
         return torch.tensor([[float(energy(c))] for c in clusters], dtype=torch.float64)
 
     node_graph = torch.zeros(n, dtype=torch.long, device=merge_prob.device)
-    final, traces = _run_chains(edge_index.to(merge_prob.device), merge_prob, n, edge_graph, node_graph, 1, energies_of,
-                                num_steps, float(temperature), candidates, generator)
-    return connected_components(edge_index, final.to(edge_index.device), n), traces[0]
+    _, cluster, traces = _run_chains(edge_index.to(merge_prob.device), merge_prob, n, edge_graph, node_graph, 1,
+                                     energies_of, num_steps, float(temperature), candidates, generator)
+    return cluster.to(edge_index.device), traces[0]
 
 
 def greedy_merge(
@@ -841,9 +857,10 @@ class StructureEvolution(nn.Module):
             cluster, edges_on = greedy_merge(edge_index, merge_prob, n, self.threshold, self.merge_budget, edge_graph)
             return cluster, edges_on, []
         candidates = candidate_edges(merge_prob, self.merge_budget, edge_graph)
-        edges_on, chains = _run_chains(edge_index, merge_prob, n, edge_graph, batch, num_graphs, energy.per_graph_many,
-                                       self.num_proposals, self.temperature, candidates, generator)
-        return connected_components(edge_index, edges_on, n), edges_on, chains
+        edges_on, cluster, chains = _run_chains(edge_index, merge_prob, n, edge_graph, batch, num_graphs,
+                                                energy.per_graph_many, self.num_proposals, self.temperature,
+                                                candidates, generator)
+        return cluster.to(batch.device), edges_on, chains
 
     def forward(
         self,
