@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from selab.classes import CLASS_NAMES, NUM_CLASSES
+from selab.data import SuperpixelCache
 from selab.metrics import ConfusionMatrix
 from selab.model import ModelConfig, SELabModel, build_model
 
@@ -327,8 +328,9 @@ class PreparedSplit(torch.utils.data.Dataset):
         self.needs_superpixels = model_config.uses_graph
         self.size = config.image_size
         key = _dataset_key(config, split)
-        self.superpixel_dir = (config.cache_root / "superpixels" / key /
-                               f"s{self.size}-n{config.segments}-c{model_config.compactness:g}")
+        self.cache_key = key
+        self.superpixel_cache = SuperpixelCache(config.cache_root / "superpixels", config.segments,
+                                                model_config.compactness)
         self.feature_dir = None
         if config.use_feature_cache:
             tag = f"{config.backbone}-os{model_config.output_stride}-{'imagenet' if model_config.pretrained else 'random'}"
@@ -351,20 +353,14 @@ class PreparedSplit(torch.utils.data.Dataset):
         mask = F.interpolate(mask[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
         return image, mask
 
-    def superpixels(self, index: int, image: torch.Tensor | None = None) -> torch.Tensor:
-        path = self.superpixel_dir / f"{self._id(index)}.npy"
-        if path.is_file():
-            return torch.from_numpy(np.load(path).astype(np.int64))
-        from selab.superpixels import slic
+    def superpixel_path(self, index: int) -> Path:
+        return self.superpixel_cache.path(self.cache_key, self._id(index), (self.size, self.size))
 
+    def superpixels(self, index: int, image: torch.Tensor | None = None) -> torch.Tensor:
+        """SLIC of the resized image, computed once (:class:`selab.data.SuperpixelCache`)."""
         if image is None:
             image, _ = self.resized(self.base[index])
-        labels = slic(image, n_segments=self.config.segments, compactness=self.config.model_config().compactness)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, labels.astype(np.int16 if labels.max() < 2**15 else np.int32))
-        os.replace(tmp, path)
-        return torch.from_numpy(labels)
+        return torch.from_numpy(self.superpixel_cache.get(self.cache_key, self._id(index), image))
 
     def feature_path(self, index: int) -> Path:
         return self.feature_dir / f"{self._id(index)}.pt"
@@ -391,7 +387,7 @@ class PreparedSplit(torch.utils.data.Dataset):
     def prepare(self, model: SELabModel, device, batch_size: int, num_workers: int, progress: bool) -> None:
         """Fill the superpixel and feature caches for every missing image (once per dataset and size)."""
         missing_sp = [i for i in range(len(self)) if self.needs_superpixels
-                      and not (self.superpixel_dir / f"{self._id(i)}.npy").is_file()]
+                      and not self.superpixel_path(i).is_file()]
         missing_ft = [i for i in range(len(self)) if self.feature_dir is not None and not self.feature_path(i).is_file()]
         todo = sorted(set(missing_sp) | set(missing_ft))
         if not todo:

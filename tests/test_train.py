@@ -5,6 +5,7 @@ import signal
 import pytest
 import torch
 
+import selab.superpixels
 import selab.train
 
 from selab.train import TrainConfig, evaluate, load_model, run
@@ -73,6 +74,22 @@ def test_frozen_backbone_caches_features_and_evaluates(tmp_path):
     assert json.loads(out.read_text())["mean_iou"] == metrics["mean_iou"]
     model, checkpoint = load_model(tmp_path / "frozen")
     assert model.config.variant == "graph_lstm" and checkpoint["epoch"] == 1
+
+
+def test_superpixels_are_computed_once_and_reused(tmp_path, monkeypatch):
+    calls = []
+    real_slic = selab.superpixels.slic
+
+    def counting_slic(*args, **kwargs):
+        calls.append(1)
+        return real_slic(*args, **kwargs)
+
+    monkeypatch.setattr(selab.superpixels, "slic", counting_slic)
+    run(tiny(tmp_path, "first", variant="graph_lstm"))
+    cached = list((tmp_path / "cache" / "superpixels").rglob("*.npy"))
+    assert len(cached) == len(calls) == 4 + 2  # each training and validation image once
+    run(tiny(tmp_path, "second", variant="graph_lstm", epochs=2))
+    assert len(calls) == 6  # the second run reads them all from the cache
 
 
 def test_two_step_training_first_trains_the_confidence_layer(tmp_path):
