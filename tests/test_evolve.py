@@ -373,3 +373,18 @@ def test_structure_evolution_eval_is_deterministic():
     a = evo(graph, lstm, prob, generator=torch.Generator().manual_seed(0))
     b = evo(graph, lstm, prob, generator=torch.Generator().manual_seed(1))
     assert a.trace.mode == "greedy" and torch.equal(a.cluster, b.cluster)
+
+
+def test_candidate_edges_break_ties_by_edge_id_like_a_stable_sort():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        num_edges = int(rng.integers(1, 60))
+        p = torch.from_numpy(rng.choice([0.0, 0.25, 0.5, 1.0, 0.3], size=num_edges)).float()
+        edge_graph = torch.from_numpy(np.sort(rng.integers(0, 3, size=num_edges)))
+        budget = int(rng.integers(0, 5))
+        expected = torch.zeros(num_edges, dtype=torch.bool)
+        for image in edge_graph.unique().tolist():
+            edges = [e for e in range(num_edges) if edge_graph[e] == image]
+            ranked = sorted(edges, key=lambda e: (-float(p[e]), e))
+            expected[ranked[:budget]] = True
+        assert torch.equal(candidate_edges(p, budget, edge_graph), expected)
