@@ -450,8 +450,8 @@ class GraphLSTM(nn.Module):
             counts every neighbour as not yet updated.
         h0, m0 : Tensor [N, H], optional
             Old hidden and memory states (selab decision: zeros by default). Without ``h0`` the
-            products U h^old are skipped (they are zero), so U^u, U^f, U^o, U^c and U^fn get no
-            gradient from this call.
+            products U h^old are skipped (they are zero), so U^u, U^f, U^o, U^c (and U^fn, unless
+            ``identical_forget_gates``) get no gradient from this call.
         batch : LongTensor [N], optional
             Only used to check that no edge joins two images.
 
