@@ -625,7 +625,7 @@ def _run_chains(
     # clusters of the images before it (no second connected-components pass).
     graphs = torch.arange(num_graphs, device=device)
     first = cluster_first[chosen, graphs].to(device)
-    count = cluster_count.to(device)[chosen.cpu(), graphs.cpu()].to(device)
+    count = cluster_count[chosen.cpu(), graphs.cpu()].to(device)
     offset = torch.cumsum(count, 0) - count
     node_graph = node_graph.to(device)
     cluster = (clusters.to(device)[chosen[node_graph], torch.arange(num_nodes, device=device)]
