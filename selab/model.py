@@ -82,7 +82,8 @@ class ModelConfig:
         "stochastic node updating") and ``order`` otherwise.
     schedule : {"wavefront", "sequential", "synchronous"}
         Graph LSTM schedule (:class:`selab.graph_lstm.GraphLSTM`): ``wavefront`` is the paper's
-        sequential update computed level by level; ``synchronous`` is a faster selab ablation.
+        sequential update computed level by level; ``synchronous`` is a selab ablation (every neighbour
+        read in its old state, all nodes in one step).
     order_noise : float
         Noise scale of the stochastic order.
     n_segments, compactness : SLIC parameters of the superpixels (used by the data pipeline).
