@@ -479,14 +479,8 @@ class PartitionEnergy:
         dist = 0.5 * diff.abs().sum(1) if self.distance == "tv" else (diff**2).sum(1)
         disagreement = torch.zeros(num_states * self.num_graphs, dtype=torch.float64, device=device)
         disagreement.index_add_(0, graph[grouped], w * dist)
-        # clusters never cross images and are numbered in image order: count = max - min + 1 per image
-        c = clusters.reshape(-1)
-        hi = torch.full((num_states * self.num_graphs,), -1, dtype=torch.long, device=device)
-        lo = torch.full((num_states * self.num_graphs,), n, dtype=torch.long, device=device)
-        hi = hi.scatter_reduce(0, graph, c, "amax")
-        lo = lo.scatter_reduce(0, graph, c, "amin")
-        count = (hi - lo + 1).clamp(min=0).double()
-        return self.scale * (disagreement + self.beta * count).reshape(num_states, self.num_graphs)
+        count = _clusters_per_graph(clusters, self.batch, self.num_graphs)[1].double()  # [S, B]
+        return self.scale * (disagreement.reshape(num_states, self.num_graphs) + self.beta * count)
 
     def per_graph(self, cluster: Tensor) -> Tensor:
         """Energy per image ``[B]`` of one partition."""

@@ -356,10 +356,8 @@ class PreparedSplit(torch.utils.data.Dataset):
     def superpixel_path(self, index: int) -> Path:
         return self.superpixel_cache.path(self.cache_key, self._id(index), (self.size, self.size))
 
-    def superpixels(self, index: int, image: torch.Tensor | None = None) -> torch.Tensor:
-        """SLIC of the resized image, computed once (:class:`selab.data.SuperpixelCache`)."""
-        if image is None:
-            image, _ = self.resized(self.base[index])
+    def superpixels(self, index: int, image: torch.Tensor) -> torch.Tensor:
+        """SLIC of the resized ``image`` of item ``index``, computed once (:class:`selab.data.SuperpixelCache`)."""
         return torch.from_numpy(self.superpixel_cache.get(self.cache_key, self._id(index), image))
 
     def feature_path(self, index: int) -> Path:
