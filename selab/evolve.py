@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Union
 
 import numpy as np
-import scipy.sparse
-import scipy.sparse.csgraph
 import torch
 from torch import Tensor, nn
 
@@ -221,30 +219,36 @@ def candidate_edges(merge_prob: Tensor, budget: Budget = None, edge_graph: Optio
         raise ValueError(f"merge_budget as a fraction must be in (0, 1], got {budget}")
     if isinstance(budget, int) and budget < 0:
         raise ValueError(f"merge_budget as a count must be >= 0, got {budget}")
-    p = merge_prob.detach()
-    if edge_graph is None:
-        edge_graph = torch.zeros(num_edges, dtype=torch.long, device=p.device)
     if num_edges == 0:
-        return torch.zeros(0, dtype=torch.bool, device=p.device)
-    num_graphs = int(edge_graph.max()) + 1
-    per_graph = torch.bincount(edge_graph, minlength=num_graphs)
-    if isinstance(budget, float):
-        keep = torch.ceil(per_graph.double() * budget).long()
-    else:
-        keep = torch.clamp(per_graph, max=budget)
-    # rank of each edge within its image by decreasing p (stable: ties keep the lower edge id)
-    # one sort by (image, decreasing p): p is in [0, 1], so the image id dominates a key of step 2.
-    # numpy's quicksort is several times faster than a stable sort; a second one, on unique integer
-    # keys (run of equal keys, edge id), puts tied edges in edge id order as a stable sort would.
-    key = (edge_graph.double() * 2 + (1 - p.double())).cpu().numpy()
-    order = np.argsort(key)
-    run = np.concatenate([[0], np.cumsum(np.diff(key[order]) != 0)])
-    order = order[np.argsort(run * num_edges + order)]
-    order = torch.from_numpy(order).to(p.device)
-    starts = torch.cumsum(per_graph, 0) - per_graph
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(num_edges, device=p.device) - starts[edge_graph[order]]
-    return rank < keep[edge_graph]
+        return torch.zeros(0, dtype=torch.bool, device=merge_prob.device)
+    p = merge_prob.detach().to(torch.float64).cpu().numpy()
+    graph = np.zeros(num_edges, np.int64) if edge_graph is None else edge_graph.cpu().numpy()
+    per_graph = np.bincount(graph)
+    keep = np.ceil(per_graph * budget).astype(np.int64) if isinstance(budget, float) else np.minimum(per_graph, budget)
+    # Each image's edges as one slice (a stable sort by image if they are not grouped already, so
+    # that within an image the edge ids stay in order) and an O(E) selection per image.
+    grouped = bool((graph[1:] >= graph[:-1]).all())
+    order = None if grouped else np.argsort(graph, kind="stable")
+    p_sorted = p if grouped else p[order]
+    chosen = np.zeros(num_edges, dtype=bool)
+    ends = np.cumsum(per_graph)
+    for start, end, k in zip((ends - per_graph).tolist(), ends.tolist(), keep.tolist()):
+        chosen[start:end] = _top_k(p_sorted[start:end], k)
+    if not grouped:
+        chosen[order] = chosen.copy()
+    return torch.from_numpy(chosen).to(merge_prob.device)
+
+
+def _top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the k largest values; ties at the k-th value go to the lower index (as a stable sort)."""
+    if k >= values.size:
+        return np.ones(values.size, dtype=bool)
+    if k <= 0:
+        return np.zeros(values.size, dtype=bool)
+    kth = np.partition(values, values.size - k)[values.size - k]
+    above = values > kth
+    tied = values == kth
+    return above | (tied & (np.cumsum(tied) <= k - int(above.sum())))
 
 
 def _edge_log_terms(merge_prob: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
@@ -308,31 +312,54 @@ def propose(
 # --------------------------------------------------------------------------------------------------
 # connected components
 # --------------------------------------------------------------------------------------------------
-def _components_numpy(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.ndarray:
-    """Component id per node, numbered 0.. in the order of each component's smallest node."""
-    if num_nodes == 0:
-        return np.zeros(0, dtype=np.int64)
-    ones = np.ones(rows.shape[0], dtype=np.int8)
-    adj = scipy.sparse.coo_matrix((ones, (rows, cols)), shape=(num_nodes, num_nodes)).tocsr()
-    _, labels = scipy.sparse.csgraph.connected_components(adj, directed=False)
-    labels = labels.astype(np.int64, copy=False)
-    # canonical numbering (by smallest member) so that clusters of a batch keep the images' order;
-    # scipy numbers components as it meets them, which is usually canonical already: check in O(N)
-    running_max = np.maximum.accumulate(labels)
-    if labels[0] == 0 and (np.diff(running_max) <= 1).all():
-        return labels
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.empty_like(first)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.shape[0])
-    return rank[inverse].astype(np.int64)
+def smallest_members(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.ndarray:
+    """Smallest node of every node's connected component, for the undirected edges ``(rows, cols)``.
+
+    A vectorised union-find: every round hooks each tree's root onto the smaller root across one of
+    its edges (concurrent writes: any of them wins, all point down), compresses the hooked roots by
+    pointer jumping, and points every node at its new root with one gather. Each round at least
+    halves the number of trees that still have an edge out, so it takes O(log N) rounds of
+    O(N + E) numpy work and no Python loop over nodes or edges. The root of a component is its
+    smallest node, because pointers only go down.
+
+    Example
+    -------
+    >>> smallest_members(np.array([1, 3]), np.array([2, 2]), 5)
+    array([0, 1, 1, 1, 4])
+    """
+    root = np.arange(num_nodes)
+    u, v = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    while u.size:
+        ru, rv = root[u], root[v]
+        apart = np.flatnonzero(ru != rv)
+        if apart.size == 0:
+            break
+        u, v, ru, rv = u[apart], v[apart], ru[apart], rv[apart]
+        hooked = np.maximum(ru, rv)
+        root[hooked] = np.minimum(ru, rv)
+        # every node points at a root of the last round; only those roots form chains: jump them
+        while True:
+            target = root[hooked]
+            jumped = root[target]
+            if np.array_equal(jumped, target):
+                break
+            root[hooked] = jumped
+        root = root[root]
+    return root
+
+
+def _canonical(roots: np.ndarray) -> np.ndarray:
+    """Cluster ids 0.. in the order of each clique's smallest member, from that member per node."""
+    is_root = roots == np.arange(roots.shape[-1])
+    return (np.cumsum(is_root) - 1)[roots]
 
 
 def connected_components(edge_index: Tensor, edges_on: Optional[Tensor] = None, num_nodes: Optional[int] = None) -> Tensor:
     """Cluster id per node of the connected components of the switched-on edges (LongTensor ``[N]``).
 
     Ids run 0..N'-1 in the order of each component's smallest node, so in a batch (images contiguous)
-    clusters never cross images and keep the images' order. Runs in scipy.sparse.csgraph on the CPU;
-    the result follows ``edge_index``'s device.
+    clusters never cross images and keep the images' order. Runs as a vectorised union-find
+(:func:`smallest_members`) in numpy on the CPU; the result follows ``edge_index``'s device.
 
     Example
     -------
@@ -347,21 +374,41 @@ def connected_components(edge_index: Tensor, edges_on: Optional[Tensor] = None, 
         raise ValueError(f"edges_on must be a bool tensor [E] = [{edge_index.shape[1]}], got "
                          f"{edges_on.dtype} {tuple(edges_on.shape)}")
     ei = edge_index[:, edges_on].cpu().numpy()
-    return torch.from_numpy(_components_numpy(ei[0], ei[1], num_nodes)).to(edge_index.device)
+    return torch.from_numpy(_canonical(smallest_members(ei[0], ei[1], num_nodes))).to(edge_index.device)
 
 
-def _components_many(edge_index: Tensor, edges_on: Tensor, num_nodes: int) -> Tensor:
-    """Connected components of S edge states at once (one sparse graph of S disjoint copies): ``[S, N]``."""
-    num_states = edges_on.shape[0]
-    s_idx, e_idx = torch.nonzero(edges_on, as_tuple=True)
-    s_idx, e_idx = s_idx.cpu().numpy(), e_idx.cpu().numpy()
-    ei = edge_index.cpu().numpy()
-    rows = ei[0, e_idx] + s_idx * num_nodes
-    cols = ei[1, e_idx] + s_idx * num_nodes
-    labels = _components_numpy(rows, cols, num_states * num_nodes).reshape(num_states, num_nodes)
-    # canonical numbering is global; each copy's ids form a contiguous block, shift it to start at 0
-    labels = labels - labels.min(axis=1, keepdims=True) if num_nodes else labels
-    return torch.from_numpy(labels).to(edge_index.device)
+class _StateComponents(NamedTuple):
+    """Connected components of S edge states over the nodes some candidate edge touches.
+
+    A node no candidate edge touches is alone in every state, so only the ``active`` nodes [A] are
+    clustered: one graph of S disjoint copies of them, state-major (position = s * A + local).
+    """
+
+    active: np.ndarray  # [A] sorted node ids
+    root: np.ndarray  # [S * A] position of the smallest member of each position's component
+
+
+def _components_of_states(ends: np.ndarray, drawn: np.ndarray, num_nodes: int) -> _StateComponents:
+    """Components of ``drawn [S, C]`` (switched-on candidate edges with end nodes ``ends [2, C]``)."""
+    touched = np.zeros(num_nodes, dtype=bool)
+    touched[ends.ravel()] = True
+    active = np.flatnonzero(touched)
+    local = np.cumsum(touched) - 1
+    on = np.flatnonzero(drawn)
+    state, edge = on // drawn.shape[1], on % drawn.shape[1]
+    rows = state * active.size + local[ends[0, edge]]
+    cols = state * active.size + local[ends[1, edge]]
+    return _StateComponents(active, smallest_members(rows, cols, drawn.shape[0] * active.size))
+
+
+def _clique_roots(components: _StateComponents, num_nodes: int, state: np.ndarray) -> np.ndarray:
+    """Smallest member of every node's clique ``[N]`` when the active nodes are in ``state [A]``
+    (1-based proposal index; 0 = nothing on)."""
+    roots = np.arange(num_nodes)
+    num_active = components.active.size
+    on = np.flatnonzero(state > 0)
+    roots[components.active[on]] = components.active[components.root[(state[on] - 1) * num_active + on] % num_active]
+    return roots
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,30 +504,67 @@ class PartitionEnergy:
         mean_size = mean_size / torch.bincount(batch, minlength=self.num_graphs).clamp(min=1)
         self.prob, self.batch, self.beta, self.distance = prob, batch, float(beta), distance
         self.weight = size / mean_size[batch].clamp(min=1e-12)
+        self.labels = None if node_labels is None else node_labels.to(device).long()
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale!r}")
         self.scale = float(scale)
+        self._host = None
+
+    def _host_arrays(self) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]:
+        """(weight, prob, labels or None, batch) as numpy arrays, copied from the device once."""
+        if self._host is None:
+            labels = None if self.labels is None else self.labels.cpu().numpy()
+            self._host = (self.weight.cpu().numpy(), self.prob.cpu().numpy(), labels, self.batch.cpu().numpy())
+        return self._host
+
+    def member_disagreement(self, node: np.ndarray, clique: np.ndarray, num_cliques: int) -> np.ndarray:
+        r""":math:`w_i D(p_i, \bar p_{c})` of every member i of a clique c, given as (node, clique) pairs.
+
+        ``node`` and ``clique`` are int arrays [M] (clique ids < ``num_cliques``; the same node may
+        appear in several cliques, e.g. of different partitions). Returns float64 [M]; summed over
+        the members of a partition it gives the partition's disagreement (the energy without the
+        scale and the merge reward).
+        """
+        weight, prob, labels, _ = self._host_arrays()
+        w = weight[node]
+        mass = np.bincount(clique, w, minlength=num_cliques)
+        num_classes = prob.shape[1]
+        if labels is not None and self.distance == "tv":
+            # one-hot p_i = e_l: TV(e_l, p_bar) = 1 - p_bar_l needs only each clique's mass per class
+            cell = clique * num_classes + labels[node]
+            class_mass = np.bincount(cell, w, minlength=num_cliques * num_classes)
+            return w * np.maximum(1.0 - class_mass[cell] / mass[clique], 0.0)
+        p = prob[node]
+        cells = (clique[:, None] * num_classes + np.arange(num_classes)).ravel()
+        total = np.bincount(cells, (w[:, None] * p).ravel(), minlength=num_cliques * num_classes)
+        diff = p - total.reshape(num_cliques, num_classes)[clique] / mass[clique, None]
+        return w * (0.5 * np.abs(diff).sum(1) if self.distance == "tv" else (diff**2).sum(1))
 
     def per_graph_many(self, clusters: Tensor) -> Tensor:
-        """Energies of S partitions at once, per image: ``[S, B]`` float64 (cluster ids per row < N)."""
+        """Energies of S partitions at once, per image: ``[S, B]`` float64.
+
+        Cluster ids of each row are in ``0..N-1``; a cluster is counted in the image of its members
+        (partitions from :func:`connected_components` of a batch never cross images).
+        """
         num_states, n = clusters.shape
-        device = self.prob.device
-        clusters = clusters.to(device)
-        flat = (clusters + torch.arange(num_states, device=device)[:, None] * n).reshape(-1)
-        graph = (self.batch + torch.arange(num_states, device=device)[:, None] * self.num_graphs).reshape(-1)
-        # A node alone in its cluster disagrees with nobody: only members of larger cliques cost.
-        grouped = torch.nonzero(torch.bincount(flat, minlength=num_states * n)[flat] > 1).squeeze(1)
-        node = grouped % n if n else grouped
-        flat_g, w, p = flat[grouped], self.weight[node], self.prob[node]
-        mass = torch.zeros(num_states * n, dtype=torch.float64, device=device).index_add_(0, flat_g, w)
-        total = torch.zeros(num_states * n, p.shape[1], dtype=torch.float64, device=device)
-        total.index_add_(0, flat_g, w[:, None] * p)
-        diff = p - (total / mass.clamp(min=1e-12)[:, None])[flat_g]
-        dist = 0.5 * diff.abs().sum(1) if self.distance == "tv" else (diff**2).sum(1)
-        disagreement = torch.zeros(num_states * self.num_graphs, dtype=torch.float64, device=device)
-        disagreement.index_add_(0, graph[grouped], w * dist)
-        count = _clusters_per_graph(clusters, self.batch, self.num_graphs)[1].double()  # [S, B]
-        return self.scale * (disagreement.reshape(num_states, self.num_graphs) + self.beta * count)
+        if n != self.prob.shape[0]:
+            raise ValueError(f"clusters must have N = {self.prob.shape[0]} columns (one per node), got {n}")
+        _, _, _, batch = self._host_arrays()
+        ids = clusters.cpu().numpy().astype(np.int64, copy=False)
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            raise ValueError(f"cluster ids must be in 0..{n - 1}, got {ids.min()}..{ids.max()}")
+        flat = (ids + np.arange(num_states)[:, None] * n).ravel()
+        slot = ((np.arange(num_states)[:, None] * self.num_graphs) + batch).ravel()  # (state, image)
+        size = np.bincount(flat, minlength=num_states * n)
+        # a node alone in its cluster disagrees with nobody: only members of larger cliques cost
+        member = np.flatnonzero(size[flat] > 1)
+        contribution = self.member_disagreement(member % n, flat[member], num_states * n)
+        disagreement = np.bincount(slot[member], contribution, minlength=num_states * self.num_graphs)
+        cluster_slot = np.zeros(num_states * n, dtype=np.int64)
+        cluster_slot[flat] = slot
+        count = np.bincount(cluster_slot[size > 0], minlength=num_states * self.num_graphs)
+        energy = self.scale * (disagreement + self.beta * count)
+        return torch.from_numpy(energy.reshape(num_states, self.num_graphs)).to(self.prob.device)
 
     def per_graph(self, cluster: Tensor) -> Tensor:
         """Energy per image ``[B]`` of one partition."""
@@ -537,16 +621,14 @@ def _acceptance(log_pi_new: float, log_q_new: float, log_pi_cur: float, log_q_cu
     return 1.0 if log_ratio >= 0 else math.exp(log_ratio)
 
 
-def _clusters_per_graph(clusters: Tensor, node_graph: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
-    """First cluster id and number of clusters per graph of S partitions, each ``[S, B]`` (ids
-    canonical: contiguous per image)."""
-    num_states, n = clusters.shape
-    if n == 0:
-        return clusters.new_zeros(num_states, num_graphs), clusters.new_zeros(num_states, num_graphs)
-    index = node_graph.to(clusters.device).expand(num_states, n)
-    hi = clusters.new_full((num_states, num_graphs), -1).scatter_reduce(1, index, clusters, "amax")
-    lo = clusters.new_full((num_states, num_graphs), n).scatter_reduce(1, index, clusters, "amin")
-    return lo, (hi - lo + 1).clamp(min=0)
+def _edges_per_graph(edge_graph: np.ndarray, num_graphs: int) -> list:
+    """Each graph's edges as an index: a slice where the edges are grouped by graph (cheap views)."""
+    if num_graphs == 1:
+        return [slice(None)]
+    if (edge_graph[1:] >= edge_graph[:-1]).all():
+        ends = np.cumsum(np.bincount(edge_graph, minlength=num_graphs)).tolist()
+        return [slice(start, end) for start, end in zip([0] + ends[:-1], ends)]
+    return [torch.from_numpy(np.flatnonzero(edge_graph == b)) for b in range(num_graphs)]
 
 
 def _run_chains(
@@ -556,7 +638,7 @@ def _run_chains(
     edge_graph: Tensor,
     node_graph: Tensor,
     num_graphs: int,
-    energies_of: Callable[[Tensor], Tensor],
+    energy: Union["PartitionEnergy", Callable[[Tensor], float]],
     num_steps: int,
     temperature: float,
     candidates: Tensor,
@@ -564,44 +646,80 @@ def _run_chains(
 ) -> tuple[Tensor, Tensor, list[MHTrace]]:
     """One independent MH chain per graph of a disjoint batch; all proposals drawn and scored at once.
 
-    ``energies_of(clusters [S, N]) -> [S, B]`` gives each partition's energy per graph. Returns the
-    final edge state ``[E]``, its partition ``[N]`` (canonical ids) and one trace per graph.
+    ``energy`` is a :class:`PartitionEnergy` (scored from the cliques directly, per graph) or, for a
+    single chain (``num_graphs == 1``), any callable ``cluster [N] -> float``. Returns the final edge
+    state ``[E]``, its partition ``[N]`` (canonical ids) and one trace per graph.
     """
     device = merge_prob.device
     # Only candidate edges are ever on (the others add log 1 to log q): draw and score just those.
-    candidate = torch.nonzero(candidates).squeeze(1)
-    p = merge_prob.detach().double().index_select(0, candidate)
-    drawn = torch.rand((num_steps, candidate.numel()), generator=generator, device=device, dtype=torch.float64) < p
+    candidate_np = np.flatnonzero(candidates.cpu().numpy())
+    p_np = merge_prob.detach().double().cpu().numpy()[candidate_np]
+    p = torch.from_numpy(p_np).to(device)
+    drawn = torch.rand((num_steps, p.numel()), generator=generator, device=device, dtype=torch.float64) < p
     uniforms = torch.rand((num_steps, num_graphs), generator=generator, device=device, dtype=torch.float64)
-    drawn = torch.cat([torch.zeros_like(drawn[:1]), drawn])  # state 0 = nothing on
-    clusters = _components_many(edge_index.index_select(1, candidate), drawn, num_nodes)
-    energies = energies_of(clusters).double().cpu()  # [S+1, B]
-    edge_terms = torch.where(drawn, torch.log(p), torch.log1p(-p))  # [S+1, candidates]
-    log_q = torch.zeros(num_steps + 1, num_graphs, dtype=torch.float64, device=device)
-    log_q.index_add_(1, edge_graph.index_select(0, candidate), edge_terms)
-    log_q = log_q.cpu()
-    states = torch.zeros(num_steps + 1, edge_index.shape[1], dtype=torch.bool, device=device)
-    states[:, candidate] = drawn
-    cluster_first, cluster_count = _clusters_per_graph(clusters, node_graph, num_graphs)  # [S+1, B] each
-    cluster_count = cluster_count.cpu()
-    uniforms = uniforms.cpu()
+
+    # The rest is O(S (A + C)) host work in numpy (A nodes touched by the C candidate edges; every
+    # other node is alone in every state): log q, components, energies, then the scalar MH loop.
+    drawn_np = drawn.cpu().numpy()
+    states_np = np.zeros((num_steps + 1, edge_index.shape[1]), dtype=bool)
+    states_np[1:, candidate_np] = drawn_np  # state 0 = nothing on, where every chain starts
+    states = torch.from_numpy(states_np).to(device)
+    ends = edge_index.cpu().numpy()[:, candidate_np]
+    node_graph_np, edge_graph_np = node_graph.cpu().numpy(), edge_graph.cpu().numpy()
+    candidate_graph = edge_graph_np[candidate_np]
+    num_states = num_steps + 1
+    proposal_slot = (np.arange(num_steps)[:, None] * num_graphs + candidate_graph).ravel()  # (proposal, image)
+
+    with np.errstate(divide="ignore"):  # p = 0 or 1 give log 0 = -inf: q(z) = 0, handled by _acceptance
+        log_on, log_off = np.log(p_np), np.log1p(-p_np)
+    log_q = np.empty((num_states, num_graphs))
+    log_q[0] = np.bincount(candidate_graph, log_off, minlength=num_graphs)
+    log_q[1:] = np.bincount(proposal_slot, np.where(drawn_np, log_on, log_off).ravel(),
+                            minlength=num_steps * num_graphs).reshape(num_steps, num_graphs)
+
+    components = _components_of_states(ends, drawn_np, num_nodes)
+    num_active = max(components.active.size, 1)
+    active_graph = node_graph_np[components.active]
+    nodes_per_graph = np.bincount(node_graph_np, minlength=num_graphs)
+    root = components.root
+    first = np.flatnonzero(root == np.arange(root.size))  # one position per component
+    component_slot = (first // num_active) * num_graphs + active_graph[first % num_active]
+    count = np.empty((num_states, num_graphs), dtype=np.int64)
+    count[0] = nodes_per_graph
+    count[1:] = (nodes_per_graph - np.bincount(active_graph, minlength=num_graphs)
+                 + np.bincount(component_slot, minlength=num_steps * num_graphs).reshape(num_steps, num_graphs))
+
+    if isinstance(energy, PartitionEnergy):
+        if energy.prob.shape[0] != num_nodes:
+            raise ValueError(f"the energy has {energy.prob.shape[0]} nodes but the graph has {num_nodes}")
+        member = np.flatnonzero(np.bincount(root, minlength=root.size)[root] > 1)  # in cliques of two or more
+        local = member % num_active
+        contribution = energy.member_disagreement(components.active[local], root[member], root.size)
+        disagreement = np.zeros((num_states, num_graphs))
+        disagreement[1:] = np.bincount((member // num_active) * num_graphs + active_graph[local], contribution,
+                                       minlength=num_steps * num_graphs).reshape(num_steps, num_graphs)
+        energies = energy.scale * (disagreement + energy.beta * count)
+    else:
+        if num_graphs != 1:
+            raise ValueError("a callable energy scores one chain; use PartitionEnergy for a batch of chains")
+        active_state = np.zeros(components.active.size, dtype=np.int64)
+        energies = np.empty((num_states, 1))
+        for s in range(num_states):
+            active_state[:] = s
+            cluster = _canonical(_clique_roots(components, num_nodes, active_state))
+            energies[s, 0] = float(energy(torch.from_numpy(cluster).to(edge_index.device)))
 
     traces = [MHTrace(float(energies[0, b]), float(log_q[0, b])) for b in range(num_graphs)]
     # the accept/reject loop is inherently sequential over proposals but vectorised over nothing
     # bigger than B scalars; proposals, components and energies were computed above in one go.
     log_pi = (-energies / temperature).tolist()
     log_q_list, energy_list = log_q.tolist(), energies.tolist()
-    count_list, uniform_list = cluster_count.tolist(), uniforms.tolist()
+    count_list, uniform_list = count.tolist(), uniforms.cpu().tolist()
     chosen_list = [0] * num_graphs
     # each image's view of the proposals, sliced once (not per step)
-    if num_graphs == 1:
-        own_edges = [states]
-    elif bool((edge_graph[1:] >= edge_graph[:-1]).all()):  # edges grouped by image: cheap views
-        ends = torch.cumsum(torch.bincount(edge_graph, minlength=num_graphs), 0).tolist()
-        own_edges = [states[:, start:end] for start, end in zip([0] + ends[:-1], ends)]
-    else:
-        own_edges = [states[:, edge_graph == b] for b in range(num_graphs)]
-    for s in range(1, num_steps + 1):
+    own = _edges_per_graph(edge_graph_np, num_graphs)
+    own_edges = [states[:, edges].unbind(0) for edges in own]  # one view per state, made in one call
+    for s in range(1, num_states):
         for b in range(num_graphs):
             cur = chosen_list[b]
             alpha = _acceptance(log_pi[s][b], log_q_list[s][b], log_pi[cur][b], log_q_list[cur][b])
@@ -609,22 +727,19 @@ def _run_chains(
             if accepted:
                 chosen_list[b] = s
             traces[b].steps.append(MHStep(own_edges[b][s], energy_list[s][b], log_q_list[s][b], alpha, accepted,
-                                          int(count_list[s][b])))
-    chosen = torch.tensor(chosen_list, dtype=torch.long, device=device)
-    final = states[chosen[edge_graph], torch.arange(edge_index.shape[1], device=device)]
+                                          count_list[s][b]))
+    chosen = np.asarray(chosen_list)
+    picked = chosen[candidate_graph]  # each candidate edge's chosen state (0: nothing on)
+    on = np.flatnonzero(picked > 0)
+    final_np = np.zeros(edge_index.shape[1], dtype=bool)
+    final_np[candidate_np[on]] = drawn_np[picked[on] - 1, on]
+    final = torch.from_numpy(final_np).to(device)
     for b in range(num_graphs):
-        traces[b].edges_on = final if num_graphs == 1 else final[edge_graph == b]
+        traces[b].edges_on = final[own[b]]
         traces[b].energy = energy_list[chosen_list[b]][b]
-    # The final partition: each image's clusters in its chosen state, renumbered to follow the
-    # clusters of the images before it (no second connected-components pass).
-    graphs = torch.arange(num_graphs, device=device)
-    first = cluster_first[chosen, graphs].to(device)
-    count = cluster_count[chosen.cpu(), graphs.cpu()].to(device)
-    offset = torch.cumsum(count, 0) - count
-    node_graph = node_graph.to(device)
-    cluster = (clusters.to(device)[chosen[node_graph], torch.arange(num_nodes, device=device)]
-               - first[node_graph] + offset[node_graph])
-    return final, cluster, traces
+    # the final partition: each image's cliques in its chosen state (no second components pass)
+    roots = _clique_roots(components, num_nodes, chosen[active_graph])
+    return final, torch.from_numpy(_canonical(roots)).to(device), traces
 
 
 def metropolis_hastings(
@@ -689,14 +804,9 @@ def metropolis_hastings(
     edge_graph = torch.zeros(edge_index.shape[1], dtype=torch.long, device=merge_prob.device)
     candidates = candidate_edges(merge_prob, merge_budget)
 
-    def energies_of(clusters: Tensor) -> Tensor:
-        if isinstance(energy, PartitionEnergy):  # all proposals at once
-            return energy.per_graph_many(clusters).sum(1, keepdim=True)
-        return torch.tensor([[float(energy(c))] for c in clusters], dtype=torch.float64)
-
     node_graph = torch.zeros(n, dtype=torch.long, device=merge_prob.device)
     _, cluster, traces = _run_chains(edge_index.to(merge_prob.device), merge_prob, n, edge_graph, node_graph, 1,
-                                     energies_of, num_steps, float(temperature), candidates, generator)
+                                     energy, num_steps, float(temperature), candidates, generator)
     return cluster.to(edge_index.device), traces[0]
 
 
@@ -865,7 +975,7 @@ class StructureEvolution(nn.Module):
             return cluster, edges_on, []
         candidates = candidate_edges(merge_prob, self.merge_budget, edge_graph)
         edges_on, cluster, chains = _run_chains(edge_index, merge_prob, n, edge_graph, batch, num_graphs,
-                                                energy.per_graph_many, self.num_proposals, self.temperature,
+                                                energy, self.num_proposals, self.temperature,
                                                 candidates, generator)
         return cluster.to(batch.device), edges_on, chains
 

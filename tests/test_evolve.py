@@ -23,6 +23,7 @@ from selab.evolve import (
     node_majority_labels,
     proposal_log_prob,
     propose,
+    smallest_members,
 )
 
 
@@ -58,6 +59,22 @@ def python_energy(cluster, labels, sizes, beta, num_classes):
             onehot = [1.0 if labels[i] == c else 0.0 for c in range(num_classes)]
             total += w[i] * 0.5 * sum(abs(a - b) for a, b in zip(onehot, mean))
     return total + beta * len(set(cluster))
+
+
+def reference_energy(cluster, prob, size, batch, beta, scale, distance):
+    """PartitionEnergy written out cluster by cluster (any class distributions, several images)."""
+    cluster, prob, size, batch = (np.asarray(a, dtype=float) for a in (cluster, prob, size, batch))
+    weight = np.empty_like(size)
+    for image in np.unique(batch):
+        weight[batch == image] = size[batch == image] / size[batch == image].mean()
+    total = 0.0
+    for k in np.unique(cluster):
+        members = np.flatnonzero(cluster == k)
+        mean = (weight[members, None] * prob[members]).sum(0) / weight[members].sum()
+        for i in members:
+            diff = prob[i] - mean
+            total += weight[i] * (0.5 * np.abs(diff).sum() if distance == "tv" else (diff**2).sum())
+    return scale * (total + beta * len(np.unique(cluster)))
 
 
 def python_log_q(z, p):
@@ -116,6 +133,31 @@ def test_connected_components_matches_python_union_find():
         on = torch.from_numpy(rng.random(ei.shape[1]) < 0.6)
         got = connected_components(ei, on, n).tolist()
         assert got == python_components(n, [p for p, o in zip(pairs, on.tolist()) if o])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(0, 40), shape=st.sampled_from(["random", "path", "star", "reversed_path"]))
+def test_smallest_members_matches_python_union_find(seed, n, shape):
+    """The vectorised union-find on graphs with long chains, hubs, duplicates, self-loops, any edge order."""
+    rng = np.random.default_rng(seed)
+    if shape == "random":
+        m = int(rng.integers(0, 3 * n + 1)) if n else 0
+        rows, cols = rng.integers(0, max(n, 1), m), rng.integers(0, max(n, 1), m)
+    elif shape == "star":
+        rows, cols = np.full(max(n - 1, 0), n // 2), np.delete(np.arange(n), n // 2) if n else np.zeros(0, int)
+    else:  # a path through the nodes in a random order (deep trees for the pointer jumping)
+        order = rng.permutation(n)
+        rows, cols = order[:-1], order[1:]
+        if shape == "reversed_path":
+            rows, cols = cols[::-1], rows[::-1]
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    root = smallest_members(rows, cols, n)
+    want = python_components(n, list(zip(rows.tolist(), cols.tolist())))
+    # same partition, and every node points at the smallest node of its component
+    smallest = {}
+    for node, label in enumerate(want):
+        smallest.setdefault(label, node)
+    assert root.tolist() == [smallest[label] for label in want]
 
 
 def test_connected_components_bad_input():
@@ -252,6 +294,43 @@ def test_seeded_generator_reproduces_chain():
     assert torch.equal(runs[0][0], runs[1][0])
     for a, b in zip(runs[0][1].steps, runs[1][1].steps):
         assert torch.equal(a.proposal_edges, b.proposal_edges) and a.accepted == b.accepted and a.alpha == b.alpha
+
+
+@pytest.mark.parametrize("energy_kwargs", [
+    dict(node_labels=True),
+    dict(node_labels=True, distance="sq"),
+    dict(node_prob=True),
+    dict(node_prob=True, distance="sq"),
+])
+def test_partition_energy_fast_path_matches_calling_the_energy(energy_kwargs):
+    """MH scores a PartitionEnergy from the cliques directly; a loop over clusters must agree."""
+    rng = np.random.default_rng(1)
+    n = 60
+    pairs = sorted({(min(i, j), max(i, j)) for i, j in rng.integers(0, n, (150, 2)) if i != j})
+    ei = torch.tensor(pairs).T
+    p = torch.from_numpy(rng.uniform(0.05, 0.95, ei.shape[1]))
+    kwargs = dict(energy_kwargs, size=torch.from_numpy(rng.integers(1, 50, n)).float(),
+                  batch=torch.from_numpy(np.repeat([0, 1], n // 2)), beta=0.3, scale=2.0, num_classes=4)
+    if kwargs.pop("node_labels", False):
+        kwargs["node_labels"] = torch.from_numpy(rng.integers(0, 4, n))
+    if kwargs.pop("node_prob", False):
+        kwargs["node_prob"] = torch.from_numpy(rng.dirichlet(np.ones(4), n))
+    energy = PartitionEnergy(**kwargs)
+    prob = kwargs["node_prob"] if "node_prob" in kwargs else torch.nn.functional.one_hot(kwargs["node_labels"], 4)
+    distance = kwargs.get("distance", "tv")
+
+    def oracle(cluster):
+        return reference_energy(cluster, prob, kwargs["size"], kwargs["batch"], 0.3, 2.0, distance)
+
+    for budget in (None, 0.5):
+        fast = metropolis_hastings(ei, p, energy, 30, generator=torch.Generator().manual_seed(2), merge_budget=budget)
+        slow = metropolis_hastings(ei, p, oracle, 30, generator=torch.Generator().manual_seed(2), merge_budget=budget)
+        assert torch.equal(fast[0], slow[0])
+        assert fast[1].initial_energy == pytest.approx(slow[1].initial_energy, rel=1e-12)
+        for a, b in zip(fast[1].steps, slow[1].steps):
+            assert a.energy == pytest.approx(b.energy, rel=1e-10, abs=1e-10)
+            assert a.alpha == pytest.approx(b.alpha, rel=1e-9) and a.accepted == b.accepted
+            assert a.num_clusters == int(connected_components(ei, a.proposal_edges, n).max()) + 1
 
 
 def test_all_zero_probabilities_merge_nothing():
