@@ -34,6 +34,7 @@ test: $(STAMP)
 
 test-python: $(STAMP)
 	$(PY) -m pytest -m "not browser" tests
+	$(PY) -m pytest -p no:cacheprovider --doctest-modules selab
 
 test-notebooks: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) notebooks/
