@@ -1,6 +1,6 @@
 """Cost of structure evolution against one Graph LSTM layer, and how much it merges with defaults.
 
-Times, in one run on the same batch of 4 SLIC graphs (about 1000 superpixels each): one Graph LSTM
+Times (medians, the variants taking turns in every repeat), in one run on the same batch of 4 SLIC graphs (about 1000 superpixels each): one Graph LSTM
 layer (wavefront schedule, forward and forward+backward), one Metropolis-Hastings step with 8
 proposals per image (one chain per image: merge budget, drawing, connected components, energies,
 accept/reject) with the energy in ground-truth mode (as in training, where the sampler runs) and in
@@ -43,19 +43,22 @@ PASCAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "pascal_perso
 TARGET_ROW = "MH step, 8 proposals/image, ground truth (training)"
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time in ms over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+def timed_interleaved(fns: list, repeats: int, device: torch.device) -> list[float]:
+    """Median wall time in ms of each function; the functions take turns in every repeat (after one
+    warm-up each), so that a slow spell of a shared machine hits all of them alike."""
+    for fn in fns:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            spent.append(1000 * (time.perf_counter() - start))
+    return [statistics.median(spent) for spent in times]
 
 
 def build_batch(n_segments: int, channels: int, device: torch.device):
@@ -123,7 +126,7 @@ def timing(args, device):
         ("StructureEvolution fwd, training (p+MH+coarsen)", evolution_forward),
         ("greedy merge (p > 0.5, test time)", greedy),
     ]
-    results = [(name, timed(fn, args.repeats, device)) for name, fn in rows]
+    results = list(zip([name for name, _ in rows], timed_interleaved([fn for _, fn in rows], args.repeats, device)))
     reference, training_reference = results[0][1], results[1][1]
     print(f"\nbatch: {graph.num_graphs} graphs, {graph.num_nodes} nodes, {graph.edge_index.shape[1]} edges, "
           f"{int(out.levels.max()) + 1} wavefront levels, hidden {args.hidden}, device {device}, "

@@ -211,19 +211,31 @@ def candidate_edges(merge_prob: Tensor, budget: Budget = None, edge_graph: Optio
     probable edges, a float in (0, 1] keeps that fraction of the edges; with ``edge_graph [E]`` (the
     image of each edge) the budget applies per image. Other edges are always off.
     """
-    num_edges = merge_prob.numel()
+    _check_budget(budget)
+    p = merge_prob.detach().to(torch.float64).cpu().numpy()
+    graph = None if edge_graph is None else edge_graph.cpu().numpy()
+    return torch.from_numpy(_candidate_mask(p, budget, graph)).to(merge_prob.device)
+
+
+def _check_budget(budget: Budget) -> None:
     if budget is None:
-        return torch.ones(num_edges, dtype=torch.bool, device=merge_prob.device)
+        return
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
         raise TypeError(f"merge_budget must be None, an int (top-k) or a float fraction, got {budget!r}")
     if isinstance(budget, float) and not 0.0 < budget <= 1.0:
         raise ValueError(f"merge_budget as a fraction must be in (0, 1], got {budget}")
     if isinstance(budget, int) and budget < 0:
         raise ValueError(f"merge_budget as a count must be >= 0, got {budget}")
+
+
+def _candidate_mask(p: np.ndarray, budget: Budget, graph: Optional[np.ndarray]) -> np.ndarray:
+    """:func:`candidate_edges` on host arrays: ``p [E]`` float64, ``graph [E]`` int or None."""
+    num_edges = p.size
+    if budget is None:
+        return np.ones(num_edges, dtype=bool)
     if num_edges == 0:
-        return torch.zeros(0, dtype=torch.bool, device=merge_prob.device)
-    p = merge_prob.detach().to(torch.float64).cpu().numpy()
-    graph = np.zeros(num_edges, np.int64) if edge_graph is None else edge_graph.cpu().numpy()
+        return np.zeros(0, dtype=bool)
+    graph = np.zeros(num_edges, np.int64) if graph is None else graph
     per_graph = np.bincount(graph)
     keep = np.ceil(per_graph * budget).astype(np.int64) if isinstance(budget, float) else np.minimum(per_graph, budget)
     # Each image's edges as one slice (a stable sort by image if they are not grouped already, so
@@ -248,7 +260,7 @@ def candidate_edges(merge_prob: Tensor, budget: Budget = None, edge_graph: Optio
         chosen[rows] = above[rows] | (tied[rows] & (np.cumsum(tied[rows]) <= need))
     if not grouped:
         chosen[order] = chosen.copy()
-    return torch.from_numpy(chosen).to(merge_prob.device)
+    return chosen
 
 
 def _edge_log_terms(merge_prob: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
@@ -315,12 +327,13 @@ def propose(
 def smallest_members(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.ndarray:
     """Smallest node of every node's connected component, for the undirected edges ``(rows, cols)``.
 
-    A vectorised union-find: every round hooks each tree's root onto the smaller root across one of
-    its edges (concurrent writes: any of them wins, all point down), compresses the hooked roots by
-    pointer jumping, and points every node at its new root with one gather. Each round at least
-    halves the number of trees that still have an edge out, so it takes O(log N) rounds of
-    O(N + E) numpy work and no Python loop over nodes or edges. The root of a component is its
-    smallest node, because pointers only go down.
+    A vectorised union-find. The first round hooks every node onto its smallest smaller neighbour
+    and compresses the resulting trees by pointer jumping. Each further round works on the edges
+    whose ends still have different roots only: it hooks each such root onto the smallest root
+    across its edges and jumps the hooked roots to their new roots. Every round at least halves the
+    number of trees that still have an edge out, so it takes O(log N) rounds of numpy work and no
+    Python loop over nodes or edges; a last pointer jumping over all nodes points every node at its
+    root. The root of a component is its smallest node, because pointers only go down.
 
     Example
     -------
@@ -328,31 +341,34 @@ def smallest_members(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.n
     array([0, 1, 1, 1, 4])
     """
     u, v = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-    # first round: every node is its own root, so every edge hooks its larger end onto its smaller
     root = np.arange(num_nodes)
-    root[np.maximum(u, v)] = np.minimum(u, v)
+    np.minimum.at(root, np.maximum(u, v), np.minimum(u, v))
+    root = _jump_to_roots(root)
+    root_u, root_v = root[u], root[v]
     while True:
-        jumped = root[root]
-        if np.array_equal(jumped, root):
-            break
-        root = jumped
-    while u.size:
-        ru, rv = root[u], root[v]
-        apart = np.flatnonzero(ru != rv)
+        apart = np.flatnonzero(root_u != root_v)
         if apart.size == 0:
             break
-        u, v, ru, rv = u[apart], v[apart], ru[apart], rv[apart]
-        hooked = np.maximum(ru, rv)
-        root[hooked] = np.minimum(ru, rv)
-        # every node points at a root of the last round; only those roots form chains: jump them
+        low, high = np.minimum(root_u[apart], root_v[apart]), np.maximum(root_u[apart], root_v[apart])
+        np.minimum.at(root, high, low)
+        # the nodes still point at roots of an earlier round; only the roots hooked now form chains
         while True:
-            target = root[hooked]
+            target = root[high]
             jumped = root[target]
             if np.array_equal(jumped, target):
                 break
-            root[hooked] = jumped
-        root = root[root]
-    return root
+            root[high] = jumped
+        root_u, root_v = root[low], root[high]
+    return _jump_to_roots(root)
+
+
+def _jump_to_roots(parent: np.ndarray) -> np.ndarray:
+    """Pointer jumping until every node points at the root of its tree (pointers only go down)."""
+    while True:
+        jumped = parent[parent]
+        if np.array_equal(jumped, parent):
+            return parent
+        parent = jumped
 
 
 def _canonical(roots: np.ndarray) -> np.ndarray:
@@ -395,17 +411,17 @@ class _StateComponents(NamedTuple):
     root: np.ndarray  # [S * A] position of the smallest member of each position's component
 
 
-def _components_of_states(ends: np.ndarray, drawn: np.ndarray, num_nodes: int) -> _StateComponents:
-    """Components of ``drawn [S, C]`` (switched-on candidate edges with end nodes ``ends [2, C]``)."""
+def _components_of_states(ends: np.ndarray, state: np.ndarray, edge: np.ndarray, num_states: int,
+                          num_nodes: int) -> _StateComponents:
+    """Components of S edge states given as switched-on (``state``, candidate ``edge``) pairs; the
+    candidate edges have end nodes ``ends [2, C]``."""
     touched = np.zeros(num_nodes, dtype=bool)
     touched[ends.ravel()] = True
     active = np.flatnonzero(touched)
     local = np.cumsum(touched) - 1
-    on = np.flatnonzero(drawn)
-    state, edge = on // drawn.shape[1], on % drawn.shape[1]
     rows = state * active.size + local[ends[0, edge]]
     cols = state * active.size + local[ends[1, edge]]
-    return _StateComponents(active, smallest_members(rows, cols, drawn.shape[0] * active.size))
+    return _StateComponents(active, smallest_members(rows, cols, num_states * active.size))
 
 
 def _clique_roots(components: _StateComponents, num_nodes: int, state: np.ndarray) -> np.ndarray:
@@ -590,14 +606,23 @@ class PartitionEnergy:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class MHStep:
-    """One proposal of a chain: its edges, partition size, energy, log q, acceptance and decision."""
+    """One proposal of a chain: its edges, partition size, energy, log q, acceptance and decision.
 
-    proposal_edges: Tensor
+    ``proposal_edges`` (bool ``[E]`` of the chain's graph) is row ``index`` of ``proposals``, the
+    chain's states ``[S + 1, E]`` (row 0: nothing on), shared by all steps of the chain.
+    """
+
+    proposals: Tensor = field(repr=False)
+    index: int
     energy: float
     log_q: float
     alpha: float
     accepted: bool
     num_clusters: int
+
+    @property
+    def proposal_edges(self) -> Tensor:
+        return self.proposals[self.index]
 
 
 @dataclass
@@ -641,28 +666,31 @@ def _edges_per_graph(edge_graph: np.ndarray, num_graphs: int) -> list:
 
 
 def _run_chains(
-    edge_index: Tensor,
-    merge_prob: Tensor,
+    edge_index: np.ndarray,
+    merge_prob: np.ndarray,
     num_nodes: int,
-    edge_graph: Tensor,
-    node_graph: Tensor,
+    edge_graph: np.ndarray,
+    node_graph: np.ndarray,
     num_graphs: int,
     energy: Union["PartitionEnergy", Callable[[Tensor], float]],
     num_steps: int,
     temperature: float,
-    candidates: Tensor,
+    candidates: np.ndarray,
     generator: Optional[torch.Generator],
+    device: torch.device,
 ) -> tuple[Tensor, Tensor, list[MHTrace]]:
     """One independent MH chain per graph of a disjoint batch; all proposals drawn and scored at once.
 
-    ``energy`` is a :class:`PartitionEnergy` (scored from the cliques directly, per graph) or, for a
-    single chain (``num_graphs == 1``), any callable ``cluster [N] -> float``. Returns the final edge
-    state ``[E]``, its partition ``[N]`` (canonical ids) and one trace per graph.
+    Works on host arrays (``edge_index [2, E]``, float64 ``merge_prob [E]``, ``edge_graph [E]``,
+    ``node_graph [N]``, bool ``candidates [E]``); the random numbers come from ``generator`` on
+    ``device``, where the results go. ``energy`` is a :class:`PartitionEnergy` (scored from the
+    cliques directly, per graph) or, for a single chain (``num_graphs == 1``), any callable
+    ``cluster [N] -> float``. Returns the final edge state ``[E]``, its partition ``[N]`` (canonical
+    ids) and one trace per graph.
     """
-    device = merge_prob.device
     # Only candidate edges are ever on (the others add log 1 to log q): draw and score just those.
-    candidate_np = np.flatnonzero(candidates.cpu().numpy())
-    p_np = merge_prob.detach().double().cpu().numpy()[candidate_np]
+    candidate = np.flatnonzero(candidates)
+    p_np = merge_prob[candidate]
     p = torch.from_numpy(p_np).to(device)
     drawn = torch.rand((num_steps, p.numel()), generator=generator, device=device, dtype=torch.float64) < p
     uniforms = torch.rand((num_steps, num_graphs), generator=generator, device=device, dtype=torch.float64)
@@ -670,26 +698,33 @@ def _run_chains(
     # The rest is O(S (A + C)) host work in numpy (A nodes touched by the C candidate edges; every
     # other node is alone in every state): log q, components, energies, then the scalar MH loop.
     drawn_np = drawn.cpu().numpy()
-    states_np = np.zeros((num_steps + 1, edge_index.shape[1]), dtype=bool)
-    states_np[1:, candidate_np] = drawn_np  # state 0 = nothing on, where every chain starts
+    num_edges = edge_index.shape[1]
+    states_np = np.zeros((num_steps + 1, num_edges), dtype=bool)
+    states_np[1:, candidate] = drawn_np  # state 0 = nothing on, where every chain starts
     states = torch.from_numpy(states_np).to(device)
-    ends = edge_index.cpu().numpy()[:, candidate_np]
-    node_graph_np, edge_graph_np = node_graph.cpu().numpy(), edge_graph.cpu().numpy()
-    candidate_graph = edge_graph_np[candidate_np]
+    ends = edge_index[:, candidate]
+    candidate_graph = edge_graph[candidate]
     num_states = num_steps + 1
-    proposal_slot = (np.arange(num_steps)[:, None] * num_graphs + candidate_graph).ravel()  # (proposal, image)
+    on = np.flatnonzero(drawn_np)  # switched-on (proposal, candidate) pairs
+    on_state, on_edge = on // candidate.size, on % candidate.size
+    on_slot = on_state * num_graphs + candidate_graph[on_edge]  # (proposal, image) of each
 
-    with np.errstate(divide="ignore"):  # p = 0 or 1 give log 0 = -inf: q(z) = 0, handled by _acceptance
+    # log q: 'nothing on' sums log(1 - p) (-inf where some p = 1: q = 0, handled by _acceptance); a
+    # proposal adds log p - log(1 - p) per switched-on edge, on top of the edges with p = 1, which
+    # every proposal switches on (log 1 = 0)
+    with np.errstate(divide="ignore"):
         log_on, log_off = np.log(p_np), np.log1p(-p_np)
+    log_off_uncertain = np.where(p_np >= 1.0, 0.0, log_off)
     log_q = np.empty((num_states, num_graphs))
     log_q[0] = np.bincount(candidate_graph, log_off, minlength=num_graphs)
-    log_q[1:] = np.bincount(proposal_slot, np.where(drawn_np, log_on, log_off).ravel(),
-                            minlength=num_steps * num_graphs).reshape(num_steps, num_graphs)
+    log_q[1:] = np.bincount(candidate_graph, log_off_uncertain, minlength=num_graphs)
+    log_q[1:] += np.bincount(on_slot, (log_on - log_off_uncertain)[on_edge],
+                             minlength=num_steps * num_graphs).reshape(num_steps, num_graphs)
 
-    components = _components_of_states(ends, drawn_np, num_nodes)
+    components = _components_of_states(ends, on_state, on_edge, num_steps, num_nodes)
     num_active = max(components.active.size, 1)
-    active_graph = node_graph_np[components.active]
-    nodes_per_graph = np.bincount(node_graph_np, minlength=num_graphs)
+    active_graph = node_graph[components.active]
+    nodes_per_graph = np.bincount(node_graph, minlength=num_graphs)
     root = components.root
     # (proposal, image) slot and node of every position s * A + local of the components
     position_slot = (np.arange(num_steps)[:, None] * num_graphs + active_graph).ravel()
@@ -717,7 +752,7 @@ def _run_chains(
         for s in range(num_states):
             active_state[:] = s
             cluster = _canonical(_clique_roots(components, num_nodes, active_state))
-            energies[s, 0] = float(energy(torch.from_numpy(cluster).to(edge_index.device)))
+            energies[s, 0] = float(energy(torch.from_numpy(cluster).to(device)))
 
     traces = [MHTrace(float(energies[0, b]), float(log_q[0, b])) for b in range(num_graphs)]
     # the accept/reject loop is inherently sequential over proposals but vectorised over nothing
@@ -727,8 +762,8 @@ def _run_chains(
     count_list, uniform_list = count.tolist(), uniforms.cpu().tolist()
     chosen_list = [0] * num_graphs
     # each image's view of the proposals, sliced once (not per step)
-    own = _edges_per_graph(edge_graph_np, num_graphs)
-    own_edges = [states[:, edges].unbind(0) for edges in own]  # one view per state, made in one call
+    own = _edges_per_graph(edge_graph, num_graphs)
+    own_edges = [states[:, edges] for edges in own]
     for s in range(1, num_states):
         for b in range(num_graphs):
             cur = chosen_list[b]
@@ -736,13 +771,13 @@ def _run_chains(
             accepted = uniform_list[s - 1][b] < alpha
             if accepted:
                 chosen_list[b] = s
-            traces[b].steps.append(MHStep(own_edges[b][s], energy_list[s][b], log_q_list[s][b], alpha, accepted,
+            traces[b].steps.append(MHStep(own_edges[b], s, energy_list[s][b], log_q_list[s][b], alpha, accepted,
                                           count_list[s][b]))
     chosen = np.asarray(chosen_list)
     picked = chosen[candidate_graph]  # each candidate edge's chosen state (0: nothing on)
     on = np.flatnonzero(picked > 0)
-    final_np = np.zeros(edge_index.shape[1], dtype=bool)
-    final_np[candidate_np[on]] = drawn_np[picked[on] - 1, on]
+    final_np = np.zeros(num_edges, dtype=bool)
+    final_np[candidate[on]] = drawn_np[picked[on] - 1, on]
     final = torch.from_numpy(final_np).to(device)
     for b in range(num_graphs):
         traces[b].edges_on = final[own[b]]
@@ -811,12 +846,12 @@ def metropolis_hastings(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     n = _num_nodes_of(edge_index, num_nodes)
-    edge_graph = torch.zeros(edge_index.shape[1], dtype=torch.long, device=merge_prob.device)
-    candidates = candidate_edges(merge_prob, merge_budget)
-
-    node_graph = torch.zeros(n, dtype=torch.long, device=merge_prob.device)
-    _, cluster, traces = _run_chains(edge_index.to(merge_prob.device), merge_prob, n, edge_graph, node_graph, 1,
-                                     energy, num_steps, float(temperature), candidates, generator)
+    _check_budget(merge_budget)
+    p = merge_prob.detach().double().cpu().numpy()
+    num_edges = edge_index.shape[1]
+    _, cluster, traces = _run_chains(edge_index.cpu().numpy(), p, n, np.zeros(num_edges, np.int64), np.zeros(n, np.int64),
+                                     1, energy, num_steps, float(temperature), _candidate_mask(p, merge_budget, None),
+                                     generator, merge_prob.device)
     return cluster.to(edge_index.device), traces[0]
 
 
@@ -976,17 +1011,19 @@ class StructureEvolution(nn.Module):
         mode = mode or self.current_mode()
         n = batch.numel()
         num_graphs = int(batch.max()) + 1 if n else 1
-        edge_graph = batch[edge_index[0]] if edge_index.numel() else batch.new_zeros(0)
         if mode == "none":
             edges_on = torch.zeros(edge_index.shape[1], dtype=torch.bool, device=edge_index.device)
             return torch.arange(n, device=batch.device), edges_on, []
         if mode == "greedy":
+            edge_graph = batch[edge_index[0]] if edge_index.numel() else batch.new_zeros(0)
             cluster, edges_on = greedy_merge(edge_index, merge_prob, n, self.threshold, self.merge_budget, edge_graph)
             return cluster, edges_on, []
-        candidates = candidate_edges(merge_prob, self.merge_budget, edge_graph)
-        edges_on, cluster, chains = _run_chains(edge_index, merge_prob, n, edge_graph, batch, num_graphs,
-                                                energy, self.num_proposals, self.temperature,
-                                                candidates, generator)
+        ei, node_graph = edge_index.cpu().numpy(), batch.cpu().numpy()
+        edge_graph = node_graph[ei[0]]
+        p = merge_prob.detach().double().cpu().numpy()
+        edges_on, cluster, chains = _run_chains(ei, p, n, edge_graph, node_graph, num_graphs, energy, self.num_proposals,
+                                                self.temperature, _candidate_mask(p, self.merge_budget, edge_graph),
+                                                generator, merge_prob.device)
         return cluster.to(batch.device), edges_on, chains
 
     def forward(
