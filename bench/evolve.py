@@ -9,16 +9,21 @@ coarsening of f, h, m and the pixel map), and greedy merging (test time). Target
 most 10% of the layer (ratios to the layer's forward, and to its forward+backward, the cost of the
 layer in a training step). Then reports the fraction of nodes merged per layer with the default
 energy on PASCAL-Person-Part images in ground-truth mode (skipped without the data). Run:
-``.venv/bin/python bench/evolve.py [--device cuda] [--repeats 7] [--threads 1]``; prints tables and
-writes bench/results/evolve.json.
+``.venv/bin/python bench/evolve.py [--device cuda] [--repeats 7] [--threads 1] [--baseline REV]``;
+prints tables and writes bench/results/evolve.json. ``--baseline REV`` adds the MH step of
+``selab/evolve.py`` as it was at git revision REV, timed in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,6 +64,23 @@ def timed_interleaved(fns: list, repeats: int, device: torch.device) -> list[flo
                 torch.cuda.synchronize()
             spent.append(1000 * (time.perf_counter() - start))
     return [statistics.median(spent) for spent in times]
+
+
+def load_baseline(revision: str):
+    """selab/evolve.py as it was at a git revision, imported as a module of its own."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        text = subprocess.run(["git", "show", f"{revision}:selab/evolve.py"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise SystemExit(f"--baseline {revision}: cannot read selab/evolve.py at that revision ({error})")
+    path = Path(tempfile.mkdtemp()) / f"evolve_{revision}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_batch(n_segments: int, channels: int, device: torch.device):
@@ -117,6 +139,18 @@ def timing(args, device):
     def greedy():
         evolution.sample(graph.edge_index, merge_prob, graph.batch, None, mode="greedy")
 
+    baseline_rows = []
+    if args.baseline:  # the same MH step with selab/evolve.py as it was at another git revision
+        old = load_baseline(args.baseline)
+        old_evolution = old.StructureEvolution(args.hidden).to(device).train()
+        old_energy = old.PartitionEnergy(node_labels=labels, num_classes=7, size=graph.size, batch=graph.batch)
+
+        def old_mh_step():
+            generator = torch.Generator(device=device).manual_seed(0)
+            old_evolution.sample(graph.edge_index, merge_prob, graph.batch, old_energy, generator, mode="mh")
+
+        baseline_rows = [(f"MH step, ground truth, evolve.py at {args.baseline}", old_mh_step)]
+
     rows = [
         ("Graph LSTM layer, wavefront, forward", layer_forward),
         ("Graph LSTM layer, wavefront, forward+backward", layer_forward_backward),
@@ -125,7 +159,7 @@ def timing(args, device):
         ("MH step, 8 proposals, ground truth, no budget", mh_step(training_energy, None)),
         ("StructureEvolution fwd, training (p+MH+coarsen)", evolution_forward),
         ("greedy merge (p > 0.5, test time)", greedy),
-    ]
+    ] + baseline_rows
     results = list(zip([name for name, _ in rows], timed_interleaved([fn for _, fn in rows], args.repeats, device)))
     reference, training_reference = results[0][1], results[1][1]
     print(f"\nbatch: {graph.num_graphs} graphs, {graph.num_nodes} nodes, {graph.edge_index.shape[1]} edges, "
@@ -188,6 +222,8 @@ def main():
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--baseline", default="", help="also time the MH step of selab/evolve.py at this git "
+                        "revision, in the same run (e.g. a5c1807, before the numpy sampler)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

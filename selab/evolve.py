@@ -988,7 +988,7 @@ class StructureEvolution(nn.Module):
             raise ValueError(f"num_proposals must be an int >= 0, got {num_proposals!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        candidate_edges(torch.zeros(1), merge_budget)  # validates the budget early
+        _check_budget(merge_budget)
         self.mode, self.eval_mode = mode, eval_mode
         self.num_proposals, self.temperature = num_proposals, float(temperature)
         self.merge_budget, self.threshold = merge_budget, float(threshold)
