@@ -726,7 +726,7 @@ def _run_chains(
     active_graph = node_graph[components.active]
     nodes_per_graph = np.bincount(node_graph, minlength=num_graphs)
     root = components.root
-    # (proposal, image) slot and node of every position s * A + local of the components
+    # (proposal, image) slot of every position s * A + local of the components
     position_slot = (np.arange(num_steps)[:, None] * num_graphs + active_graph).ravel()
     first = np.flatnonzero(root == np.arange(root.size))  # one position per component
     component_slot = position_slot[first]
@@ -775,9 +775,9 @@ def _run_chains(
                                           count_list[s][b]))
     chosen = np.asarray(chosen_list)
     picked = chosen[candidate_graph]  # each candidate edge's chosen state (0: nothing on)
-    on = np.flatnonzero(picked > 0)
+    moved = np.flatnonzero(picked > 0)
     final_np = np.zeros(num_edges, dtype=bool)
-    final_np[candidate[on]] = drawn_np[picked[on] - 1, on]
+    final_np[candidate[moved]] = drawn_np[picked[moved] - 1, moved]
     final = torch.from_numpy(final_np).to(device)
     for b in range(num_graphs):
         traces[b].edges_on = final[own[b]]
