@@ -388,7 +388,7 @@ def coarsen(graph: Graph, cluster, x: torch.Tensor | None = None) -> Graph:
         batch=batch,
         pos=pos,
         size=size,
-        assignment=cluster[graph.assignment],
+        assignment=cluster.index_select(0, graph.assignment.reshape(-1)).reshape(graph.assignment.shape),
         x=scatter_mean(x, cluster, num) if x is not None else None,
         superpixel_assignment=(cluster[graph.superpixel_assignment]
                                if graph.superpixel_assignment is not None else None),

@@ -424,6 +424,12 @@ class SELabModel(nn.Module):
 
         h = m = None
         last = len(self.layers) - 1
+        # se_lstm: every level's node logits are gathered onto the level-0 superpixels and summed there, so
+        # that one unpooling to the pixels (the costly gather and its backward) serves all levels. Exact:
+        # each level's node covers its superpixels' pixels. Needs the level-0 nodes to be the superpixels.
+        sp0 = graph.superpixel_assignment
+        on_superpixels = sp0 is not None and torch.equal(sp0, torch.arange(graph.num_nodes, device=sp0.device))
+        superpixel_logits = 0
         for index, layer in enumerate(self.layers):
             rank = self._order(order, node_confidence, graph, generator)
             result = layer(x, graph.edge_index, rank, schedule=self.config.schedule, h0=h, m0=m)
@@ -436,7 +442,11 @@ class SELabModel(nn.Module):
                     logits = logits + unpool_to_pixels(self.node_classifiers[0](result.h), graph.assignment)
                 continue
             # se_lstm: this level's states reach the pixels, then (but after the last layer) the structure evolves.
-            logits = logits + unpool_to_pixels(self.node_classifiers[index](result.h), graph.assignment)
+            node_logits = self.node_classifiers[index](result.h)
+            if on_superpixels:
+                superpixel_logits = superpixel_logits + node_logits.index_select(0, graph.superpixel_assignment.to(device))
+            else:
+                logits = logits + unpool_to_pixels(node_logits, graph.assignment)
             if index == last:
                 break
             node_labels = None
@@ -454,6 +464,8 @@ class SELabModel(nn.Module):
             graph, x, h, m = evolved.graph, evolved.graph.x, evolved.h, evolved.m
             node_confidence = evolved.confidence
             out.levels.append(graph)
+        if on_superpixels and self.config.variant == "se_lstm":
+            logits = logits + unpool_to_pixels(superpixel_logits, out.levels[0].assignment)
         out.logits = logits
         return out
 

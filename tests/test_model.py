@@ -53,6 +53,29 @@ def test_variants_forward_backward(variant, tiny_batch):
     torch.testing.assert_close(first, second)  # deterministic at test time
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_se_lstm_unpools_all_levels_through_the_superpixels_exactly(training, tiny_batch):
+    """One unpooling of the levels' logits summed on the superpixels equals one unpooling per level."""
+    import dataclasses
+
+    from selab.graph import graph_from_superpixels
+
+    torch.manual_seed(0)
+    model = build_model({"variant": "se_lstm", "backbone": "small", "feature_channels": 16, "hidden_channels": 8,
+                         "num_layers": 3, "n_segments": 40, "dropout": 0.0}).train(training)
+    graph = graph_from_superpixels(tiny_batch["superpixels"])
+    assert graph.superpixel_assignment is not None
+    per_level = dataclasses.replace(graph, superpixel_assignment=None)  # forces one unpooling per level
+    outputs = []
+    for g in (graph, per_level):
+        torch.manual_seed(1)
+        outputs.append(model(dict(tiny_batch, graph=g), generator=torch.Generator().manual_seed(0)))
+    fast, slow = outputs
+    assert [lvl.num_nodes for lvl in fast.levels] == [lvl.num_nodes for lvl in slow.levels]
+    assert fast.levels[-1].num_nodes < fast.levels[0].num_nodes  # the structure did evolve
+    torch.testing.assert_close(fast.logits, slow.logits, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("order", ["confidence", "random", "bfs", "dfs"])
 def test_orders(order, tiny_batch):
     model = build_model({"variant": "graph_lstm", "feature_channels": 8, "hidden_channels": 8, "order": order})
