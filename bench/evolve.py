@@ -1,6 +1,6 @@
 """Cost of structure evolution against one Graph LSTM layer, and how much it merges with defaults.
 
-Times (medians, the variants taking turns in every repeat), in one run on the same batch of 4 SLIC graphs (about 1000 superpixels each): one Graph LSTM
+Times (medians, the variants taking turns in a shuffled order in every repeat), in one run on the same batch of 4 SLIC graphs (about 1000 superpixels each): one Graph LSTM
 layer (wavefront schedule, forward and forward+backward), one Metropolis-Hastings step with 8
 proposals per image (one chain per image: merge budget, drawing, connected components, energies,
 accept/reject) with the energy in ground-truth mode (as in training, where the sampler runs) and in
@@ -50,12 +50,15 @@ TARGET_ROW = "MH step, 8 proposals/image, ground truth (training)"
 
 def timed_interleaved(fns: list, repeats: int, device: torch.device) -> list[float]:
     """Median wall time in ms of each function; the functions take turns in every repeat (after one
-    warm-up each), so that a slow spell of a shared machine hits all of them alike."""
+    warm-up each), so that a slow spell of a shared machine hits all of them alike, in a new random
+    order every repeat, so that none always runs with the caches another one left."""
     for fn in fns:
         fn()
     times = [[] for _ in fns]
+    shuffle = np.random.default_rng(0)
     for _ in range(repeats):
-        for fn, spent in zip(fns, times):
+        for index in shuffle.permutation(len(fns)):
+            fn, spent = fns[index], times[index]
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
