@@ -382,7 +382,7 @@ def connected_components(edge_index: Tensor, edges_on: Optional[Tensor] = None, 
 
     Ids run 0..N'-1 in the order of each component's smallest node, so in a batch (images contiguous)
     clusters never cross images and keep the images' order. Runs as a vectorised union-find
-(:func:`smallest_members`) in numpy on the CPU; the result follows ``edge_index``'s device.
+    (:func:`smallest_members`) in numpy on the CPU; the result follows ``edge_index``'s device.
 
     Example
     -------
