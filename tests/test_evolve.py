@@ -347,15 +347,19 @@ def test_all_one_probabilities_merge_each_component():
     assert trace.steps[0].accepted and trace.steps[0].alpha == 1.0
 
 
-@settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), num_images=st.integers(1, 3), budget=st.sampled_from([None, 2, 0.5]))
-def test_chains_never_cross_images_and_never_grow(seed, num_images, budget):
-    """One chain per image on a disjoint batch of random graphs (via StructureEvolution.sample)."""
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), num_images=st.integers(1, 3), budget=st.sampled_from([None, 2, 0.5]),
+       shuffle_edges=st.booleans())
+def test_chains_never_cross_images_and_never_grow(seed, num_images, budget, shuffle_edges):
+    """One chain per image on a disjoint batch of random graphs (via StructureEvolution.sample), with
+    the edges grouped by image or in any order."""
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, 7, size=num_images)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     pairs = [(o + i, o + j) for o, n in zip(offsets[:-1], sizes) for i in range(n) for j in range(i + 1, n)
              if rng.random() < 0.5]
+    if shuffle_edges:
+        pairs = [pairs[k] for k in rng.permutation(len(pairs))]
     ei = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).T
     batch = torch.from_numpy(np.repeat(np.arange(num_images), sizes))
     n = int(offsets[-1])
@@ -375,6 +379,11 @@ def test_chains_never_cross_images_and_never_grow(seed, num_images, budget):
             assert not bool((edges_on & ~candidate_edges(p, budget, batch[ei[0]])).any())
         if mode == "mh":
             assert len(chains) == num_images and all(len(c.steps) == 4 for c in chains)
+            edge_image = batch[ei[0]] if ei.numel() else batch.new_zeros(0)
+            for image, chain in enumerate(chains):  # each chain holds its own image's edges, in edge order
+                own = edge_image == image
+                assert torch.equal(chain.edges_on, edges_on[own])
+                assert all(step.proposal_edges.shape == (int(own.sum()),) for step in chain.steps)
 
 
 def test_greedy_is_deterministic_and_thresholds():
@@ -456,14 +465,16 @@ def test_structure_evolution_eval_is_deterministic():
 
 def test_candidate_edges_break_ties_by_edge_id_like_a_stable_sort():
     rng = np.random.default_rng(0)
-    for _ in range(20):
+    for trial in range(40):
         num_edges = int(rng.integers(1, 60))
         p = torch.from_numpy(rng.choice([0.0, 0.25, 0.5, 1.0, 0.3], size=num_edges)).float()
-        edge_graph = torch.from_numpy(np.sort(rng.integers(0, 3, size=num_edges)))
-        budget = int(rng.integers(0, 5))
+        edge_graph = rng.integers(0, 3, size=num_edges)
+        edge_graph = torch.from_numpy(np.sort(edge_graph) if trial % 2 else edge_graph)  # grouped or not
+        budget = int(rng.integers(0, 5)) if trial % 4 < 2 else float(rng.uniform(0.05, 1.0))
         expected = torch.zeros(num_edges, dtype=torch.bool)
         for image in edge_graph.unique().tolist():
             edges = [e for e in range(num_edges) if edge_graph[e] == image]
             ranked = sorted(edges, key=lambda e: (-float(p[e]), e))
-            expected[ranked[:budget]] = True
+            keep = budget if isinstance(budget, int) else math.ceil(len(edges) * budget)
+            expected[ranked[:keep]] = True
         assert torch.equal(candidate_edges(p, budget, edge_graph), expected)
