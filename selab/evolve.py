@@ -236,16 +236,12 @@ def _candidate_mask(p: np.ndarray, budget: Budget, graph: Optional[np.ndarray]) 
     if num_edges == 0:
         return np.zeros(0, dtype=bool)
     graph = np.zeros(num_edges, np.int64) if graph is None else graph
-    per_graph = np.bincount(graph)
+    # each image's edges as one slice (in edge id order), the k-th largest p of each image by an O(E)
+    # selection, then one comparison over all edges
+    order, starts, ends = _group_by_graph(graph, int(graph.max()) + 1)
+    per_graph = ends - starts
     keep = np.ceil(per_graph * budget).astype(np.int64) if isinstance(budget, float) else np.minimum(per_graph, budget)
-    # Each image's edges as one slice (a stable sort by image if they are not grouped already, so
-    # that within an image the edge ids stay in order); the k-th largest p of each image by an O(E)
-    # selection, then one comparison over all edges.
-    grouped = bool((graph[1:] >= graph[:-1]).all())
-    order = None if grouped else np.argsort(graph, kind="stable")
-    p_sorted, graph_sorted = (p, graph) if grouped else (p[order], graph[order])
-    ends = np.cumsum(per_graph)
-    starts = ends - per_graph
+    p_sorted, graph_sorted = (p, graph) if order is None else (p[order], graph[order])
     kth = np.full(per_graph.size, np.inf)  # k = 0: nothing is chosen
     for b in np.flatnonzero(keep > 0).tolist():
         values = p_sorted[starts[b]:ends[b]]
@@ -258,9 +254,21 @@ def _candidate_mask(p: np.ndarray, budget: Budget, graph: Optional[np.ndarray]) 
         rows = slice(starts[b], ends[b])
         need = keep[b] - int(above[rows].sum())
         chosen[rows] = above[rows] | (tied[rows] & (np.cumsum(tied[rows]) <= need))
-    if not grouped:
+    if order is not None:
         chosen[order] = chosen.copy()
     return chosen
+
+
+def _group_by_graph(graph: np.ndarray, num_graphs: int) -> tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
+    """``(order, starts, ends)``: graph b's items are ``order[starts[b]:ends[b]]``, in index order.
+
+    ``order`` is ``None`` when the items are grouped by graph already (then the ranges index them
+    directly), else a stable sort by graph.
+    """
+    counts = np.bincount(graph, minlength=num_graphs)
+    ends = np.cumsum(counts)
+    order = None if bool((graph[1:] >= graph[:-1]).all()) else np.argsort(graph, kind="stable")
+    return order, ends - counts, ends
 
 
 def _edge_log_terms(merge_prob: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
@@ -565,6 +573,19 @@ class PartitionEnergy:
         diff = p - total.reshape(num_cliques, num_classes)[clique] / mass[clique, None]
         return w * (0.5 * np.abs(diff).sum(1) if self.distance == "tv" else (diff**2).sum(1))
 
+    def disagreement_by_slot(self, clique: np.ndarray, slot: np.ndarray, nodes: np.ndarray, num_slots: int) -> np.ndarray:
+        """Disagreement per slot of partitions laid out position by position, float64 ``[num_slots]``.
+
+        Position ``p`` holds node ``nodes[p % len(nodes)]`` (S partitions of the same nodes, one after
+        the other), in clique ``clique[p]`` (ids ``< len(clique)``), counted in ``slot[p]`` (e.g.
+        partition * B + image). A node alone in its clique disagrees with nobody: only members of
+        cliques of two or more are scored (:meth:`member_disagreement`).
+        """
+        size = np.bincount(clique, minlength=clique.size)
+        member = np.flatnonzero(size[clique] > 1)
+        contribution = self.member_disagreement(nodes[member % max(nodes.size, 1)], clique[member], clique.size)
+        return np.bincount(slot[member], contribution, minlength=num_slots)
+
     def per_graph_many(self, clusters: Tensor) -> Tensor:
         """Energies of S partitions at once, per image: ``[S, B]`` float64.
 
@@ -580,14 +601,10 @@ class PartitionEnergy:
             raise ValueError(f"cluster ids must be in 0..{n - 1}, got {ids.min()}..{ids.max()}")
         flat = (ids + np.arange(num_states)[:, None] * n).ravel()
         slot = ((np.arange(num_states)[:, None] * self.num_graphs) + batch).ravel()  # (state, image)
-        size = np.bincount(flat, minlength=num_states * n)
-        # a node alone in its cluster disagrees with nobody: only members of larger cliques cost
-        member = np.flatnonzero(size[flat] > 1)
-        contribution = self.member_disagreement(member % n, flat[member], num_states * n)
-        disagreement = np.bincount(slot[member], contribution, minlength=num_states * self.num_graphs)
-        cluster_slot = np.zeros(num_states * n, dtype=np.int64)
-        cluster_slot[flat] = slot
-        count = np.bincount(cluster_slot[size > 0], minlength=num_states * self.num_graphs)
+        disagreement = self.disagreement_by_slot(flat, slot, np.arange(n), num_states * self.num_graphs)
+        cluster_slot = np.full(num_states * n, -1)
+        cluster_slot[flat] = slot  # a cluster is counted in the image of its members
+        count = np.bincount(cluster_slot[cluster_slot >= 0], minlength=num_states * self.num_graphs)
         energy = self.scale * (disagreement + self.beta * count)
         return torch.from_numpy(energy.reshape(num_states, self.num_graphs)).to(self.prob.device)
 
@@ -659,10 +676,10 @@ def _edges_per_graph(edge_graph: np.ndarray, num_graphs: int) -> list:
     """Each graph's edges as an index: a slice where the edges are grouped by graph (cheap views)."""
     if num_graphs == 1:
         return [slice(None)]
-    if (edge_graph[1:] >= edge_graph[:-1]).all():
-        ends = np.cumsum(np.bincount(edge_graph, minlength=num_graphs)).tolist()
-        return [slice(start, end) for start, end in zip([0] + ends[:-1], ends)]
-    return [torch.from_numpy(np.flatnonzero(edge_graph == b)) for b in range(num_graphs)]
+    order, starts, ends = _group_by_graph(edge_graph, num_graphs)
+    if order is None:
+        return [slice(start, end) for start, end in zip(starts.tolist(), ends.tolist())]
+    return [torch.from_numpy(order[start:end]) for start, end in zip(starts.tolist(), ends.tolist())]
 
 
 def _run_chains(
@@ -722,7 +739,6 @@ def _run_chains(
                              minlength=num_steps * num_graphs).reshape(num_steps, num_graphs)
 
     components = _components_of_states(ends, on_state, on_edge, num_steps, num_nodes)
-    num_active = max(components.active.size, 1)
     active_graph = node_graph[components.active]
     nodes_per_graph = np.bincount(node_graph, minlength=num_graphs)
     root = components.root
@@ -738,11 +754,9 @@ def _run_chains(
     if isinstance(energy, PartitionEnergy):
         if energy.prob.shape[0] != num_nodes:
             raise ValueError(f"the energy has {energy.prob.shape[0]} nodes but the graph has {num_nodes}")
-        member = np.flatnonzero(np.bincount(root, minlength=root.size)[root] > 1)  # in cliques of two or more
-        contribution = energy.member_disagreement(components.active[member % num_active], root[member], root.size)
-        disagreement = np.zeros((num_states, num_graphs))
-        disagreement[1:] = np.bincount(position_slot[member], contribution,
-                                       minlength=num_steps * num_graphs).reshape(num_steps, num_graphs)
+        disagreement = np.zeros((num_states, num_graphs))  # state 0: nothing merged
+        disagreement[1:] = energy.disagreement_by_slot(root, position_slot, components.active,
+                                                       num_steps * num_graphs).reshape(num_steps, num_graphs)
         energies = energy.scale * (disagreement + energy.beta * count)
     else:
         if num_graphs != 1:
