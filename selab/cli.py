@@ -1,4 +1,4 @@
-"""The ``selab`` command: ``selab train`` and ``selab evaluate``, thin wrappers of :mod:`selab.train`.
+"""The ``selab`` command: ``selab train``, ``selab evaluate`` (thin wrappers of :mod:`selab.train`), ``selab sweep`` (:mod:`selab.sweep`).
 
 Example
 -------
@@ -33,6 +33,7 @@ def _bool(text: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selab", description="Train and evaluate Graph LSTM / SE-LSTM parsers.")
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("sweep", help="run a grid of papermill training runs (selab sweep -h)", add_help=False)
 
     train = commands.add_parser("train", help="train a model into a run folder")
     defaults = TrainConfig()
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--cache-dir", default=None)
     evaluate.add_argument("--out", default=None, help="metrics JSON file")
+    evaluate.add_argument("--per-image", default=None, metavar="NPZ",
+                          help="also save every image's confusion matrix (for selab.compare)")
     evaluate.add_argument("--quiet", action="store_true")
     return parser
 
@@ -103,6 +106,11 @@ def _model_options(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sweep"]:  # its own parser (selab.sweep), so that `selab sweep -h` shows its options
+        from selab import sweep
+
+        return sweep.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
@@ -125,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
             result = evaluate(args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
                               image_size=args.image_size, limit=args.limit, out=args.out, device=args.device,
-                              batch_size=args.batch_size, progress=not args.quiet, cache_dir=args.cache_dir)
+                              batch_size=args.batch_size, progress=not args.quiet, cache_dir=args.cache_dir,
+                              per_image_out=args.per_image)
             print(json.dumps(result, indent=2))
     except (ValueError, FileNotFoundError) as error:
         print(f"selab {args.command}: error: {error}", file=sys.stderr)

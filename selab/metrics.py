@@ -16,6 +16,9 @@ Example
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -118,3 +121,32 @@ class ConfusionMatrix:
 
     def compute(self) -> dict:
         return scores_from_confusion(self.matrix.numpy(), self.class_names)
+
+
+def save_per_image(path, pairs) -> None:
+    """Write ``(id, confusion [K,K])`` pairs to an ``.npz`` (arrays ``ids`` [N], ``confusion`` [N,K,K]).
+
+    Written atomically (temporary file, then rename). Read back with :func:`load_per_image`.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "per_image.npz"
+    >>> save_per_image(path, [("a", torch.eye(2, dtype=torch.int64)), ("b", torch.ones(2, 2, dtype=torch.int64))])
+    >>> ids, confusion = load_per_image(path)
+    >>> ids.tolist(), confusion.sum(axis=(1, 2)).tolist()
+    (['a', 'b'], [2, 4])
+    """
+    path = Path(path)
+    ids = np.array([str(i) for i, _ in pairs])
+    confusion = np.stack([np.asarray(m, dtype=np.int64) for _, m in pairs]) if pairs else np.zeros((0, 0, 0), np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, ids=ids, confusion=confusion)
+    os.replace(tmp, path)
+
+
+def load_per_image(path) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids [N] str, confusion [N,K,K] int64)`` from a file of :func:`save_per_image`."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["ids"].astype(str), data["confusion"].astype(np.int64)

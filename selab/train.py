@@ -49,13 +49,14 @@ from tqdm.auto import tqdm
 
 from selab.classes import CLASS_NAMES, NUM_CLASSES
 from selab.data import SuperpixelCache
-from selab.metrics import ConfusionMatrix
+from selab.metrics import ConfusionMatrix, confusion_matrix, save_per_image
 from selab.model import ModelConfig, SELabModel, build_model
 
 DATASETS = ("synthetic", "pascal_person_part", "folder")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("poly", "cosine", "constant")
 SYNTHETIC_TRAIN_IMAGES, SYNTHETIC_VAL_IMAGES = 256, 32
+PER_IMAGE_FILE = "val_per_image.npz"  # the last epoch's confusion matrix of every validation image
 
 
 @dataclass
@@ -110,6 +111,8 @@ class TrainConfig:
         DataLoader workers.
     num_figures : int
         Validation predictions drawn in ``figures/predictions.png``.
+    val_every : int
+        Validate every N epochs (and always after the last one).
     progress : bool
         tqdm progress bars.
     """
@@ -144,6 +147,7 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     num_figures: int = 4
+    val_every: int = 1
     progress: bool = True
 
     def __post_init__(self):
@@ -166,6 +170,8 @@ class TrainConfig:
         for name in ("image_size", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, "a positive int")
+        if not isinstance(self.val_every, int) or self.val_every < 1:
+            bad("val_every", "a positive int")
         if self.image_size < 16:
             bad("image_size", "at least 16 pixels")
         for name in ("epochs", "two_step_epochs", "num_workers", "num_figures", "seed"):
@@ -664,11 +670,12 @@ def plot_predictions(run_dir: Path, examples: list) -> Path | None:
 # ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_model(model: SELabModel, loader, device, progress: bool = False, num_examples: int = 0,
-                   description: str = "evaluate") -> tuple[dict, list]:
+                   description: str = "evaluate", per_image: list | None = None) -> tuple[dict, list]:
     """Scores over a loader of evaluation batches (each holds the full-resolution ``full_masks``).
 
     Logits [B,K,S,S] are upsampled (bilinear) to each mask's own size before the argmax, and the
-    confusion matrix accumulates over the whole split.
+    confusion matrix accumulates over the whole split. ``per_image``, a list, receives one
+    ``(id, confusion [K,K])`` pair per image (for paired comparisons of runs, :mod:`selab.compare`).
     """
     model.eval()
     matrix = ConfusionMatrix(model.config.num_classes)
@@ -680,7 +687,12 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
             upsampled = F.interpolate(logits[b : b + 1], size=tuple(full_mask.shape), mode="bilinear",
                                       align_corners=False)
             prediction = upsampled[0].argmax(0)
-            matrix.update(prediction, full_mask.to(prediction.device))
+            if per_image is None:
+                matrix.update(prediction, full_mask.to(prediction.device))
+            else:
+                image_matrix = confusion_matrix(prediction, full_mask.to(prediction.device), model.config.num_classes)
+                matrix.matrix += image_matrix
+                per_image.append((batch["ids"][b], image_matrix))
             if len(examples) < num_examples:
                 examples.append((batch["full_images"][b].cpu(), full_mask.cpu(), prediction.cpu()))
     return matrix.compute(), examples
@@ -689,8 +701,11 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
 def evaluate(checkpoint_or_run_dir, dataset: str = "pascal_person_part", data_root: str | None = None,
              split: str = "val", image_size: int | None = None, limit: int | None = None,
              out: str | None = None, device: str = "auto", batch_size: int = 8, progress: bool = True,
-             cache_dir: str | None = None) -> dict:
+             cache_dir: str | None = None, per_image_out: str | None = None) -> dict:
     """Evaluate a trained model on a split; optionally write the metrics to ``out`` (JSON).
+
+    ``per_image_out`` (an ``.npz`` path) also saves every image's confusion matrix
+    (:func:`selab.metrics.save_per_image`), for paired comparisons with :mod:`selab.compare`.
 
     Returns ``{"mean_iou", "per_class_iou" (by class name), "pixel_accuracy"}`` in percent, plus
     ``checkpoint``, ``dataset``, ``split``, ``num_images``, ``image_size``.
@@ -715,7 +730,10 @@ def evaluate(checkpoint_or_run_dir, dataset: str = "pascal_person_part", data_ro
     train_config.update(overrides)
     config = TrainConfig.from_dict(train_config)
     loader = evaluation_loader(config, model)
-    scores, _ = evaluate_model(model, loader, torch_device, progress=progress)
+    per_image = [] if per_image_out else None
+    scores, _ = evaluate_model(model, loader, torch_device, progress=progress, per_image=per_image)
+    if per_image_out:
+        save_per_image(Path(per_image_out), per_image)
     result = dict(scores)
     result.update({"checkpoint": str(checkpoint_or_run_dir), "dataset": dataset, "split": split,
                    "num_images": len(loader.dataset), "image_size": config.image_size})
@@ -853,9 +871,14 @@ def run(config: TrainConfig | dict) -> dict:
             record = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
                       "lr": optimizer.param_groups[0]["lr"], "stage": "confidence" if confidence_only else "all"}
             examples = []
-            if val_loader is not None:
+            if val_loader is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+                # The last epoch's per-image confusions let runs be compared image by image (selab.compare).
+                per_image = [] if epoch + 1 == config.epochs else None
                 scores, examples = evaluate_model(model, val_loader, device, progress=config.progress,
-                                                  num_examples=config.num_figures, description="validate")
+                                                  num_examples=config.num_figures, description="validate",
+                                                  per_image=per_image)
+                if per_image is not None:
+                    save_per_image(run_dir / PER_IMAGE_FILE, per_image)
                 record.update({"val_mean_iou": scores["mean_iou"], "val_pixel_accuracy": scores["pixel_accuracy"],
                                "val_per_class_iou": scores["per_class_iou"]})
             record["seconds"] = time.time() - started
