@@ -24,6 +24,8 @@ import torch
 
 from selab.classes import CLASS_NAMES, NUM_CLASSES
 
+PER_IMAGE_FILE = "val_per_image.npz"  # a run folder's per-image confusions (training's last epoch)
+
 
 def confusion_matrix(prediction, target, num_classes: int = NUM_CLASSES, ignore_index: int | None = None):
     """Count (target, prediction) pairs.

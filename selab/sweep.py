@@ -4,7 +4,7 @@ A researcher's grid (an ablation ladder over seeds, a learning-rate scan) is a s
 
 .. code-block:: yaml
 
-    notebook: notebooks/05_train.ipynb      # the default
+    notebook: notebooks/05_train.ipynb      # the default (this checkout's)
     parameters:                             # papermill parameters shared by every cell
       dataset: pascal_person_part
       epochs: 3
@@ -47,7 +47,8 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_NOTEBOOK = "notebooks/05_train.ipynb"
+# The training notebook of this checkout (a spec may name another, relative to the working directory).
+DEFAULT_NOTEBOOK = str(Path(__file__).resolve().parents[1] / "notebooks" / "05_train.ipynb")
 CELL_FILE = "sweep_cell.json"  # in each cell folder: its row, grid values, parameters and status
 SPEC_KEYS = {"notebook", "parameters", "rows", "grid"}
 
@@ -143,7 +144,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run_cell(cell: Cell, sweep_dir: Path, notebook: str, threads: int | None, timeout: int) -> dict:
     """Execute one cell with papermill (in a subprocess); returns its record (also in ``CELL_FILE``)."""
-    folder = sweep_dir / cell.name
+    folder = (sweep_dir / cell.name).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     status = cell_status(folder)
     parameters = dict(cell.parameters, out_dir=str(folder))

@@ -49,14 +49,13 @@ from tqdm.auto import tqdm
 
 from selab.classes import CLASS_NAMES, NUM_CLASSES
 from selab.data import SuperpixelCache
-from selab.metrics import ConfusionMatrix, confusion_matrix, save_per_image
+from selab.metrics import PER_IMAGE_FILE, ConfusionMatrix, confusion_matrix, save_per_image
 from selab.model import ModelConfig, SELabModel, build_model
 
 DATASETS = ("synthetic", "pascal_person_part", "folder")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("poly", "cosine", "constant")
 SYNTHETIC_TRAIN_IMAGES, SYNTHETIC_VAL_IMAGES = 256, 32
-PER_IMAGE_FILE = "val_per_image.npz"  # the last epoch's confusion matrix of every validation image
 
 
 @dataclass
