@@ -14,6 +14,9 @@ A researcher's grid (an ablation ladder over seeds, a learning-rate scan) is a s
     grid:                                   # crossed with every row (optional)
       seed: [0, 1, 2]
 
+String parameters may name environment variables, ``${NAME}`` (e.g. ``data_root:
+${SELAB_PASCAL_ROOT}``), so that a spec holds no machine's paths; an unset one is an error.
+
 The cells are the rows crossed with the grid; cell ``(row, {seed: 1})`` runs in ``SWEEP/row/seed=1/``
 (``SWEEP/row/`` without a grid): papermill executes the notebook into ``train.ipynb`` there with the
 cell's parameters and ``out_dir`` set to the folder. The sweep is resumable: a cell whose last run
@@ -38,6 +41,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -98,6 +102,20 @@ def check_spec(spec, where: str = "spec") -> dict:
     return spec
 
 
+def _expand(value, where: str):
+    """``${NAME}`` in a string parameter -> the environment variable's value (unset: an error)."""
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match):
+        name = match.group(1)
+        if name not in os.environ:
+            raise ValueError(f"sweep: {where} uses ${{{name}}}, but the environment variable {name} is not set")
+        return os.environ[name]
+
+    return re.sub(r"\$\{(\w+)\}", lookup, value)
+
+
 def cells_of(spec: dict) -> list[Cell]:
     """The sweep's cells: every row crossed with every combination of the grid, in spec order."""
     check_spec(spec)
@@ -112,7 +130,8 @@ def cells_of(spec: dict) -> list[Cell]:
             combo = dict(zip(keys, values))
             suffix = ",".join(f"{k}={v}" for k, v in combo.items())
             name = f"{row}/{suffix}" if suffix else str(row)
-            parameters = {**spec.get("parameters", {}), **row_parameters, **combo}
+            parameters = {key: _expand(value, f"parameter {key!r}")
+                          for key, value in {**spec.get("parameters", {}), **row_parameters, **combo}.items()}
             cells.append(Cell(name=name, row=str(row), grid=combo, parameters=parameters))
     return cells
 

@@ -67,3 +67,12 @@ def test_sweep_runs_skips_done_and_retries_failed(tmp_path):
     assert json.loads((out / "bad/value=1/result.json").read_text())["resume"] is True
     assert json.loads((out / "sweep.json").read_text())["cells"] == ["ok/value=1", "bad/value=1"]
     assert sweep.main([str(tmp_path / "missing.yaml"), "--out", str(out)]) == 2
+
+
+def test_environment_variables_in_parameters(monkeypatch):
+    monkeypatch.setenv("SELAB_TEST_ROOT", "/data/here")
+    spec = {"parameters": {"data_root": "${SELAB_TEST_ROOT}/pascal", "epochs": 2}}
+    assert sweep.cells_of(spec)[0].parameters == {"data_root": "/data/here/pascal", "epochs": 2}
+    monkeypatch.delenv("SELAB_TEST_ROOT")
+    with pytest.raises(ValueError, match="SELAB_TEST_ROOT is not set"):
+        sweep.cells_of(spec)
