@@ -19,7 +19,8 @@ ${SELAB_PASCAL_ROOT}``), so that a spec holds no machine's paths; an unset one i
 
 The cells are the rows crossed with the grid; cell ``(row, {seed: 1})`` runs in ``SWEEP/row/seed=1/``
 (``SWEEP/row/`` without a grid): papermill executes the notebook into ``train.ipynb`` there with the
-cell's parameters and ``out_dir`` set to the folder. The sweep is resumable: a cell whose last run
+cell's parameters, ``out_dir`` set to the folder and, unless given, ``cache_dir`` to ``SWEEP/cache``
+(the features and superpixels are computed once for the sweep). The sweep is resumable: a cell whose last run
 finished is skipped, an interrupted one is continued with ``resume=True`` (the training run's own exact
 resume), a failed one is retried. ``SWEEP/sweep.json`` records the spec, the commit and every cell's
 status, time and log; :mod:`selab.compare` and ``notebooks/07_compare_runs.ipynb`` read the folder.
@@ -167,6 +168,8 @@ def run_cell(cell: Cell, sweep_dir: Path, notebook: str, threads: int | None, ti
     folder.mkdir(parents=True, exist_ok=True)
     status = cell_status(folder)
     parameters = dict(cell.parameters, out_dir=str(folder))
+    if not parameters.get("cache_dir"):  # one feature and superpixel cache for the whole sweep
+        parameters["cache_dir"] = str((sweep_dir / "cache").resolve())
     if status == "partial":
         parameters["resume"] = True
     params_file = folder / "parameters.yaml"
