@@ -86,7 +86,61 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--per-image", default=None, metavar="NPZ",
                           help="also save every image's confusion matrix (for selab.compare)")
     evaluate.add_argument("--quiet", action="store_true")
+
+    predict = commands.add_parser("predict", help="parse photos with a shipped model or a run folder")
+    predict.add_argument("images", nargs="+", help="image files or folders of images")
+    predict.add_argument("--model", required=True, help="a shipped model name (selab.pretrained.available()) "
+                         "or a run folder / checkpoint file")
+    predict.add_argument("--out", required=True, help="folder for <stem>_labels.png and <stem>_overlay.png")
+    predict.add_argument("--hierarchy", action="store_true",
+                         help="also each level's partition (<stem>_level<k>.png) and <stem>_hierarchy.json")
+    predict.add_argument("--batch-size", type=int, default=4)
+    predict.add_argument("--device", default="cpu")
+    predict.add_argument("--quiet", action="store_true")
+
+    export = commands.add_parser("export-model", help="write a run's weights (without the backbone) as a shipped model")
+    export.add_argument("run", help="run folder (its last.pt, the final model)")
+    export.add_argument("name", help="model name (file selab/weights/NAME.pt)")
+    export.add_argument("--reproduce", default="", metavar="COMMAND", help="the command that reproduces the run (recorded)")
+    export.add_argument("--folder", default=None, help="write here instead of selab/weights/")
     return parser
+
+
+def _predict(args) -> dict:
+    from pathlib import Path
+
+    from selab import pretrained
+    from selab.predict import predict_files
+    from selab.train import load_model
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected a positive int, got {args.batch_size}")
+    if Path(args.model).exists():
+        model, checkpoint = load_model(args.model, args.device)
+        image_size = checkpoint["train_config"]["image_size"]
+    else:
+        model, record = pretrained.load(args.model, args.device)
+        image_size = record["train_config"]["image_size"]
+    written = predict_files(model, args.images, args.out, image_size, batch_size=args.batch_size,
+                            hierarchy=args.hierarchy, device=args.device, progress=not args.quiet)
+    return {"images": len(written), "out": args.out, "files": written}
+
+
+def _export(args) -> dict:
+    from pathlib import Path
+
+    from selab import pretrained
+    from selab.train import read_checkpoint
+
+    run = Path(args.run)
+    metrics = json.loads((run / "metrics.json").read_text()).get("final") if (run / "metrics.json").is_file() else None
+    if not metrics:
+        raise ValueError(f"export-model: {run} has no final validation metrics (metrics.json); finish the run first")
+    checkpoint = read_checkpoint(run / "checkpoints" / "last.pt")
+    cell = run / "sweep_cell.json"
+    commit = json.loads(cell.read_text()).get("commit") if cell.is_file() else None
+    path = pretrained.export(checkpoint, args.name, metrics, commit, args.reproduce, args.folder)
+    return {"written": str(path), "mean_iou": metrics["mean_iou"], "commit": commit}
 
 
 def _model_options(args) -> dict:
@@ -128,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             result = run(config)
             print(json.dumps({"final": result["final"], "paths": result["paths"]}, indent=2))
+        elif args.command == "predict":
+            print(json.dumps(_predict(args), indent=2))
+        elif args.command == "export-model":
+            print(json.dumps(_export(args), indent=2))
         else:
             from selab.train import evaluate
 

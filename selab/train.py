@@ -563,6 +563,20 @@ def save_checkpoint(path, model, optimizer, scheduler, config: TrainConfig, epoc
     )
 
 
+def read_checkpoint(path) -> dict:
+    """A checkpoint dict read with ``torch.load(weights_only=True)``: tensors and plain data only, no code runs.
+
+    The numpy RNG state of selab's checkpoints (an array and its dtype) is allowed explicitly.
+    """
+    path = Path(path)
+    allowed = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read checkpoint {path}: {error}") from None
+
+
 def load_model(checkpoint_or_run_dir, device="cpu", which: str = "best") -> tuple[SELabModel, dict]:
     """A model from a checkpoint file or a run folder (``best.pt`` if present, else ``last.pt``).
 

@@ -1,0 +1,215 @@
+"""Parsing photos with a trained model: label maps, colour overlays and the evolved hierarchy.
+
+``selab predict IMAGE... --model NAME|RUN_DIR --out DIR`` runs a shipped model (:mod:`selab.pretrained`)
+or a run folder's checkpoint on any photos, in batches: each photo is resized to the model's training
+size (as in training), cut into superpixels with the model's SLIC settings, parsed, and the logits are
+upsampled to the photo's own size. For every photo it writes ``<stem>_labels.png`` (class ids as a
+palette PNG, colours of :data:`selab.classes.CLASS_COLORS`) and ``<stem>_overlay.png``; with
+``--hierarchy`` also ``<stem>_level<k>.png`` (each level's partition, cliques outlined and filled with
+their majority class) and ``<stem>_hierarchy.json`` (:func:`hierarchy_record`), which
+:func:`hierarchy_to_networkx` turns into a graph per level.
+
+Examples
+--------
+>>> from skimage import data
+>>> from selab.model import ModelConfig, SELabModel
+>>> model = SELabModel(ModelConfig(variant="se_lstm", backbone="small", n_segments=60)).eval()
+>>> result = predict_images(model, [torch.from_numpy(data.astronaut()).permute(2, 0, 1) / 255.0], image_size=64)[0]
+>>> result.labels.shape, len(result.hierarchy["levels"])
+((512, 512), 3)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage.segmentation import find_boundaries
+from tqdm.auto import tqdm
+
+from selab.classes import CLASS_COLORS, CLASS_NAMES
+from selab.data import read_image
+from selab.evolve import node_label_histogram
+from selab.superpixels import slic
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Prediction:
+    """One parsed photo: ``labels`` [H,W] at the photo's size, the ``superpixels`` [S,S] of the resized
+    photo, and its ``hierarchy`` (:func:`hierarchy_record`; one level for ``cnn``)."""
+
+    labels: np.ndarray
+    superpixels: np.ndarray
+    level_assignments: list
+    hierarchy: dict
+
+
+def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """[3,H,W] in [0,1] -> [3,S,S]: the antialiased bilinear resize of training (``PreparedSplit.resized``)."""
+    if tuple(image.shape[-2:]) == (size, size):
+        return image.float()
+    return F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)[0].clamp(0, 1)
+
+
+def hierarchy_record(output, labels: torch.Tensor, image: int = 0) -> dict:
+    """The evolved hierarchy of image ``image`` of a batch as plain data (JSON-ready).
+
+    ``levels[k]``: ``nodes`` (``id``, ``members``: the level-0 superpixels it covers, ``size`` in pixels,
+    ``majority_class`` of the predicted pixel labels ``labels`` [B,S,S]) and ``edges`` (``[i, j, p]``:
+    the merge probability p of edge (i, j) where an evolution followed the level, else ``None``).
+    Node ids are the image's own (from 0 at every level).
+    """
+    ptr0 = output.levels[0].ptr
+    first0, stop0 = int(ptr0[image]), int(ptr0[image + 1])
+    levels = []
+    for k, graph in enumerate(output.levels):
+        ptr = graph.ptr
+        start, stop = int(ptr[image]), int(ptr[image + 1])
+        histogram = node_label_histogram(labels[image:image + 1].to(graph.device), graph.assignment[image:image + 1],
+                                         graph.num_nodes, len(CLASS_NAMES))[start:stop].cpu()
+        owner = (torch.arange(first0, stop0) if graph.superpixel_assignment is None
+                 else graph.superpixel_assignment.cpu()[first0:stop0]) - start
+        order = np.argsort(owner.numpy(), kind="stable")
+        members = np.split(order, np.cumsum(np.bincount(owner.numpy(), minlength=stop - start))[:-1])
+        nodes = [{"id": i, "members": members[i].tolist(), "size": int(histogram[i].sum()),
+                  "majority_class": CLASS_NAMES[int(histogram[i].argmax())]} for i in range(stop - start)]
+        edge_index = graph.edge_index.cpu()
+        mine = (edge_index[0] >= start) & (edge_index[0] < stop)
+        pairs = (edge_index[:, mine] - start).t().tolist()
+        probs = output.merge_prob[k].detach().cpu()[mine].tolist() if k < len(output.merge_prob) else [None] * len(pairs)
+        edges = [[i, j, None if p is None else round(p, 4)] for (i, j), p in zip(pairs, probs)]
+        levels.append({"level": k, "num_nodes": stop - start, "nodes": nodes, "edges": edges})
+    return {"levels": levels}
+
+
+def hierarchy_to_networkx(record: dict, level: int = 0) -> nx.Graph:
+    """A networkx graph of one level of a :func:`hierarchy_record` (node and edge attributes kept).
+
+    Examples
+    --------
+    >>> g = hierarchy_to_networkx({"levels": [{"nodes": [{"id": 0, "size": 4}, {"id": 1, "size": 2}],
+    ...                                        "edges": [[0, 1, 0.9]]}]})
+    >>> g.number_of_nodes(), g.edges[0, 1]["merge_prob"]
+    (2, 0.9)
+    """
+    data = record["levels"][level]
+    graph = nx.Graph()
+    for node in data["nodes"]:
+        graph.add_node(node["id"], **{k: v for k, v in node.items() if k != "id"})
+    for i, j, p in data["edges"]:
+        graph.add_edge(i, j, merge_prob=p)
+    return graph
+
+
+@torch.no_grad()
+def predict_images(model, images: list[torch.Tensor], image_size: int, n_segments: int | None = None,
+                   compactness: float | None = None, device="cpu") -> list[Prediction]:
+    """Parse a batch of photos ([3,H,W] float in [0,1], any sizes) with ``model`` (put in eval mode)."""
+    model.eval()
+    n_segments = n_segments or model.config.n_segments
+    compactness = model.config.compactness if compactness is None else compactness
+    resized = torch.stack([resize_image(image, image_size) for image in images])
+    batch = {"image": resized.to(device)}
+    superpixels = None
+    if model.config.uses_graph:
+        superpixels = np.stack([slic(image, n_segments=n_segments, compactness=compactness) for image in resized])
+        batch["superpixels"] = torch.from_numpy(superpixels).to(device)
+    output = model(batch)
+    small_labels = output.logits.argmax(1).cpu()
+    results = []
+    for b, image in enumerate(images):
+        logits = F.interpolate(output.logits[b:b + 1], size=tuple(image.shape[-2:]), mode="bilinear",
+                               align_corners=False)
+        labels = logits[0].argmax(0).cpu().numpy().astype(np.uint8)
+        if model.config.uses_graph:
+            hierarchy = hierarchy_record(output, small_labels, b)
+            assignments = [(g.assignment[b] - int(g.ptr[b])).cpu().numpy() for g in output.levels]
+            results.append(Prediction(labels, superpixels[b], assignments, hierarchy))
+        else:
+            results.append(Prediction(labels, None, [], {"levels": []}))
+    return results
+
+
+def _palette_png(labels: np.ndarray, path: Path) -> None:
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(CLASS_COLORS)] = CLASS_COLORS
+    image.putpalette(palette.reshape(-1).tolist())
+    image.save(path)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """The photo (HxWx3 uint8) with the parse's class colours blended over the people (not the background)."""
+    colours = CLASS_COLORS[labels].astype(np.float32)
+    weight = np.where(labels[..., None] > 0, alpha, 0.0)
+    return (image.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)
+
+
+def level_picture(resized: np.ndarray, assignment: np.ndarray, hierarchy_level: dict) -> np.ndarray:
+    """A level's partition: each clique filled with its majority class colour, outlined in white."""
+    index = {name: i for i, name in enumerate(CLASS_NAMES)}
+    node_class = np.array([index[n["majority_class"]] for n in hierarchy_level["nodes"]])
+    picture = (0.45 * resized + 0.55 * CLASS_COLORS[node_class[assignment]]).round().astype(np.uint8)
+    picture[find_boundaries(assignment, mode="inner")] = 255
+    return picture
+
+
+def image_paths(inputs: list[str]) -> list[Path]:
+    """The photos named by ``inputs`` (files, or folders: their image files, sorted); errors name the path."""
+    paths = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"predict: folder {item} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise ValueError(f"predict: {item} is neither an image file nor a folder")
+    return paths
+
+
+def predict_files(model, inputs: list[str], out_dir, image_size: int, batch_size: int = 4, hierarchy: bool = False,
+                  device="cpu", progress: bool = True) -> list[dict]:
+    """Parse every photo of ``inputs`` into ``out_dir``; returns one record of written files per photo."""
+    paths = image_paths(inputs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):  # two photos would write the same files
+        stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]
+    written = []
+    bar = tqdm(total=len(paths), desc="predict", disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images = [read_image(p) for p in chunk]
+        for path, stem, image, result in zip(chunk, stems[start:start + batch_size], images,
+                                             predict_images(model, images, image_size, device=device)):
+            files = {"image": str(path), "labels": str(out / f"{stem}_labels.png"),
+                     "overlay": str(out / f"{stem}_overlay.png")}
+            photo = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            _palette_png(result.labels, Path(files["labels"]))
+            Image.fromarray(overlay(photo, result.labels)).save(files["overlay"])
+            if hierarchy and result.hierarchy["levels"]:
+                resized = (resize_image(image, image_size).permute(1, 2, 0).numpy() * 255).round()
+                files["levels"] = []
+                for k, assignment in enumerate(result.level_assignments):
+                    level_path = out / f"{stem}_level{k}.png"
+                    Image.fromarray(level_picture(resized, assignment, result.hierarchy["levels"][k])).save(level_path)
+                    files["levels"].append(str(level_path))
+                files["hierarchy"] = str(out / f"{stem}_hierarchy.json")
+                Path(files["hierarchy"]).write_text(json.dumps(result.hierarchy))
+            written.append(files)
+            bar.update(1)
+    bar.close()
+    return written
