@@ -478,3 +478,48 @@ def test_candidate_edges_break_ties_by_edge_id_like_a_stable_sort():
             keep = budget if isinstance(budget, int) else math.ceil(len(edges) * budget)
             expected[ranked[:keep]] = True
         assert torch.equal(candidate_edges(p, budget, edge_graph), expected)
+
+
+# ------------------------------------------------------------------ issue 19 options of StructureEvolution
+@pytest.mark.parametrize("mode,eval_mode,expected", [("mh", "auto", "greedy"), ("greedy", "auto", "greedy"),
+                                                     ("none", "auto", "none"), ("mh", None, "mh"),
+                                                     ("none", "greedy", "greedy"), ("greedy", "mh", "mh")])
+def test_eval_mode_auto_follows_the_family_of_mode(mode, eval_mode, expected):
+    evo = StructureEvolution(6, mode=mode, eval_mode=eval_mode)
+    assert evo.train().current_mode() == mode and evo.eval().current_mode() == expected
+    assert StructureEvolution(6).eval_mode == "auto"
+
+
+def test_state_is_coarsened_into_h_and_energy_source_is_explicit():
+    graph = _toy_batch()
+    n, e = graph.num_nodes, graph.edge_index.shape[1]
+    lstm = _FakeLSTM(n, e, 6)
+    prob = torch.softmax(torch.randn(n, 3, generator=torch.Generator().manual_seed(1)), 1)
+    labels = (graph.pos[:, 1] > 4).long()
+    evo = StructureEvolution(6, num_proposals=6)
+    with torch.no_grad():
+        evo.merge_probability.linear.bias.fill_(1.0)
+    state = torch.tanh(lstm.h)
+    out = evo(graph, lstm, prob, node_labels=labels, generator=torch.Generator().manual_seed(0), state=state)
+    members = torch.bincount(out.cluster).float()[:, None]
+    torch.testing.assert_close(out.h, torch.zeros(out.graph.num_nodes, 6).index_add_(0, out.cluster, state) / members)
+    assert out.trace.energy == "ground_truth"
+
+    def run(**kwargs):
+        return evo(graph, lstm, prob, generator=torch.Generator().manual_seed(0), **kwargs)
+
+    # the prediction energy ignores the labels: the same chains as without labels
+    by_prediction, unlabelled = run(node_labels=labels, energy="prediction"), run()
+    assert by_prediction.trace.energy == unlabelled.trace.energy == "prediction"
+    assert torch.equal(by_prediction.cluster, unlabelled.cluster)
+    assert [c.energy for c in by_prediction.trace.chains] == [c.energy for c in unlabelled.trace.chains]
+    assert [c.energy for c in by_prediction.trace.chains] != [c.energy for c in out.trace.chains]
+    # the module option picks the default source where the labels are given
+    evo.energy = "prediction"
+    assert run(node_labels=labels).trace.energy == "prediction"
+    with pytest.raises(ValueError, match="node_labels"):
+        run(energy="ground_truth")
+    with pytest.raises(ValueError, match="energy"):
+        StructureEvolution(6, energy="labels")
+    with pytest.raises(ValueError, match="eval_mode"):
+        StructureEvolution(6, eval_mode="sometimes")

@@ -121,3 +121,187 @@ def test_build_model_rejects_unknown_fields():
         build_model({"hiden_channels": 3})
     with pytest.raises(TypeError):
         SELabModel({"variant": "cnn"})
+
+
+# ------------------------------------------------------------------ the default configuration is unchanged
+@pytest.fixture(scope="module")
+def batch64():
+    ds = SyntheticPersonParts(2, 64, seed=5)
+    samples = [ds[i] for i in range(2)]
+    return {"image": torch.stack([s["image"] for s in samples]),
+            "superpixels": torch.stack([torch.from_numpy(slic(s["image"], n_segments=60)) for s in samples]),
+            "mask": torch.stack([s["mask"] for s in samples])}
+
+
+# Recorded at 7ebce88, before the issue-19 options (next_input, next_state, eval_samples, energy, per-layer
+# evolution lists) were added: the defaults of every new option must reproduce these numbers.
+DEFAULT_OUTPUTS = {
+    ("graph_lstm", True): (-1432.6942815058865, [0.262314110994339, -0.09270597249269485, 0.27602508664131165,
+                                                  -0.009026514366269112, -0.6631255149841309, -0.5827165246009827,
+                                                  0.29378947615623474], [49]),
+    ("graph_lstm", False): (1354.3642199030146, [0.1878761351108551, 0.07931511104106903, 0.010899651795625687,
+                                                 0.14011897146701813, -0.22883950173854828, -0.006500424817204475,
+                                                 -0.02027629315853119], [49]),
+    ("se_lstm", True): (-2071.218260403839, [0.17234337329864502, -0.25570663809776306, 0.3118056654930115,
+                                             0.07968486845493317, -0.5947040915489197, -0.5433204770088196,
+                                             0.25259172916412354], [49, 34, 24]),
+    ("se_lstm", False): (2773.2918292582035, [0.19970373809337616, 0.020130574703216553, 0.07100071758031845,
+                                              0.218955397605896, -0.2077307552099228, 0.010702995583415031,
+                                              0.02939959429204464], [49, 49, 22]),
+}
+
+
+@pytest.mark.parametrize("variant", ["graph_lstm", "se_lstm"])
+def test_default_config_outputs_are_unchanged(variant, batch64):
+    torch.manual_seed(0)
+    model = build_model({"variant": variant, "backbone": "small", "feature_channels": 16, "hidden_channels": 8})
+    for training in (True, False):
+        model.train(training)
+        torch.manual_seed(1)  # dropout
+        with torch.no_grad():
+            out = model(batch64, generator=torch.Generator().manual_seed(2))
+        total, first, nodes = DEFAULT_OUTPUTS[(variant, training)]
+        assert [g.num_nodes for g in out.levels] == nodes
+        assert float(out.logits.double().sum()) == pytest.approx(total, rel=1e-6, abs=1e-6)
+        torch.testing.assert_close(out.logits[0, :, 0, 0], torch.tensor(first), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ issue 19: next level's input and state
+def _se_lstm(**options):
+    torch.manual_seed(0)
+    config = {"variant": "se_lstm", "backbone": "small", "feature_channels": 16, "hidden_channels": 8,
+              "num_layers": 3, "dropout": 0.0}
+    model = build_model({**config, **options}).eval()
+    for evo in model.evolutions:  # merge confidently: greedy then merges the whole budget
+        torch.nn.init.constant_(evo.merge_probability.linear.bias, 3.0)
+    return model
+
+
+def _record_layers(model, batch, shift=0.0):
+    """Each Graph LSTM layer's x, h0, m0 and output; ``shift`` is added to the first layer's output h (its
+    residual path) to see what the later layers read from it."""
+    import dataclasses
+
+    seen = {"x0": []}
+    handles = [model.node_input.register_forward_hook(lambda mod, args, out: seen["x0"].append(out))]
+    for index, layer in enumerate(model.layers):
+        def pre(mod, args, kwargs, index=index):
+            seen[index] = {"x": args[0], "h0": kwargs.get("h0"), "m0": kwargs.get("m0")}
+
+        def post(mod, args, kwargs, output, index=index):
+            if index == 0 and shift:
+                output = dataclasses.replace(output, h=output.h + shift)
+            seen[index]["out"] = output
+            return output
+
+        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(layer.register_forward_hook(post, with_kwargs=True))
+    with torch.no_grad():
+        out = model(batch, generator=torch.Generator().manual_seed(0))
+    for handle in handles:
+        handle.remove()
+    return out, seen
+
+
+def _mean_by(values, cluster):
+    from selab.graph import scatter_mean
+
+    return scatter_mean(values, cluster, int(cluster.max()) + 1)
+
+
+def test_next_input_level0_reads_the_level0_features_not_the_layer_output(batch64):
+    model = _se_lstm(next_input="level0")
+    out, seen = _record_layers(model, batch64)
+    shifted_out, shifted = _record_layers(model, batch64, shift=5.0)
+    c1, c2 = out.traces[0].cluster, out.traces[1].cluster
+    assert out.levels[2].num_nodes < out.levels[1].num_nodes < out.levels[0].num_nodes  # both levels merged
+    x0 = seen["x0"][0]
+    torch.testing.assert_close(seen[1]["x"], _mean_by(x0, c1))
+    torch.testing.assert_close(seen[2]["x"], _mean_by(x0, c2[c1]))  # over the superpixels, not mean of means
+    assert not torch.allclose(seen[2]["x"], _mean_by(_mean_by(x0, c1), c2))
+    for index in (1, 2):  # the first layer's output (and its residual) does not reach the next inputs
+        torch.testing.assert_close(shifted[index]["x"], seen[index]["x"])
+    assert torch.equal(out.levels[2].x, seen[2]["x"])
+    # the old behaviour, one option away: the next input is the clique mean of the layer output
+    old, old_seen = _record_layers(_se_lstm(next_input="output"), batch64, shift=5.0)
+    torch.testing.assert_close(old_seen[1]["x"], _mean_by(old_seen[0]["out"].h, old.traces[0].cluster))
+
+
+def test_next_input_input_is_the_clique_mean_of_this_levels_input(batch64):
+    out, seen = _record_layers(_se_lstm(next_input="input"), batch64, shift=5.0)
+    c1, c2 = out.traces[0].cluster, out.traces[1].cluster
+    torch.testing.assert_close(seen[1]["x"], _mean_by(seen["x0"][0], c1))
+    torch.testing.assert_close(seen[2]["x"], _mean_by(seen[1]["x"], c2))
+
+
+@pytest.mark.parametrize("next_state", ["output", "hidden", "zero"])
+def test_next_state_is_the_chosen_clique_mean(next_state, batch64):
+    out, seen = _record_layers(_se_lstm(next_state=next_state), batch64, shift=5.0)
+    for index in (1, 2):
+        cluster, previous = out.traces[index - 1].cluster, seen[index - 1]["out"]
+        h0, m0 = seen[index]["h0"], seen[index]["m0"]
+        if next_state == "zero":  # like graph_lstm: every layer starts from zero states
+            assert h0 is None and m0 is None
+            continue
+        torch.testing.assert_close(m0, _mean_by(previous.m, cluster))
+        if next_state == "hidden":  # the hidden state proper, tanh-bounded, whatever the residual carries
+            torch.testing.assert_close(h0, _mean_by(previous.hidden, cluster))
+            assert h0.abs().max() <= 1.0
+        else:
+            torch.testing.assert_close(h0, _mean_by(previous.h, cluster))
+    if next_state == "output":
+        assert seen[1]["h0"].abs().max() > 1.0  # the shifted residual reaches h0: not a hidden state
+    # the next input is unchanged by next_state (default next_input="output": the layer output)
+    torch.testing.assert_close(seen[1]["x"], _mean_by(seen[0]["out"].h, out.traces[0].cluster))
+
+
+@pytest.mark.parametrize("field,value", [("next_input", "hidden"), ("next_state", "input"), ("eval_samples", 0),
+                                         ("eval_seed", 1.5)])
+def test_config_names_the_bad_new_option(field, value):
+    with pytest.raises(ValueError, match=field):
+        ModelConfig(variant="se_lstm", **{field: value})
+
+
+# ------------------------------------------------------------------ issue 19: se_lstm without evolution
+@pytest.mark.parametrize("no_merge", [{"mode": "greedy", "threshold": 1.0}, {"mode": "mh", "merge_budget": 0,
+                                                                            "eval_mode": "mh"}])
+def test_se_lstm_mode_none_is_the_same_network_as_merging_nothing(no_merge, batch64):
+    """mode none = a run where every evolution returns identity clusters (same parameters, carry, classifiers)."""
+    base = {"variant": "se_lstm", "backbone": "small", "feature_channels": 16, "hidden_channels": 8, "num_layers": 3}
+    torch.manual_seed(0)
+    plain = build_model({**base, "evolution": {"mode": "none"}})
+    merging = build_model({**base, "evolution": no_merge})
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in merging.state_dict().items()}
+    merging.load_state_dict(plain.state_dict())
+    # the stochastic training order draws from the generator, which MH draws from too: compare in the
+    # confidence order so that only the structure can differ
+    for model in (plain, merging):
+        model.config.train_order = "confidence"
+    for training in (True, False):
+        outputs = []
+        for model in (plain, merging):
+            model.train(training)
+            torch.manual_seed(1)  # dropout
+            outputs.append(model(batch64, generator=torch.Generator().manual_seed(2)))
+        none, identity = outputs
+        assert [e.current_mode() for e in plain.evolutions] == ["none", "none"]  # also at test time
+        assert all(torch.equal(t.cluster, torch.arange(t.cluster.numel())) for t in identity.traces)
+        assert [g.num_nodes for g in none.levels] == [g.num_nodes for g in identity.levels] == [49] * 3
+        torch.testing.assert_close(none.logits, identity.logits, rtol=0, atol=0)
+        for a, b in zip(none.states, identity.states):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert len(none.merge_prob) == len(identity.merge_prob) == 2  # the merge loss is the same too
+        for a, b in zip(none.merge_prob, identity.merge_prob):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        if training:
+            F.cross_entropy(none.logits, batch64["mask"]).backward()
+
+
+@pytest.mark.parametrize("mode,eval_mode,expected", [("none", None, "none"), ("mh", None, "greedy"),
+                                                     ("greedy", None, "greedy"), ("none", "greedy", "greedy"),
+                                                     ("mh", "mh", "mh")])
+def test_evolution_mode_none_is_none_at_test_time_too(mode, eval_mode, expected):
+    evolution = {"mode": mode} if eval_mode is None else {"mode": mode, "eval_mode": eval_mode}
+    model = build_model({"variant": "se_lstm", "feature_channels": 8, "hidden_channels": 8, "evolution": evolution})
+    assert [e.current_mode() for e in model.eval().evolutions] == [expected] * 2
+    assert [e.current_mode() for e in model.train().evolutions] == [mode] * 2
