@@ -305,3 +305,53 @@ def test_evolution_mode_none_is_none_at_test_time_too(mode, eval_mode, expected)
     model = build_model({"variant": "se_lstm", "feature_channels": 8, "hidden_channels": 8, "evolution": evolution})
     assert [e.current_mode() for e in model.eval().evolutions] == [expected] * 2
     assert [e.current_mode() for e in model.train().evolutions] == [mode] * 2
+
+
+# ------------------------------------------------------------------ issue 19: training and test structures
+def test_prediction_energy_in_training_ignores_the_labels(batch64):
+    """energy='prediction': the training chains score partitions by node_class_prob, not by the mask."""
+    # other labels: neighbouring superpixels mostly disagree (the synthetic mask is mostly background)
+    permuted = dict(batch64, mask=batch64["superpixels"].long() % 3)
+    clusters = {}
+    for energy in ("ground_truth", "prediction"):
+        model = _se_lstm(evolution={"energy": energy}).train()
+        for name, batch in (("mask", batch64), ("permuted", permuted)):
+            out = model(batch, generator=torch.Generator().manual_seed(0))
+            assert [t.energy for t in out.traces] == [energy] * 2
+            assert len(out.merge_target) == 2  # the merge loss still reads the labels
+            clusters[energy, name] = [t.cluster for t in out.traces]
+    assert all(torch.equal(a, b) for a, b in zip(clusters["prediction", "mask"], clusters["prediction", "permuted"]))
+    assert not all(torch.equal(a, b) for a, b in zip(clusters["ground_truth", "mask"],
+                                                     clusters["ground_truth", "permuted"]))
+
+
+def test_eval_samples_average_the_logits_of_k_sampled_structures(batch64):
+    model = _se_lstm(evolution={"eval_mode": "mh", "energy": "prediction"}, eval_samples=3)
+    for evo in model.evolutions:  # uncertain merges: the chains' structures vary
+        torch.nn.init.constant_(evo.merge_probability.linear.bias, 0.0)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        averaged = model(batch64, generator=generator)
+        model.config.eval_samples = 1
+        # one generator drawn from in turn: the same K structures one forward at a time
+        generator = torch.Generator().manual_seed(4)
+        singles = [model(batch64, generator=generator) for _ in range(3)]
+        again = model(batch64, generator=torch.Generator().manual_seed(4))
+    assert len(averaged.samples) == 3 and averaged.samples[0] is averaged
+    clusters = [[t.cluster for t in sample.traces] for sample in averaged.samples]
+    for sample, single in zip(clusters, singles):
+        assert all(torch.equal(a, t.cluster) for a, t in zip(sample, single.traces))
+    assert not all(torch.equal(a, b) for a, b in zip(clusters[0], clusters[1]))  # K different structures
+    torch.testing.assert_close(averaged.logits, torch.stack([s.logits for s in singles]).mean(0), rtol=1e-5,
+                               atol=1e-6)
+    assert not torch.allclose(singles[0].logits, singles[1].logits)
+    torch.testing.assert_close(again.logits, singles[0].logits, rtol=0, atol=0)  # K=1, fixed generator
+    # without a generator: the eval_seed one, so evaluation is reproducible
+    model.config.eval_samples = 3
+    with torch.no_grad():
+        unseeded = [model(batch64).logits for _ in range(2)]
+        seeded = model(batch64, generator=torch.Generator().manual_seed(model.config.eval_seed)).logits
+    torch.testing.assert_close(unseeded[0], unseeded[1], rtol=0, atol=0)
+    torch.testing.assert_close(unseeded[0], seeded, rtol=0, atol=0)
+    # training draws one structure per forward, whatever eval_samples says
+    assert model.train()(batch64, generator=torch.Generator().manual_seed(0)).samples == []
