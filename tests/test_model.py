@@ -355,3 +355,31 @@ def test_eval_samples_average_the_logits_of_k_sampled_structures(batch64):
     torch.testing.assert_close(unseeded[0], seeded, rtol=0, atol=0)
     # training draws one structure per forward, whatever eval_samples says
     assert model.train()(batch64, generator=torch.Generator().manual_seed(0)).samples == []
+
+
+# ------------------------------------------------------------------ issue 19: deeper hierarchies
+def test_per_evolution_budgets_cap_each_levels_merges(batch64):
+    import math
+
+    from selab.evolve import hierarchy_stats
+
+    budgets = [0.1, 0.5, 1.0, 3]
+    model = _se_lstm(num_layers=5, evolution={"mode": "greedy", "merge_budget": budgets})
+    assert [evo.merge_budget for evo in model.evolutions] == budgets
+    with torch.no_grad():
+        out = model(batch64)
+    assert len(out.levels) == 5
+    for level, trace, budget in zip(out.levels, out.traces, budgets):
+        edge_image = level.batch[level.edge_index[0]]
+        per_image = torch.bincount(edge_image, minlength=2)
+        on = torch.bincount(edge_image[trace.edges_on], minlength=2)
+        # p > 0.5 everywhere (bias 3): greedy switches on exactly the budget's edges of each image
+        cap = [math.ceil(n * budget) if isinstance(budget, float) else min(n, budget) for n in per_image.tolist()]
+        assert on.tolist() == cap
+    stats = hierarchy_stats(out.levels, batch64["mask"])
+    assert [s["num_nodes"] for s in stats] == [g.num_nodes for g in out.levels]
+    assert all(a["num_nodes"] > b["num_nodes"] for a, b in zip(stats[:3], stats[1:3]))
+    assert stats[3]["nodes_per_image"] == [1, 1]  # budget 1.0 with p > 0.5: each image is one node
+    assert all(a["purity"] >= b["purity"] for a, b in zip(stats, stats[1:]))
+    with pytest.raises(ValueError, match="merge_budget"):
+        ModelConfig(variant="se_lstm", num_layers=3, evolution={"merge_budget": [0.25, 0.5, 0.75]})
