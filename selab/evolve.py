@@ -13,9 +13,10 @@ The SE-LSTM text that fixes these details is not available; every choice here is
 paper's configuration: ``MergeProbability(source="forget_gates")`` (decision 1), independent edge
 proposals over the top quarter of each image's edges (``merge_budget=0.25``, decision 2),
 ``PartitionEnergy(distance="tv", beta=0.1, scale=100)`` (decision 3),
-``StructureEvolution(mode="mh", num_proposals=8, temperature=1.0)`` in training and the deterministic
-``eval_mode="greedy"`` (``p > 0.5``) at test time (decisions 4 and 6). ``mode="none"`` gives a plain
-Graph LSTM (no merging).
+``StructureEvolution(mode="mh", num_proposals=8, temperature=1.0)`` in training, with the ground-truth
+energy (``energy="ground_truth"``), and the deterministic greedy structure (``p > 0.5``) at test time
+(``eval_mode="auto"``; decisions 4 and 6). ``mode="none"`` gives a plain Graph LSTM (no merging, in
+training and at test time).
 
 The chain's state is a set of switched-on edges ``z`` (bool ``[E]``); its partition is the connected
 components of ``z``. Because the proposal is an independence sampler, all proposals of a layer can be
@@ -53,9 +54,13 @@ __all__ = [
     "EvolutionTrace",
     "EvolutionOutput",
     "evolve",
+    "hierarchy_stats",
+    "combine_hierarchy_stats",
 ]
 
 Budget = Optional[Union[int, float]]
+MODES = ("mh", "greedy", "none")
+ENERGIES = ("ground_truth", "prediction")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -708,9 +713,11 @@ def _run_chains(
     # Only candidate edges are ever on (the others add log 1 to log q): draw and score just those.
     candidate = np.flatnonzero(candidates)
     p_np = merge_prob[candidate]
-    p = torch.from_numpy(p_np).to(device)
-    drawn = torch.rand((num_steps, p.numel()), generator=generator, device=device, dtype=torch.float64) < p
-    uniforms = torch.rand((num_steps, num_graphs), generator=generator, device=device, dtype=torch.float64)
+    # the draws happen on the generator's device (a CPU generator may drive a model on the GPU)
+    draw_device = generator.device if generator is not None else device
+    p = torch.from_numpy(p_np).to(draw_device)
+    drawn = torch.rand((num_steps, p.numel()), generator=generator, device=draw_device, dtype=torch.float64) < p
+    uniforms = torch.rand((num_steps, num_graphs), generator=generator, device=draw_device, dtype=torch.float64)
 
     # The rest is O(S (A + C)) host work in numpy (A nodes touched by the C candidate edges; every
     # other node is alone in every state): log q, components, energies, then the scalar MH loop.
@@ -926,6 +933,7 @@ class EvolutionTrace:
     num_nodes_before: list
     num_nodes_after: list
     chains: list = field(default_factory=list)
+    energy: Optional[str] = None  # "ground_truth" or "prediction" in MH mode
 
     @property
     def merge_fraction(self) -> float:
@@ -967,11 +975,18 @@ class StructureEvolution(nn.Module):
     beta, energy_scale : float
         Merge reward and energy unit of the default energy (see :class:`PartitionEnergy`).
     distance : {"tv", "sq"}
-    eval_mode : {"greedy", "mh", "none", None}
-        Mode in ``eval()``; selab decision (PAPER.md decision 6): deterministic by default, ``None``
-        uses ``mode``.
+    eval_mode : {"auto", "greedy", "mh", "none", None}
+        Mode in ``eval()``. ``"auto"`` (default) follows the family of ``mode``: ``"mh"`` and ``"greedy"``
+        -> ``"greedy"`` (selab decision, PAPER.md decision 6: a deterministic structure at test time),
+        ``"none"`` -> ``"none"`` (a model trained without merging is not merged at test time either);
+        ``None`` uses ``mode`` itself (MH at test time for an MH-trained model).
     source : {"forget_gates", "hidden"}
         Input of :class:`MergeProbability`.
+    energy : {"ground_truth", "prediction"}
+        Energy of the MH chains in training (selab decision, issue 19): ``"ground_truth"`` (default)
+        scores partitions with the nodes' majority ground-truth labels, so training cliques are nearly
+        pure; ``"prediction"`` with the predicted class distributions ``node_class_prob``, as at test
+        time. Read by the model, which passes the labels and the source to :meth:`forward`.
 
     Example
     -------
@@ -991,26 +1006,35 @@ class StructureEvolution(nn.Module):
         beta: float = 0.1,
         energy_scale: float = 100.0,
         distance: str = "tv",
-        eval_mode: Optional[str] = "greedy",
+        eval_mode: Optional[str] = "auto",
         source: str = "forget_gates",
+        energy: str = "ground_truth",
     ):
         super().__init__()
-        for name, value in (("mode", mode), ("eval_mode", eval_mode)):
-            if value not in ("mh", "greedy", "none") and not (name == "eval_mode" and value is None):
-                raise ValueError(f"{name} must be 'mh', 'greedy' or 'none', got {value!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'mh', 'greedy' or 'none', got {mode!r}")
+        if eval_mode not in MODES + ("auto", None):
+            raise ValueError(f"eval_mode must be 'auto', 'mh', 'greedy', 'none' or None, got {eval_mode!r}")
+        if energy not in ENERGIES:
+            raise ValueError(f"energy must be 'ground_truth' or 'prediction', got {energy!r}")
         if not isinstance(num_proposals, int) or num_proposals < 0:
             raise ValueError(f"num_proposals must be an int >= 0, got {num_proposals!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         _check_budget(merge_budget)
-        self.mode, self.eval_mode = mode, eval_mode
+        self.mode, self.eval_mode, self.energy = mode, eval_mode, energy
         self.num_proposals, self.temperature = num_proposals, float(temperature)
         self.merge_budget, self.threshold = merge_budget, float(threshold)
         self.beta, self.distance, self.energy_scale = float(beta), distance, float(energy_scale)
         self.merge_probability = MergeProbability(hidden_channels, source=source)
 
     def current_mode(self) -> str:
-        return self.mode if self.training or self.eval_mode is None else self.eval_mode
+        """The mode now: ``mode`` in training, ``eval_mode`` (resolved, see the class docstring) in ``eval()``."""
+        if self.training or self.eval_mode is None:
+            return self.mode
+        if self.eval_mode == "auto":
+            return "none" if self.mode == "none" else "greedy"
+        return self.eval_mode
 
     def sample(
         self,
@@ -1048,6 +1072,8 @@ class StructureEvolution(nn.Module):
         node_labels: Optional[Tensor] = None,
         generator: Optional[torch.Generator] = None,
         features: Optional[Tensor] = None,
+        state: Optional[Tensor] = None,
+        energy: Optional[str] = None,
     ) -> EvolutionOutput:
         """Evolve ``graph`` after a Graph LSTM layer.
 
@@ -1064,6 +1090,12 @@ class StructureEvolution(nn.Module):
         generator : torch.Generator, optional
         features : Tensor [N, C], optional
             The layer input f to coarsen (default ``graph.x``).
+        state : Tensor [N, H], optional
+            The hidden state to coarsen into the next level's h0 (default ``lstm_output.h``).
+        energy : {"ground_truth", "prediction"}, optional
+            Source of the MH energy: the labels ``node_labels`` (required then) or ``node_class_prob``.
+            Default: ``"ground_truth"`` when labels are given and the module's ``energy`` option is
+            ``"ground_truth"``, else ``"prediction"``.
 
         Returns
         -------
@@ -1080,28 +1112,138 @@ class StructureEvolution(nn.Module):
             raise ValueError(f"node_class_prob must have {n} rows (one per node), got {tuple(node_class_prob.shape)}")
         if node_labels is not None and node_labels.shape != (n,):
             raise ValueError(f"node_labels must be [N] = [{n}], got {tuple(node_labels.shape)}")
+        if energy is None:
+            energy = "ground_truth" if node_labels is not None and self.energy == "ground_truth" else "prediction"
+        if energy not in ENERGIES:
+            raise ValueError(f"energy must be 'ground_truth' or 'prediction', got {energy!r}")
+        if energy == "ground_truth" and node_labels is None:
+            raise ValueError("energy='ground_truth' needs node_labels [N]")
+        state = lstm_output.h if state is None else state
+        if state.shape[0] != n:
+            raise ValueError(f"state must have {n} rows (one per node), got {tuple(state.shape)}")
         merge_prob = self.merge_probability(edge_forget=lstm_output.edge_forget, h=lstm_output.h, edge_index=edge_index)
         mode = self.current_mode()
-        energy = None
+        partition_energy = None
         if mode == "mh":
-            energy = PartitionEnergy(
-                node_prob=node_class_prob, node_labels=node_labels, size=graph.size, batch=batch,
-                beta=self.beta, distance=self.distance, num_classes=node_class_prob.shape[1], scale=self.energy_scale,
+            partition_energy = PartitionEnergy(
+                node_prob=node_class_prob, node_labels=node_labels if energy == "ground_truth" else None,
+                size=graph.size, batch=batch, beta=self.beta, distance=self.distance,
+                num_classes=node_class_prob.shape[1], scale=self.energy_scale,
             )
-        cluster, edges_on, chains = self.sample(edge_index, merge_prob, batch, energy, generator, mode)
+        cluster, edges_on, chains = self.sample(edge_index, merge_prob, batch, partition_energy, generator, mode)
         num_clusters = int(cluster.max()) + 1 if n else 0
         f = graph.x if features is None else features
         next_graph = coarsen(graph, cluster, x=f)
-        h = scatter_mean(lstm_output.h, cluster, num_clusters)
+        h = scatter_mean(state, cluster, num_clusters)
         m = scatter_mean(lstm_output.m, cluster, num_clusters)
         confidence = coarse_confidence(node_class_prob, graph.size, cluster, num_clusters)
         num_graphs = int(batch.max()) + 1 if n else 0
         before = torch.bincount(batch, minlength=num_graphs).tolist()
         after = torch.bincount(batch.new_zeros(num_clusters).index_copy_(0, cluster, batch), minlength=num_graphs).tolist()
-        trace = EvolutionTrace(mode, merge_prob.detach(), edge_index, edges_on, cluster, before, after, chains)
+        trace = EvolutionTrace(mode, merge_prob.detach(), edge_index, edges_on, cluster, before, after, chains,
+                               energy if mode == "mh" else None)
         return EvolutionOutput(next_graph, cluster, merge_prob, trace, h, m, confidence)
 
 
 def evolve(graph, lstm_output, node_class_prob, module: StructureEvolution, **kwargs) -> EvolutionOutput:
     """Functional shorthand for ``module(graph, lstm_output, node_class_prob, **kwargs)``."""
     return module(graph, lstm_output, node_class_prob, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# the hierarchy at test time: node counts and clique label purity
+# --------------------------------------------------------------------------------------------------
+def hierarchy_stats(levels: list, mask, num_classes: int = 7) -> list[dict]:
+    r"""Node counts and clique label purity of every level of a batch (``ModelOutput.levels``).
+
+    selab definition (issue 19): the **purity** of a level is the fraction of labelled pixels whose
+    level node's majority label (over the node's labelled pixels) is their own label,
+    :math:`\sum_n \max_k c_{nk} / \sum_{n,k} c_{nk}` with :math:`c_{nk}` the pixels of class k in node
+    n. It is 1 when every node is pure, and it can only fall from one level to the next (a merged
+    node's majority count is at most the sum of its members'). At level 0 it is the superpixels'
+    achievable segmentation accuracy (ASA). Pixels with a label outside ``0..num_classes-1`` (ignore
+    values such as 255) are not counted.
+
+    Parameters
+    ----------
+    levels : list of selab.graph.Graph
+        The levels of one batch, each with ``assignment [B,S,S]`` (global node ids) and ``batch``.
+    mask : LongTensor [B,S,S] or list of LongTensor [H_b,W_b]
+        Ground-truth labels at the levels' resolution, or one full-resolution mask per image (then
+        each level's assignment is resized to it by nearest neighbour).
+    num_classes : int
+
+    Returns
+    -------
+    list of dict
+        One per level: ``level``, ``num_nodes`` (over the batch), ``nodes_per_image`` (list of int),
+        ``mean_nodes_per_image``, ``pure_pixels`` and ``pixels`` (counts, so that batches add up,
+        see :func:`combine_hierarchy_stats`) and ``purity`` (``pure_pixels / pixels``, NaN without
+        labelled pixels).
+
+    Example
+    -------
+    >>> from selab.graph import coarsen, graph_from_superpixels
+    >>> level0 = graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]]))
+    >>> level1 = coarsen(level0, torch.tensor([0, 0, 1]))
+    >>> mask = torch.tensor([[[0, 0, 1], [0, 0, 0]]])
+    >>> [(s["num_nodes"], round(s["purity"], 3)) for s in hierarchy_stats([level0, level1], mask)]
+    [(3, 0.833), (2, 0.833)]
+    """
+    if not isinstance(levels, (list, tuple)) or not levels:
+        raise ValueError("hierarchy_stats: levels must be a non-empty list of Graph (ModelOutput.levels)")
+    stats = []
+    for index, level in enumerate(levels):
+        assignment = level.assignment
+        num_images = assignment.shape[0]
+        if isinstance(mask, Tensor):
+            if mask.shape != assignment.shape:
+                raise ValueError(f"hierarchy_stats: mask {tuple(mask.shape)} must match level {index}'s "
+                                 f"assignment {tuple(assignment.shape)} (or be a list of per-image masks)")
+            hist = node_label_histogram(mask.to(assignment.device), assignment, level.num_nodes, num_classes)
+        else:
+            if len(mask) != num_images:
+                raise ValueError(f"hierarchy_stats: {len(mask)} masks for {num_images} images")
+            hist = 0
+            for b, full in enumerate(mask):  # a loop over images, not pixels or nodes
+                full = torch.as_tensor(full).to(assignment.device)
+                resized = torch.nn.functional.interpolate(assignment[b][None, None].double(), size=tuple(full.shape),
+                                                          mode="nearest")[0, 0].long()
+                hist = hist + node_label_histogram(full, resized, level.num_nodes, num_classes)
+        pure, pixels = int(hist.max(1).values.sum()) if level.num_nodes else 0, int(hist.sum())
+        per_image = torch.bincount(level.batch, minlength=num_images).tolist()
+        stats.append({"level": index, "num_nodes": level.num_nodes, "nodes_per_image": per_image,
+                      "mean_nodes_per_image": level.num_nodes / max(num_images, 1), "pure_pixels": pure,
+                      "pixels": pixels, "purity": pure / pixels if pixels else float("nan")})
+    return stats
+
+
+def combine_hierarchy_stats(batches: list) -> list[dict]:
+    """:func:`hierarchy_stats` of several batches as one (e.g. a validation split), level by level.
+
+    Node counts are concatenated and pixel counts summed, so the purity is over all pixels of the
+    split and ``mean_nodes_per_image`` over all images. Batches must have the same number of levels.
+
+    Example
+    -------
+    >>> a = [{"level": 0, "num_nodes": 5, "nodes_per_image": [5], "mean_nodes_per_image": 5.0,
+    ...       "pure_pixels": 9, "pixels": 10, "purity": 0.9}]
+    >>> b = [dict(a[0], num_nodes=3, nodes_per_image=[3], pure_pixels=10, purity=1.0)]
+    >>> combined = combine_hierarchy_stats([a, b])[0]
+    >>> combined["mean_nodes_per_image"], combined["purity"]
+    (4.0, 0.95)
+    """
+    batches = [list(b) for b in batches]
+    if not batches:
+        raise ValueError("combine_hierarchy_stats: no batches")
+    depth = {len(b) for b in batches}
+    if len(depth) != 1:
+        raise ValueError(f"combine_hierarchy_stats: batches have different numbers of levels {sorted(depth)}")
+    combined = []
+    for per_level in zip(*batches):
+        nodes = [n for s in per_level for n in s["nodes_per_image"]]
+        pure, pixels = sum(s["pure_pixels"] for s in per_level), sum(s["pixels"] for s in per_level)
+        combined.append({"level": per_level[0]["level"], "num_nodes": sum(nodes), "nodes_per_image": nodes,
+                         "mean_nodes_per_image": sum(nodes) / max(len(nodes), 1), "pure_pixels": pure,
+                         "pixels": pixels, "purity": pure / pixels if pixels else float("nan")})
+    return combined

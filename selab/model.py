@@ -47,6 +47,8 @@ from selab.classes import NUM_CLASSES
 
 VARIANTS = ("cnn", "graph_lstm", "se_lstm")
 ORDERS = ("confidence", "stochastic", "random", "bfs", "dfs")
+NEXT_INPUTS = ("output", "input", "level0")
+NEXT_STATES = ("output", "hidden", "zero")
 
 
 @dataclass
@@ -88,7 +90,34 @@ class ModelConfig:
         Noise scale of the stochastic order.
     n_segments, compactness : SLIC parameters of the superpixels (used by the data pipeline).
     evolution : dict
-        Keyword arguments for :class:`selab.evolve.StructureEvolution` (``se_lstm`` only).
+        Keyword arguments for :class:`selab.evolve.StructureEvolution` (``se_lstm`` only). A list value
+        gives one value per evolution, in order (length ``num_layers - 1``), e.g.
+        ``{"merge_budget": [0.25, 0.5, 0.75]}``; any other value is shared by all evolutions. With
+        ``{"mode": "none"}`` nothing ever merges (``eval_mode`` follows ``mode``, see
+        :class:`~selab.evolve.StructureEvolution`) and the model is the same network as with merging.
+    next_input : {"output", "input", "level0"}
+        ``se_lstm``: the input f of the next level (selab decision, issue 19). ``"output"`` (default, the
+        original selab behaviour): the clique mean of this layer's output ``h`` (hidden state plus the
+        residual input), stacked like ``graph_lstm``; from the second evolving layer on, f and the
+        initial state h0 are then the same tensor with ``next_state="output"``. ``"input"``: the clique
+        mean of this level's input f (each member node weighs the same). ``"level0"``: the mean of the
+        level-0 node features (the ``node_input`` output) over the superpixels the node covers (each
+        superpixel weighs the same), so every level reads the CNN features, never the LSTM states.
+    next_state : {"output", "hidden", "zero"}
+        ``se_lstm``: the initial hidden state h0 of the next level (selab decision, issue 19).
+        ``"output"`` (default): the clique mean of this layer's output ``h`` (with the residual term,
+        not tanh-bounded); ``"hidden"``: the clique mean of the hidden state proper ``tanh(g^o * m)``
+        (:attr:`~selab.graph_lstm.GraphLSTMOutput.hidden`, in [-1, 1]); both carry the clique mean of
+        the memory m. ``"zero"``: h and m restart at zero in every layer, like ``graph_lstm``.
+    eval_samples : int
+        Graph variants in ``eval()``: the number K of structures sampled per image; the logits are the
+        mean of the K forward passes of the graph part (the CNN and the node features once). Useful
+        with a stochastic test-time structure (``se_lstm`` with ``evolution={"eval_mode": "mh"}``) or
+        update order (``order="random"``); default 1.
+    eval_seed : int
+        Seed of the generator used in ``eval()`` when ``forward`` gets none and the test-time graph
+        part is stochastic (``eval_samples > 1`` or an evolution in MH mode), so that evaluation is
+        reproducible (selab decision).
     merge_loss_weight : float
         Weight of the merge-probability L2 loss (``se_lstm``).
     confidence_loss_weight : float
@@ -116,6 +145,10 @@ class ModelConfig:
     n_segments: int = 1000
     compactness: float = 10.0
     evolution: dict = field(default_factory=dict)
+    next_input: str = "output"
+    next_state: str = "output"
+    eval_samples: int = 1
+    eval_seed: int = 0
     merge_loss_weight: float = 1.0
     confidence_loss_weight: float = 0.4
     dropout: float = 0.1
@@ -155,6 +188,19 @@ class ModelConfig:
             bad("dropout", "a number in [0, 1)")
         if not isinstance(self.evolution, dict):
             bad("evolution", "a dict of StructureEvolution keyword arguments")
+        num_evolutions = max(self.num_layers - 1, 0)
+        for key, value in self.evolution.items():
+            if isinstance(value, (list, tuple)) and len(value) != num_evolutions:
+                raise ValueError(f"ModelConfig.evolution[{key!r}]: a list gives one value per evolution, expected "
+                                 f"{num_evolutions} (num_layers - 1) values, got {len(value)}: {value!r}")
+        if self.next_input not in NEXT_INPUTS:
+            bad("next_input", f"one of {NEXT_INPUTS}")
+        if self.next_state not in NEXT_STATES:
+            bad("next_state", f"one of {NEXT_STATES}")
+        if isinstance(self.eval_samples, bool) or not isinstance(self.eval_samples, int) or self.eval_samples < 1:
+            bad("eval_samples", "an int >= 1")
+        if isinstance(self.eval_seed, bool) or not isinstance(self.eval_seed, int):
+            bad("eval_seed", "an int")
 
     @property
     def uses_graph(self) -> bool:
@@ -168,6 +214,17 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def evolution_kwargs(self, index: int) -> dict:
+        """Keyword arguments of evolution ``index`` (0-based): list values of ``evolution`` picked per index.
+
+        Example
+        -------
+        >>> ModelConfig(variant="se_lstm", evolution={"merge_budget": [0.25, 0.5], "mode": "greedy"}).evolution_kwargs(1)
+        {'merge_budget': 0.5, 'mode': 'greedy'}
+        """
+        return {key: value[index] if isinstance(value, (list, tuple)) else value
+                for key, value in self.evolution.items()}
 
 
 @dataclass
@@ -189,6 +246,9 @@ class ModelOutput:
         ``se_lstm``: merge probabilities of each layer's edges and their targets (when a mask is given).
     traces : list
         ``se_lstm``: the Metropolis-Hastings trace of each layer.
+    samples : list of ModelOutput
+        With ``eval_samples = K > 1`` in ``eval()``: the K structures (their ``levels``, ``states``,
+        ``ranks``, ``merge_prob``, ``traces``; no logits); the fields above are those of the first.
     """
 
     logits: torch.Tensor
@@ -199,6 +259,7 @@ class ModelOutput:
     merge_prob: list = field(default_factory=list)
     merge_target: list = field(default_factory=list)
     traces: list = field(default_factory=list)
+    samples: list = field(default_factory=list)
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
@@ -335,7 +396,7 @@ class SELabModel(nn.Module):
 
                 # One evolution (with its own merge-probability weights) after every layer but the last.
                 self.evolutions = nn.ModuleList(
-                    StructureEvolution(H, **config.evolution) for _ in range(config.num_layers - 1)
+                    StructureEvolution(H, **config.evolution_kwargs(index)) for index in range(config.num_layers - 1)
                 )
 
     def train(self, mode: bool = True):
@@ -393,7 +454,6 @@ class SELabModel(nn.Module):
         return gl.dfs_order(graph.edge_index, start, graph.batch)
 
     def _graph_forward(self, batch, fused, cnn_logits, size, generator) -> ModelOutput:
-        from selab.evolve import merge_target, node_majority_labels
         from selab.graph import graph_from_superpixels
         from selab.superpixels import unpool_to_pixels
 
@@ -418,17 +478,62 @@ class SELabModel(nn.Module):
         x = self.node_input(node_in)
         order = self.config.effective_train_order if self.training else self.config.order
         mask = batch.get("mask")
+        # Merge targets (and the ground-truth energy) need the labels: only in training (the explorer in
+        # selab.widgets sets the training flag alone to show the ground-truth energy at test time).
+        mask = mask.to(device) if mask is not None and self.training else None
         out = ModelOutput(logits=None, levels=[graph], confidence_logits=F.interpolate(
             confidence_lowres, size=size, mode="bilinear", align_corners=False))
         logits = F.interpolate(cnn_logits, size=size, mode="bilinear", align_corners=False)
-
-        h = m = None
-        last = len(self.layers) - 1
         # se_lstm: every level's node logits are gathered onto the level-0 superpixels and summed there, so
         # that one unpooling to the pixels (the costly gather and its backward) serves all levels. Exact:
         # each level's node covers its superpixels' pixels. Needs the level-0 nodes to be the superpixels.
         sp0 = graph.superpixel_assignment
         on_superpixels = sp0 is not None and torch.equal(sp0, torch.arange(graph.num_nodes, device=sp0.device))
+
+        num_samples = 1 if self.training else self.config.eval_samples
+        if generator is None and not self.training and self._stochastic_at_test():
+            generator = torch.Generator(device=device).manual_seed(self.config.eval_seed)
+        if num_samples == 1:
+            logits, superpixel_logits = self._graph_layers(out, graph, x, node_confidence, mask, order,
+                                                           generator, logits, on_superpixels)
+        else:
+            # selab decision (issue 19): K structures per image, the mean of their logits; the CNN part and
+            # the node features are computed once, only the Graph LSTM layers and evolutions repeat.
+            total, superpixel_logits = 0, 0
+            for k in range(num_samples):
+                record = out if k == 0 else ModelOutput(logits=None, levels=[graph],
+                                                        confidence_logits=out.confidence_logits)
+                sample_logits, sample_sp = self._graph_layers(record, graph, x, node_confidence, mask,
+                                                              order, generator, logits, on_superpixels)
+                total, superpixel_logits = total + sample_logits, superpixel_logits + sample_sp
+                out.samples.append(record)
+            logits, superpixel_logits = total / num_samples, superpixel_logits / num_samples
+        if on_superpixels and self.config.variant == "se_lstm":
+            logits = logits + unpool_to_pixels(superpixel_logits, out.levels[0].assignment)
+        out.logits = logits
+        return out
+
+    def _stochastic_at_test(self) -> bool:
+        """Whether the test-time graph part draws random numbers (then a seeded generator is used)."""
+        if self.config.eval_samples > 1:
+            return True
+        return any(evo.current_mode() == "mh" for evo in getattr(self, "evolutions", []))
+
+    def _graph_layers(self, out, graph, x, node_confidence, mask, order, generator, logits, on_superpixels):
+        """The Graph LSTM layers (and evolutions) of one structure; records levels, states, ... in ``out``.
+
+        Returns ``(logits, superpixel_logits)``: ``logits`` plus every level's share that went to the pixels
+        directly, and the levels' node logits summed on the level-0 superpixels (``0`` when none).
+        """
+        from selab.evolve import merge_target, node_majority_labels
+        from selab.graph import scatter_mean
+        from selab.superpixels import unpool_to_pixels
+
+        device = x.device
+        h = m = None
+        last = len(self.layers) - 1
+        x0, to_level = x, None  # level-0 node features; level-0 node -> node of the current level
+        next_input, next_state = self.config.next_input, self.config.next_state
         superpixel_logits = 0
         for index, layer in enumerate(self.layers):
             rank = self._order(order, node_confidence, graph, generator)
@@ -449,25 +554,34 @@ class SELabModel(nn.Module):
                 logits = logits + unpool_to_pixels(node_logits, graph.assignment)
             if index == last:
                 break
+            evolution = self.evolutions[index]
             node_labels = None
-            if mask is not None and self.training:
-                node_labels = node_majority_labels(mask.to(device), graph.assignment, graph.num_nodes,
-                                                   self.config.num_classes)
-            # selab decision: the next level's input f is this layer's output (stacked like graph_lstm),
-            # and the merged nodes' mean h and m are its initial states.
-            evolved = self.evolutions[index](graph, result, node_confidence, node_labels=node_labels,
-                                             generator=generator, features=result.h)
+            if mask is not None:
+                node_labels = node_majority_labels(mask, graph.assignment, graph.num_nodes, self.config.num_classes)
+            # The energy source, explicit: the evolution's own option (ground truth or prediction) where the
+            # labels are known (training), the prediction (node_class_prob) at test time.
+            energy = evolution.energy if node_labels is not None else "prediction"
+            # selab decision (issue 19): what the next level reads (next_input) and starts from (next_state);
+            # the defaults ("output", "output") stack the layers and carry the layer output as h0.
+            features = result.h if next_input == "output" else x
+            state = result.hidden if next_state == "hidden" else result.h
+            evolved = evolution(graph, result, node_confidence, node_labels=node_labels, energy=energy,
+                                generator=generator, features=features, state=state)
             out.merge_prob.append(evolved.merge_prob)
             if node_labels is not None:
                 out.merge_target.append(merge_target(graph.edge_index, node_labels))
             out.traces.append(evolved.trace)
             graph, x, h, m = evolved.graph, evolved.graph.x, evolved.h, evolved.m
+            if next_input == "level0":
+                # the mean over the level-0 nodes the node covers, not a mean of the previous level's means
+                to_level = evolved.cluster if to_level is None else evolved.cluster[to_level]
+                x = scatter_mean(x0, to_level, graph.num_nodes)
+                graph = dataclasses.replace(graph, x=x)
+            if next_state == "zero":
+                h = m = None
             node_confidence = evolved.confidence
             out.levels.append(graph)
-        if on_superpixels and self.config.variant == "se_lstm":
-            logits = logits + unpool_to_pixels(superpixel_logits, out.levels[0].assignment)
-        out.logits = logits
-        return out
+        return logits, superpixel_logits
 
 
 def build_model(config: ModelConfig | dict) -> SELabModel:

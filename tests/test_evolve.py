@@ -478,3 +478,91 @@ def test_candidate_edges_break_ties_by_edge_id_like_a_stable_sort():
             keep = budget if isinstance(budget, int) else math.ceil(len(edges) * budget)
             expected[ranked[:keep]] = True
         assert torch.equal(candidate_edges(p, budget, edge_graph), expected)
+
+
+# ------------------------------------------------------------------ issue 19 options of StructureEvolution
+@pytest.mark.parametrize("mode,eval_mode,expected", [("mh", "auto", "greedy"), ("greedy", "auto", "greedy"),
+                                                     ("none", "auto", "none"), ("mh", None, "mh"),
+                                                     ("none", "greedy", "greedy"), ("greedy", "mh", "mh")])
+def test_eval_mode_auto_follows_the_family_of_mode(mode, eval_mode, expected):
+    evo = StructureEvolution(6, mode=mode, eval_mode=eval_mode)
+    assert evo.train().current_mode() == mode and evo.eval().current_mode() == expected
+    assert StructureEvolution(6).eval_mode == "auto"
+
+
+def test_state_is_coarsened_into_h_and_energy_source_is_explicit():
+    graph = _toy_batch()
+    n, e = graph.num_nodes, graph.edge_index.shape[1]
+    lstm = _FakeLSTM(n, e, 6)
+    prob = torch.softmax(torch.randn(n, 3, generator=torch.Generator().manual_seed(1)), 1)
+    labels = (graph.pos[:, 1] > 4).long()
+    evo = StructureEvolution(6, num_proposals=6)
+    with torch.no_grad():
+        evo.merge_probability.linear.bias.fill_(1.0)
+    state = torch.tanh(lstm.h)
+    out = evo(graph, lstm, prob, node_labels=labels, generator=torch.Generator().manual_seed(0), state=state)
+    members = torch.bincount(out.cluster).float()[:, None]
+    torch.testing.assert_close(out.h, torch.zeros(out.graph.num_nodes, 6).index_add_(0, out.cluster, state) / members)
+    assert out.trace.energy == "ground_truth"
+
+    def run(**kwargs):
+        return evo(graph, lstm, prob, generator=torch.Generator().manual_seed(0), **kwargs)
+
+    # the prediction energy ignores the labels: the same chains as without labels
+    by_prediction, unlabelled = run(node_labels=labels, energy="prediction"), run()
+    assert by_prediction.trace.energy == unlabelled.trace.energy == "prediction"
+    assert torch.equal(by_prediction.cluster, unlabelled.cluster)
+    assert [c.energy for c in by_prediction.trace.chains] == [c.energy for c in unlabelled.trace.chains]
+    assert [c.energy for c in by_prediction.trace.chains] != [c.energy for c in out.trace.chains]
+    # the module option picks the default source where the labels are given
+    evo.energy = "prediction"
+    assert run(node_labels=labels).trace.energy == "prediction"
+    with pytest.raises(ValueError, match="node_labels"):
+        run(energy="ground_truth")
+    with pytest.raises(ValueError, match="energy"):
+        StructureEvolution(6, energy="labels")
+    with pytest.raises(ValueError, match="eval_mode"):
+        StructureEvolution(6, eval_mode="sometimes")
+
+
+# ------------------------------------------------------------------ hierarchy statistics
+def python_purity(assignment, mask, num_classes):
+    """Purity written out node by node: pixels of each node's majority label over labelled pixels."""
+    assignment, mask = np.asarray(assignment).ravel(), np.asarray(mask).ravel()
+    pure = total = 0
+    for node in np.unique(assignment):
+        labels = mask[(assignment == node) & (mask >= 0) & (mask < num_classes)]
+        if labels.size:
+            pure += np.bincount(labels, minlength=num_classes).max()
+            total += labels.size
+    return pure / total
+
+
+def test_hierarchy_stats_counts_nodes_and_purity_per_level():
+    from selab.evolve import combine_hierarchy_stats, hierarchy_stats
+    from selab.graph import coarsen
+
+    graph = _toy_batch()  # two images, 16 and 9 superpixels, 8x8 pixels
+    rng = np.random.default_rng(0)
+    mask = torch.from_numpy(rng.integers(0, 3, size=(2, 8, 8)))
+    mask[0, :2, :2] = 255  # ignored pixels
+    cluster = connected_components(graph.edge_index, torch.from_numpy(rng.random(graph.edge_index.shape[1]) < 0.4),
+                                   graph.num_nodes)
+    levels = [graph, coarsen(graph, cluster)]
+    stats = hierarchy_stats(levels, mask, num_classes=3)
+    assert [s["num_nodes"] for s in stats] == [25, levels[1].num_nodes]
+    assert stats[0]["nodes_per_image"] == [16, 9] and sum(stats[1]["nodes_per_image"]) == levels[1].num_nodes
+    for s, level in zip(stats, levels):
+        assert s["pixels"] == 2 * 64 - 4
+        assert s["purity"] == pytest.approx(python_purity(level.assignment, mask, 3))
+    assert stats[1]["purity"] <= stats[0]["purity"]  # merging never purifies
+    # full-resolution masks (twice the size): the assignment is resized by nearest neighbour
+    full = [m.repeat_interleave(2, 0).repeat_interleave(2, 1) for m in mask]
+    for a, b in zip(hierarchy_stats(levels, full, num_classes=3), stats):
+        assert a["purity"] == pytest.approx(b["purity"]) and a["pixels"] == 4 * b["pixels"]
+    # batches add up: two copies of a batch have the purity of one
+    combined = combine_hierarchy_stats([stats, stats])
+    assert combined[1]["purity"] == pytest.approx(stats[1]["purity"])
+    assert combined[0]["nodes_per_image"] == [16, 9, 16, 9] and combined[0]["mean_nodes_per_image"] == 12.5
+    with pytest.raises(ValueError, match="mask"):
+        hierarchy_stats(levels, mask[:, :4])
