@@ -245,3 +245,18 @@ def pairs_markdown(results: list[dict]) -> str:
         lines.append(f"| {r['a']} | {r['b']} | {r['difference']:+.2f} | {r['level']:.0%} [{r['low']:+.2f}, {r['high']:+.2f}] | "
                      f"{r['p_le_zero']:.3f} | {r['num_images']} | {r['runs_a']} vs {r['runs_b']} |")
     return "\n".join(lines)
+
+
+def hierarchy_markdown(rows: list[dict]) -> str:
+    """Per level at test time, for the rows that have a hierarchy: nodes per image and clique label
+    purity (:func:`selab.evolve.hierarchy_stats`), each the mean over the row's runs."""
+    lines = ["| row | runs | nodes per image, level 0 → top | clique label purity (%), level 0 → top |",
+             "|---|---|---|---|"]
+    for row in rows:
+        h = row.get("hierarchy")
+        if not h:
+            continue
+        nodes = " → ".join(f"{v:.0f}" for v in h["mean_nodes_per_image"])
+        purity = " → ".join(f"{100 * v:.1f}" for v in h["purity"])
+        lines.append(f"| {row['label']} | {row['runs']} | {nodes} | {purity} |")
+    return "\n".join(lines)

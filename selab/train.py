@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from selab.classes import CLASS_NAMES, NUM_CLASSES
 from selab.data import SuperpixelCache
+from selab.evolve import combine_hierarchy_stats, hierarchy_stats
 from selab.metrics import PER_IMAGE_FILE, ConfusionMatrix, confusion_matrix, save_per_image
 from selab.model import ModelConfig, SELabModel, build_model
 
@@ -692,10 +693,13 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
     """
     model.eval()
     matrix = ConfusionMatrix(model.config.num_classes)
-    examples = []
+    examples, hierarchy = [], []
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
         batch = to_device(batch, device)
-        logits = model(batch).logits
+        output = model(batch)
+        logits = output.logits
+        if output.levels and "mask" in batch:
+            hierarchy.append(hierarchy_stats(output.levels, batch["mask"], model.config.num_classes))
         for b, full_mask in enumerate(batch["full_masks"]):
             upsampled = F.interpolate(logits[b : b + 1], size=tuple(full_mask.shape), mode="bilinear",
                                       align_corners=False)
@@ -708,7 +712,14 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
                 per_image.append((batch["ids"][b], image_matrix))
             if len(examples) < num_examples:
                 examples.append((batch["full_images"][b].cpu(), full_mask.cpu(), prediction.cpu()))
-    return matrix.compute(), examples
+    scores = matrix.compute()
+    if hierarchy:
+        # The evolved hierarchy at test time, per level: nodes per image and clique label purity
+        # (selab.evolve.hierarchy_stats, on the masks at the training size).
+        levels = combine_hierarchy_stats(hierarchy)
+        scores["hierarchy"] = {"mean_nodes_per_image": [s["mean_nodes_per_image"] for s in levels],
+                               "purity": [s["purity"] for s in levels]}
+    return scores, examples
 
 
 def evaluate(checkpoint_or_run_dir, dataset: str = "pascal_person_part", data_root: str | None = None,
@@ -894,6 +905,8 @@ def run(config: TrainConfig | dict) -> dict:
                     save_per_image(run_dir / PER_IMAGE_FILE, per_image)
                 record.update({"val_mean_iou": scores["mean_iou"], "val_pixel_accuracy": scores["pixel_accuracy"],
                                "val_per_class_iou": scores["per_class_iou"]})
+                if "hierarchy" in scores:
+                    record["val_hierarchy"] = scores["hierarchy"]
             record["seconds"] = time.time() - started
             history.append(record)
             score = record.get("val_mean_iou")
@@ -919,6 +932,8 @@ def run(config: TrainConfig | dict) -> dict:
     if history and "val_mean_iou" in history[-1]:
         final = {"mean_iou": history[-1]["val_mean_iou"], "per_class_iou": history[-1]["val_per_class_iou"],
                  "pixel_accuracy": history[-1]["val_pixel_accuracy"]}
+        if "val_hierarchy" in history[-1]:
+            final["hierarchy"] = history[-1]["val_hierarchy"]
     write_metrics(run_dir, history, final)
     paths = {"run_dir": str(run_dir), "config": str(run_dir / "config.json"), "last": str(last_path),
              "best": str(best_path) if best_path.is_file() else None,
