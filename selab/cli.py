@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--cache-dir", default=None)
     evaluate.add_argument("--out", default=None, help="metrics JSON file")
+    evaluate.add_argument("--model-option", action="append", default=[], metavar="KEY=JSON",
+                          help="test the model another way, e.g. 'evolution={\"eval_mode\": \"mh\"}' or 'eval_samples=4'")
     evaluate.add_argument("--per-image", default=None, metavar="NPZ",
                           help="also save every image's confusion matrix (for selab.compare)")
     evaluate.add_argument("--quiet", action="store_true")
@@ -143,12 +145,9 @@ def _export(args) -> dict:
     return {"written": str(path), "mean_iou": metrics["mean_iou"], "commit": commit}
 
 
-def _model_options(args) -> dict:
+def _key_json_options(items: list[str]) -> dict:
     options = {}
-    for key in ("hidden_channels", "num_layers", "order", "merge_loss_weight"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
-    for item in args.model_option:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--model-option: expected KEY=JSON, got {item!r}")
@@ -156,6 +155,15 @@ def _model_options(args) -> dict:
             options[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             options[key.strip()] = value
+    return options
+
+
+def _model_options(args) -> dict:
+    options = {}
+    for key in ("hidden_channels", "num_layers", "order", "merge_loss_weight"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    options.update(_key_json_options(args.model_option))
     return options
 
 
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate(args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
                               image_size=args.image_size, limit=args.limit, out=args.out, device=args.device,
                               batch_size=args.batch_size, progress=not args.quiet, cache_dir=args.cache_dir,
-                              per_image_out=args.per_image)
+                              per_image_out=args.per_image, model_options=_key_json_options(args.model_option))
             print(json.dumps(result, indent=2))
     except (ValueError, FileNotFoundError) as error:
         print(f"selab {args.command}: error: {error}", file=sys.stderr)

@@ -578,8 +578,13 @@ def read_checkpoint(path) -> dict:
         raise ValueError(f"cannot read checkpoint {path}: {error}") from None
 
 
-def load_model(checkpoint_or_run_dir, device="cpu", which: str = "best") -> tuple[SELabModel, dict]:
+def load_model(checkpoint_or_run_dir, device="cpu", which: str = "best",
+               model_options: dict | None = None) -> tuple[SELabModel, dict]:
     """A model from a checkpoint file or a run folder (``best.pt`` if present, else ``last.pt``).
+
+    ``model_options`` overrides ModelConfig fields that hold no weights, to test a trained model another
+    way (e.g. ``{"eval_samples": 4, "evolution": {"eval_mode": "mh"}}``: the ``evolution`` dict is
+    merged into the saved one); options that change the weights' shapes fail to load.
 
     Example
     -------
@@ -595,12 +600,22 @@ def load_model(checkpoint_or_run_dir, device="cpu", which: str = "best") -> tupl
         path = found[0]
     if not path.is_file():
         raise ValueError(f"load_model: {path} is neither a run folder nor a checkpoint file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path)
     model_config = dict(checkpoint["model_config"])
     # The weights come from the checkpoint: skip loading ImageNet weights first.
     model_config["pretrained"] = False
+    for key, value in (model_options or {}).items():
+        if key == "evolution" and isinstance(value, dict):
+            value = {**model_config.get("evolution", {}), **value}
+        model_config[key] = value
     model = build_model(model_config)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        if not model_options:
+            raise
+        raise ValueError(f"load_model: the weights of {path} do not fit the model with options "
+                         f"{sorted(model_options)} (only options without weights can change): {error}") from None
     return model.to(device).eval(), checkpoint
 
 
@@ -725,10 +740,12 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
 def evaluate(checkpoint_or_run_dir, dataset: str = "pascal_person_part", data_root: str | None = None,
              split: str = "val", image_size: int | None = None, limit: int | None = None,
              out: str | None = None, device: str = "auto", batch_size: int = 8, progress: bool = True,
-             cache_dir: str | None = None, per_image_out: str | None = None) -> dict:
+             cache_dir: str | None = None, per_image_out: str | None = None,
+             model_options: dict | None = None) -> dict:
     """Evaluate a trained model on a split; optionally write the metrics to ``out`` (JSON).
 
-    ``per_image_out`` (an ``.npz`` path) also saves every image's confusion matrix
+    ``model_options`` tests the model another way (:func:`load_model`); ``per_image_out`` (an ``.npz``
+    path) also saves every image's confusion matrix
     (:func:`selab.metrics.save_per_image`), for paired comparisons with :mod:`selab.compare`.
 
     Returns ``{"mean_iou", "per_class_iou" (by class name), "pixel_accuracy"}`` in percent, plus
@@ -739,7 +756,7 @@ def evaluate(checkpoint_or_run_dir, dataset: str = "pascal_person_part", data_ro
     >>> evaluate("runs/quick", dataset="synthetic", split="val")["mean_iou"]  # doctest: +SKIP
     """
     torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
-    model, checkpoint = load_model(checkpoint_or_run_dir, torch_device)
+    model, checkpoint = load_model(checkpoint_or_run_dir, torch_device, model_options=model_options)
     train_config = dict(checkpoint["train_config"])
     overrides = {"dataset": dataset, "val_split": split, "val_limit": limit, "resume": False,
                  "device": str(torch_device), "batch_size": batch_size, "progress": progress}
