@@ -38,6 +38,6 @@ def test_evaluate_with_test_time_options(se_run, tmp_path):
     unmerged = evaluate(se_run, dataset="synthetic", progress=False, model_options={"evolution": {"eval_mode": "none"}})
     assert unmerged["hierarchy"]["mean_nodes_per_image"] == [unmerged["hierarchy"]["mean_nodes_per_image"][0]] * 3
     ids, confusion = load_per_image(tmp_path / "g.npz")
-    assert len(ids) == 4 and (confusion.sum(axis=(1, 2)) > 0).all()
+    assert len(ids) == greedy["num_images"] and (confusion.sum(axis=(1, 2)) > 0).all()
     with pytest.raises(ValueError, match="hidden_channels"):
         evaluate(se_run, dataset="synthetic", progress=False, model_options={"hidden_channels": 8})
