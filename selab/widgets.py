@@ -2,8 +2,8 @@
 
 Each explorer lets a researcher turn one knob of the pipeline of Liang et al. (Graph LSTM, ECCV 2016;
 SE-LSTM, CVPR 2017) and see the effect: the number and compactness of SLIC superpixels, the node update
-order of a Graph LSTM layer, the temperature of the Metropolis-Hastings merge chain, and the layer of an
-evolved hierarchy.
+order of a Graph LSTM layer, the temperature of the Metropolis-Hastings merge chain, and the image and
+the layer of an evolved hierarchy.
 
 Every explorer follows one pattern, so that it can be unit-tested in pytest by setting ``.value`` on a
 control and checking the result (an exception inside a widget callback does not fail papermill):
@@ -789,7 +789,8 @@ class EvolutionExplorer(FigureApp):
 
     def summary_fields(self) -> list[str]:
         state = self.state
-        fields = [f"layer {state['layer']} of {state['num_levels']}: {state['num_nodes']} nodes, "
+        fields = [f"image {state['image']}",
+                  f"layer {state['layer']} of {state['num_levels']}: {state['num_nodes']} nodes, "
                   f"{state['num_edges']} edges", f"nodes per level {state['nodes_per_level']}"]
         if not np.isnan(state["acceptance_rate"]):
             fields.append(f"MH acceptance {state['acceptance_rate']:.0%}")
