@@ -661,6 +661,11 @@ class MHTrace:
     def acceptance_rate(self) -> float:
         return float(np.mean([s.accepted for s in self.steps])) if self.steps else 0.0
 
+    def __repr__(self) -> str:
+        """One line: ``MHTrace(50 steps, 12% accepted, energy 812.3 -> 640.1)``."""
+        return (f"MHTrace({len(self.steps)} steps, {self.acceptance_rate:.0%} accepted, "
+                f"energy {self.initial_energy:.4g} -> {self.energy:.4g})")
+
 
 def _acceptance(log_pi_new: float, log_q_new: float, log_pi_cur: float, log_q_cur: float) -> float:
     """alpha = min(1, pi(z') q(z) / (pi(z) q(z'))), in log space.
@@ -940,6 +945,14 @@ class EvolutionTrace:
         """Fraction of nodes that disappeared by merging (over the whole batch)."""
         before = sum(self.num_nodes_before)
         return 1.0 - sum(self.num_nodes_after) / before if before else 0.0
+
+    def __repr__(self) -> str:
+        """One line: ``EvolutionTrace(mh, 1 image, nodes [150] -> [97], 3 of 290 edges on, 1 chain)``."""
+        images = len(self.num_nodes_before)
+        chains = sum(chain is not None for chain in self.chains)
+        return (f"EvolutionTrace({self.mode}, {images} image{'s' * (images != 1)}, nodes {list(self.num_nodes_before)}"
+                f" -> {list(self.num_nodes_after)}, {int(self.edges_on.sum())} of {self.edges_on.numel()} edges on, "
+                f"{chains} chain{'s' * (chains != 1)})")
 
 
 class EvolutionOutput(NamedTuple):

@@ -640,15 +640,19 @@ def write_metrics(run_dir: Path, history: list, final: dict | None) -> None:
 
 
 def plot_curves(run_dir: Path, history: list) -> Path | None:
+    """Write the loss and validation-mIoU curves of ``history`` to ``run_dir/figures/curves.png``.
+
+    Draws on a :class:`matplotlib.figure.Figure` of its own, never through pyplot: a library must not
+    change the caller's backend or current figure (a notebook that calls :func:`run` keeps its inline
+    figures).
+    """
     if not history:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 2)
     axes[0].plot(epochs, [r["train_loss"] for r in history], marker="o")
     axes[0].set(xlabel="epoch", ylabel="training loss", title="loss")
     if any(r.get("val_mean_iou") is not None for r in history):
@@ -658,29 +662,31 @@ def plot_curves(run_dir: Path, history: list) -> Path | None:
 
 
 def _save_figure(fig, run_dir: Path, name: str) -> Path:
-    """Lay out ``fig``, write it to ``run_dir/figures/name`` and close it."""
-    import matplotlib.pyplot as plt
+    """Lay out ``fig`` (a pyplot-free ``Figure``), write it to ``run_dir/figures/name``.
 
+    The figure belongs to no pyplot manager, so nothing needs closing: it is freed with its last
+    reference.
+    """
     fig.tight_layout()
     path = run_dir / "figures" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
 def plot_predictions(run_dir: Path, examples: list) -> Path | None:
-    """``examples``: (image [3,H,W], mask [H,W], prediction [H,W]) triples."""
+    """``examples``: (image [3,H,W], mask [H,W], prediction [H,W]) triples, one row each, with a
+    legend of the classes present; written to ``run_dir/figures/predictions.png`` (no pyplot)."""
     if not examples:
         return None
-    import matplotlib
+    import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from selab.classes import CLASS_COLORS, CLASS_NAMES, colorize
 
-    from selab.classes import colorize
-
-    fig, axes = plt.subplots(len(examples), 3, figsize=(7, 2.4 * len(examples)), squeeze=False)
+    fig = Figure(figsize=(8.2, 2.4 * len(examples)))
+    axes = fig.subplots(len(examples), 3, squeeze=False)
     for row, (image, mask, prediction) in enumerate(examples):
         for col, (title, picture) in enumerate((
             ("image", image.permute(1, 2, 0).clamp(0, 1).numpy()),
@@ -691,6 +697,12 @@ def plot_predictions(run_dir: Path, examples: list) -> Path | None:
             axes[row, col].set_axis_off()
             if row == 0:
                 axes[row, col].set_title(title)
+    # which colour is which part: every class that occurs in a mask or a prediction
+    present = np.unique(np.concatenate([np.unique(m.numpy()) for _, *pair in examples for m in pair]))
+    present = [int(c) for c in present if 0 <= c < len(CLASS_NAMES)]
+    handles = [Patch(color=CLASS_COLORS[c] / 255.0, label=CLASS_NAMES[c]) for c in present]
+    axes[0, -1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small",
+                       frameon=False)
     return _save_figure(fig, run_dir, "predictions.png")
 
 

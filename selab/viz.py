@@ -10,14 +10,18 @@ as a tree. Every function takes plain numpy arrays or torch tensors (any device)
 Conventions: ``pos [N,2]`` holds (row, col) pixel centroids, so a node is drawn at x = col, y = row;
 ``edge_index [2,E]`` holds each undirected pair once; ``labels`` / ``assignment`` map pixels to node ids.
 Nothing here loops over pixels or edges in Python: edges go into one ``LineCollection``.
+
+Nothing here changes pyplot's state either: pyplot is imported only by :func:`new_axes`, when a caller
+asks for a new figure (``ax=None``, the notebook convenience); the backend, the rc parameters and the
+caller's other figures are left alone.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.patches import Patch
 
@@ -37,6 +41,8 @@ __all__ = [
     "draw_partition",
     "draw_segmentation",
     "class_legend",
+    "class_handles",
+    "figure_class_legend",
     "draw_edge_histogram",
     "draw_mh_trace",
     "hierarchy_layout",
@@ -80,14 +86,20 @@ def to_image(image: Any) -> np.ndarray:
     return np.clip(array.astype(np.float32), 0.0, 1.0)
 
 
-def new_axes(ax: plt.Axes | None = None, figsize: tuple[float, float] = (5, 5)) -> plt.Axes:
-    """Return ``ax``, or the axis of a new figure when ``ax`` is None."""
+def new_axes(ax: Axes | None = None, figsize: tuple[float, float] = (5, 5)) -> Axes:
+    """Return ``ax``, or the axis of a new pyplot figure when ``ax`` is None.
+
+    The only place selab.viz touches pyplot: a new figure in a notebook should show itself (inline
+    backend), so it is made by ``plt.subplots``; the backend is whatever the caller has.
+    """
     if ax is None:
+        import matplotlib.pyplot as plt
+
         _, ax = plt.subplots(figsize=figsize)
     return ax
 
 
-def show_image(image: Any, ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:
+def show_image(image: Any, ax: Axes | None = None, title: str | None = None) -> Axes:
     """Draw an image without ticks.
 
     Example
@@ -105,11 +117,11 @@ def show_image(image: Any, ax: plt.Axes | None = None, title: str | None = None)
 def draw_boundaries(
     image: Any,
     labels: Any,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     color: tuple[float, float, float] = (1.0, 1.0, 0.0),
     title: str | None = None,
     alpha: float = 0.8,
-) -> plt.Axes:
+) -> Axes:
     """Draw ``image`` with the borders between the regions of ``labels [H,W]`` marked.
 
     Example
@@ -149,7 +161,7 @@ def _edge_segments(edge_index: np.ndarray, pos: np.ndarray) -> np.ndarray:
 def draw_graph(
     edge_index: Any,
     pos: Any,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     edge_values: Any | None = None,
     node_values: Any | None = None,
     edge_cmap: str = "viridis",
@@ -161,7 +173,7 @@ def draw_graph(
     node_size: float = 8.0,
     linewidth: float = 1.2,
     colorbar: str | None = None,
-) -> plt.Axes:
+) -> Axes:
     """Draw a graph at its node positions: edges as one line collection, nodes as dots.
 
     Parameters
@@ -219,11 +231,11 @@ def draw_region_graph(
     labels: Any,
     edge_index: Any,
     pos: Any,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     edge_values: Any | None = None,
     title: str | None = None,
     **graph_kwargs: Any,
-) -> plt.Axes:
+) -> Axes:
     """Draw the superpixel borders of ``labels`` over ``image`` and the region graph on top.
 
     Example
@@ -238,7 +250,7 @@ def draw_region_graph(
 def paint_nodes(
     labels: Any,
     node_values: Any,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     image: Any | None = None,
     cmap: str = "viridis",
     alpha: float = 0.75,
@@ -246,7 +258,7 @@ def paint_nodes(
     colorbar: str | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
-) -> plt.Axes:
+) -> Axes:
     """Paint every region of ``labels [H,W]`` with its node's value (a rank, a level, a gate).
 
     Example
@@ -291,12 +303,12 @@ def partition_colors(num_parts: int, seed: int = 0) -> np.ndarray:
 
 def draw_partition(
     assignment: Any,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     image: Any | None = None,
     alpha: float = 0.55,
     title: str | None = None,
     seed: int = 0,
-) -> plt.Axes:
+) -> Axes:
     """Paint each part of a partition (``assignment [H,W]``: pixel -> node of a level) in its own colour.
 
     Part borders are drawn in white, so the shape of each merged region reads even where two random
@@ -319,24 +331,60 @@ def draw_partition(
     return ax
 
 
-def class_legend(ax: plt.Axes, classes: Sequence[int] | None = None, **legend_kwargs: Any) -> None:
-    """Add a legend of class colours (all classes, or only ``classes``) to ``ax``."""
+def class_handles(classes: Sequence[int] | None = None) -> list[Patch]:
+    """Legend patches of the class colours (all classes, or only ``classes``), named by
+    :data:`selab.classes.CLASS_NAMES`.
+
+    Example
+    -------
+    >>> [h.get_label() for h in class_handles([0, 1])]
+    ['background', 'head']
+    """
     ids = range(len(CLASS_NAMES)) if classes is None else classes
-    handles = [Patch(color=CLASS_COLORS[i] / 255.0, label=CLASS_NAMES[i]) for i in ids]
+    for i in ids:
+        if not 0 <= int(i) < len(CLASS_NAMES):
+            raise ValueError(f"classes: expected ids in 0..{len(CLASS_NAMES) - 1}, got {i}")
+    return [Patch(facecolor=CLASS_COLORS[int(i)] / 255.0, edgecolor="0.5", label=CLASS_NAMES[int(i)])
+            for i in ids]
+
+
+def class_legend(ax: Axes, classes: Sequence[int] | None = None, **legend_kwargs: Any) -> Any:
+    """Add a legend of class colours (all classes, or only ``classes``) beside ``ax``; returns it."""
     legend_kwargs.setdefault("loc", "upper left")
     legend_kwargs.setdefault("bbox_to_anchor", (1.01, 1.0))
     legend_kwargs.setdefault("fontsize", "small")
-    ax.legend(handles=handles, **legend_kwargs)
+    return ax.legend(handles=class_handles(classes), **legend_kwargs)
+
+
+def figure_class_legend(figure: Any, classes: Sequence[int] | None = None, title: str | None = None,
+                        **legend_kwargs: Any) -> Any:
+    """One legend of class colours for a whole figure, in a row along its bottom edge; returns it.
+
+    For figures whose several panels share the colours (prediction, ground truth, hierarchy nodes):
+    one legend says which colour is which part without shrinking any panel.
+
+    Example
+    -------
+    >>> from matplotlib.figure import Figure
+    >>> figure_class_legend(Figure(), title="classes").get_title().get_text()
+    'classes'
+    """
+    handles = class_handles(classes)
+    legend_kwargs.setdefault("loc", "lower center")
+    legend_kwargs.setdefault("ncols", len(handles))
+    legend_kwargs.setdefault("fontsize", "small")
+    legend_kwargs.setdefault("frameon", False)
+    return figure.legend(handles=handles, title=title, title_fontsize="small", **legend_kwargs)
 
 
 def draw_segmentation(
     mask: Any,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     image: Any | None = None,
     alpha: float = 0.6,
     title: str | None = None,
     legend: bool = False,
-) -> plt.Axes:
+) -> Axes:
     """Draw a class map ``mask [H,W]`` in :data:`selab.classes.CLASS_COLORS`, over ``image`` if given.
 
     Example
@@ -358,11 +406,11 @@ def draw_segmentation(
 
 def draw_edge_histogram(
     values: Any,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     target: Any | None = None,
     bins: int = 20,
     title: str | None = None,
-) -> plt.Axes:
+) -> Axes:
     """Histogram of per-edge values in [0, 1]; split by a 0/1 ``target`` (same-label edges) if given.
 
     Example
@@ -389,10 +437,10 @@ def draw_edge_histogram(
 def draw_mh_trace(
     energy: Any,
     accepted: Any,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     current_energy: Any | None = None,
     title: str | None = None,
-) -> plt.Axes:
+) -> Axes:
     """Plot a Metropolis-Hastings chain: each proposal's energy, marked accepted (o) or rejected (x).
 
     Parameters
@@ -447,10 +495,10 @@ def hierarchy_layout(clusters: Sequence[Any], pos: Any) -> list[np.ndarray]:
 def draw_hierarchy(
     clusters: Sequence[Any],
     pos: Any,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     node_colors: Sequence[Any] | None = None,
     title: str | None = None,
-) -> plt.Axes:
+) -> Axes:
     """Draw the hierarchy of levels as a tree: level 0 at the bottom, each node linked to its parent.
 
     Parameters

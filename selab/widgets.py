@@ -2,8 +2,8 @@
 
 Each explorer lets a researcher turn one knob of the pipeline of Liang et al. (Graph LSTM, ECCV 2016;
 SE-LSTM, CVPR 2017) and see the effect: the number and compactness of SLIC superpixels, the node update
-order of a Graph LSTM layer, the temperature of the Metropolis-Hastings merge chain, and the layer of an
-evolved hierarchy.
+order of a Graph LSTM layer, the temperature of the Metropolis-Hastings merge chain, and the image and
+the layer of an evolved hierarchy.
 
 Every explorer follows one pattern, so that it can be unit-tested in pytest by setting ``.value`` on a
 control and checking the result (an exception inside a widget callback does not fail papermill):
@@ -14,12 +14,16 @@ control and checking the result (an exception inside a widget callback does not 
 - ``figure``: a matplotlib ``Figure`` (not managed by pyplot, so nothing is drawn twice in a notebook)
   redrawn by :meth:`update` and shown as PNG bytes in ``image`` (an ``ipywidgets.Image``);
   ``renders`` counts the redraws;
-- ``readout``: an ``ipywidgets.HTML`` line summarising ``state`` (or the error, if a callback failed);
+- ``readout``: an ``ipywidgets.HTML`` line summarising ``state`` (or the error, if a callback failed),
+  field by field: a long line wraps between fields, never inside one;
 - ``widget``: the whole app as one ipywidgets box; :meth:`display` and ``_repr_mimebundle_`` show it.
 
 selab decision: the figure is rendered to a PNG ``Image`` widget rather than an ``Output`` widget holding
 an inline-backend figure: it looks the same, does not depend on the kernel's matplotlib backend, and
 tests can check that the picture changed by comparing bytes.
+
+selab decision: every control shows its whole description (``description_width: initial``), so that
+"compactness" and "temperature" are not cut to "compactn…" and "temperat…".
 """
 
 from __future__ import annotations
@@ -94,18 +98,24 @@ class FigureApp:
     (returns the new ``state`` dict) and ``draw(figure)``.
     """
 
-    def __init__(self, figsize: tuple[float, float] = (9.0, 4.5), dpi: int = 80) -> None:
+    #: what :meth:`summary` puts between the fields of :meth:`summary_fields`
+    separator = ", "
+
+    def __init__(self, figsize: tuple[float, float] = (9.0, 4.5), dpi: int = 80,
+                 layout: str | None = "constrained") -> None:
         self.controls: dict[str, widgets.ValueWidget] = getattr(self, "controls", {})
-        self.figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+        self.figure = Figure(figsize=figsize, dpi=dpi, layout=layout)
         self.image = widgets.Image(format="png")
         self.readout = widgets.HTML()
         self.state: dict[str, Any] = {}
         self.error: str | None = None
         self.renders = 0
         for control in self.controls.values():
+            control.style.description_width = "initial"  # whole labels, not "compactn…"
             control.observe(self._on_change, names="value")
         self.widget = widgets.VBox(
-            [widgets.HBox(list(self.controls.values())), self.readout, self.image]
+            [widgets.HBox(list(self.controls.values()), layout=widgets.Layout(flex_flow="row wrap")),
+             self.readout, self.image]
         )
         self.update()
 
@@ -116,13 +126,31 @@ class FigureApp:
     def draw(self, figure: Figure) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def summary(self) -> str:
-        """One line for the readout; subclasses may override."""
-        return ", ".join(
+    def summary_fields(self) -> list[str]:
+        """The readout's fields, each kept on one line; subclasses may override."""
+        return [
             f"{key} = {value:.4g}" if isinstance(value, float) else f"{key} = {value}"
             for key, value in self.state.items()
             if isinstance(value, (int, float, str, np.integer, np.floating))
-        )
+        ]
+
+    def summary(self) -> str:
+        """The readout as plain text: the fields joined by :attr:`separator`."""
+        return self.separator.join(self.summary_fields())
+
+    def readout_html(self) -> str:
+        """The readout as HTML: each field in a no-wrap span, so that lines break only between fields.
+
+        Example
+        -------
+        >>> class Two(FigureApp):
+        ...     def compute(self): return {"a": 1, "b": "x y"}
+        ...     def draw(self, figure): pass
+        >>> Two().readout_html()
+        '<code><span style="white-space:nowrap">a = 1</span>, <span style="white-space:nowrap">b = x y</span></code>'
+        """
+        spans = [f'<span style="white-space:nowrap">{html.escape(field)}</span>' for field in self.summary_fields()]
+        return f"<code>{html.escape(self.separator).join(spans)}</code>"
 
     def update(self) -> None:
         """Recompute the state from the controls and redraw. Errors are shown in the readout, then raised."""
@@ -135,7 +163,7 @@ class FigureApp:
             self.image.value = buffer.getvalue()
             self.renders += 1
             self.error = None
-            self.readout.value = f"<code>{html.escape(self.summary())}</code>"
+            self.readout.value = self.readout_html()
         except Exception as error:
             self.error = f"{type(error).__name__}: {error}"
             self.readout.value = f"<b style='color:#b00'>error: {html.escape(self.error)}</b>"
@@ -630,15 +658,33 @@ def level_predictions(model: Any, output: Any) -> list:
 class EvolutionExplorer(FigureApp):
     """Step through the evolution of one image's hierarchy in a (SE-LSTM) model.
 
-    Controls: ``"layer"`` (the level shown), ``"structure"`` (``mh`` / ``greedy`` / ``none``) and
-    ``"energy"`` (``ground_truth`` / ``prediction``); changing the last two reruns the model.
+    Controls: ``"image"`` (which of the given samples), ``"layer"`` (the level shown), ``"structure"``
+    (``mh`` / ``greedy`` / ``none``) and ``"energy"`` (``ground_truth`` / ``prediction``); changing the
+    image, the structure or the energy reruns the model.
     Panels: the partition at that level over the image; the merge probabilities of that level's edges
     (the input of the next evolution); the MH trace of that layer; the prediction with the levels up to
-    this one; the ground truth; the hierarchy as a tree (nodes coloured by their predicted class).
-    State: ``layer``, ``num_levels``, ``nodes_per_level``, ``num_nodes``, ``num_edges``,
+    this one; the ground truth; the hierarchy as a tree (nodes coloured by their predicted class). One
+    class legend along the bottom names the colours of the prediction, the ground truth and the tree.
+    The panels keep their place and size at every layer (a fixed grid; at the top level the merge and
+    MH panels stay, saying why they are empty), so stepping through the layers does not jump.
+    State: ``image``, ``layer``, ``num_levels``, ``nodes_per_level``, ``num_nodes``, ``num_edges``,
     ``mean_merge_prob``, ``acceptance_rate`` (NaN without a chain), ``pixel_accuracy`` of the shown
-    prediction (NaN without a mask), ``structure``, ``energy``; arrays ``assignment [S,S]``,
+    prediction (NaN without a mask), ``structure``, ``energy``, ``trained``; arrays ``assignment [S,S]``,
     ``prediction [S,S]``, ``merge_prob [E]`` (empty at the top level) and ``clusters`` (one per evolution).
+
+    Parameters
+    ----------
+    model : SELabModel
+    sample : dict or sequence of dicts
+        One image (``image [3,S,S]``, optional ``mask`` and ``superpixels``, see :func:`as_batch`) or
+        several, chosen with the ``"image"`` dropdown.
+    image : int, optional
+        The sample shown first; default the one with the most superpixels (selab decision: SLIC can
+        return far fewer regions than asked on a small image, a poor first view).
+    trained : bool
+        False for a model with random weights: the figure and the readout then say so, since its merge
+        probabilities (about 0.5) and predictions mean nothing yet.
+    structure, energy, seed, n_segments : see :func:`evolution_forward` and :func:`as_batch`.
 
     Example
     -------
@@ -648,34 +694,61 @@ class EvolutionExplorer(FigureApp):
     <...>
     >>> model = SELabModel(ModelConfig(variant="se_lstm", num_layers=3, feature_channels=16, hidden_channels=16))
     >>> sample = {"image": torch.rand(3, 48, 48), "mask": torch.randint(0, 7, (48, 48))}
-    >>> app = EvolutionExplorer(model, sample, n_segments=40)
+    >>> app = EvolutionExplorer(model, sample, n_segments=40, trained=False)
     >>> app.controls["layer"].value = 2
     >>> app.state["num_nodes"] <= app.state["nodes_per_level"][0]
     True
     """
 
-    def __init__(self, model: Any, sample: dict, structure: str = "mh", energy: str = "ground_truth",
-                 seed: int = 0, n_segments: int | None = None) -> None:
+    separator = "; "
+
+    def __init__(self, model: Any, sample: dict | Any, structure: str = "mh", energy: str = "ground_truth",
+                 seed: int = 0, n_segments: int | None = None, image: int | None = None,
+                 trained: bool = True) -> None:
         self.model = model
         self.seed = seed
-        self.batch = as_batch(sample, n_segments=n_segments or model.config.n_segments,
-                              compactness=model.config.compactness)
-        self.source = viz.to_image(self.batch["image"][0])
-        self.mask = self.batch["mask"][0].numpy() if "mask" in self.batch else None
-        if self.mask is None and energy == "ground_truth":
+        self.trained = bool(trained)
+        samples = [sample] if isinstance(sample, dict) else list(sample)
+        if not samples:
+            raise ValueError("sample: expected a sample dict or a non-empty sequence of them")
+        self.batches = [as_batch(item, n_segments=n_segments or model.config.n_segments,
+                                 compactness=model.config.compactness) for item in samples]
+        has_mask = ["mask" in batch for batch in self.batches]
+        if any(has_mask) and not all(has_mask):
+            raise ValueError("sample: either every sample has a 'mask' or none does")
+        self.num_superpixels = [int(batch["superpixels"].max()) + 1 for batch in self.batches]
+        if image is None:
+            image = int(np.argmax(self.num_superpixels))
+        if not 0 <= image < len(self.batches):
+            raise ValueError(f"image: expected 0..{len(self.batches) - 1} (one of the samples), got {image}")
+        if not has_mask[0] and energy == "ground_truth":
             energy = "prediction"
+        names = [str(item.get("id", index)) for index, item in enumerate(samples)]
         self._output_key: tuple | None = None
         self.controls = {
+            "image": widgets.Dropdown(
+                options=[(f"{index}: {name} ({count} superpixels)", index)
+                         for index, (name, count) in enumerate(zip(names, self.num_superpixels))],
+                value=image, description="image", disabled=len(self.batches) == 1),
             "layer": widgets.IntSlider(value=0, min=0, max=max(model.config.num_layers - 1, 0), description="layer"),
             "structure": widgets.Dropdown(options=["mh", "greedy", "none"], value=structure,
                                           description="structure"),
             "energy": widgets.Dropdown(options=["ground_truth", "prediction"], value=energy, description="energy"),
         }
-        super().__init__(figsize=(12.0, 7.0))
+        self._select(image)
+        # selab decision: a fixed grid (no layout engine) so that no panel moves or resizes when its
+        # title, colour bar or tick labels change from layer to layer.
+        super().__init__(figsize=(12.0, 7.6), layout=None)
+
+    def _select(self, image: int) -> None:
+        self.batch = self.batches[image]
+        self.source = viz.to_image(self.batch["image"][0])
+        self.mask = self.batch["mask"][0].numpy() if "mask" in self.batch else None
 
     def _run(self) -> None:
-        key = (self.controls["structure"].value, self.controls["energy"].value)
+        key = (self.controls["structure"].value, self.controls["energy"].value, int(self.controls["image"].value))
         if key != self._output_key:
+            self._select(key[2])
             self.output = evolution_forward(self.model, self.batch, structure=key[0], energy=key[1], seed=self.seed)
             self.predictions = [p[0].numpy() for p in level_predictions(self.model, self.output)]
             self._output_key = key
@@ -695,6 +768,7 @@ class EvolutionExplorer(FigureApp):
         prediction = self.predictions[min(layer + 1, len(self.predictions) - 1)]
         accuracy = float((prediction == self.mask).mean()) if self.mask is not None else float("nan")
         return {
+            "image": self._output_key[2],
             "layer": layer,
             "num_levels": num_levels,
             "nodes_per_level": [lv.num_nodes for lv in out.levels],
@@ -705,6 +779,7 @@ class EvolutionExplorer(FigureApp):
             "pixel_accuracy": accuracy,
             "structure": self._output_key[0],
             "energy": self._output_key[1],
+            "trained": self.trained,
             "assignment": viz.to_numpy(level.assignment[0]),
             "prediction": prediction,
             "merge_prob": merge_prob,
@@ -712,51 +787,73 @@ class EvolutionExplorer(FigureApp):
             "clusters": [viz.to_numpy(trace.cluster) for trace in out.traces],
         }
 
-    def summary(self) -> str:
+    def summary_fields(self) -> list[str]:
         state = self.state
-        text = (f"layer {state['layer']} of {state['num_levels']}: {state['num_nodes']} nodes, "
-                f"{state['num_edges']} edges; nodes per level {state['nodes_per_level']}")
+        fields = [f"image {state['image']}",
+                  f"layer {state['layer']} of {state['num_levels']}: {state['num_nodes']} nodes, "
+                  f"{state['num_edges']} edges", f"nodes per level {state['nodes_per_level']}"]
         if not np.isnan(state["acceptance_rate"]):
-            text += f"; MH acceptance {state['acceptance_rate']:.0%}"
+            fields.append(f"MH acceptance {state['acceptance_rate']:.0%}")
         if not np.isnan(state["pixel_accuracy"]):
-            text += f"; pixel accuracy {state['pixel_accuracy']:.1%}"
-        return text
+            fields.append(f"pixel accuracy {state['pixel_accuracy']:.1%}")
+        if not self.trained:
+            fields.append("untrained model")
+        return fields
 
     def draw(self, figure: Figure) -> None:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
         from selab.evolve import node_label_histogram
 
         state = self.state
-        axes = figure.subplots(2, 3)
+        axes = figure.subplots(2, 3, gridspec_kw=dict(left=0.07, right=0.97, top=0.9, bottom=0.14,
+                                                      wspace=0.5, hspace=0.3))
         layer, level = state["layer"], self.output.levels[state["layer"]]
         viz.draw_partition(state["assignment"], ax=axes[0, 0], image=self.source,
                            title=f"level {layer}: {state['num_nodes']} nodes")
+        merge_ax = axes[0, 1]
+        viz.draw_boundaries(self.source, state["assignment"], ax=merge_ax, alpha=0.3)
         if state["merge_prob"].size:
-            viz.draw_boundaries(self.source, state["assignment"], ax=axes[0, 1], alpha=0.3,
-                                title=f"merge probabilities, layer {layer}")
-            viz.draw_graph(level.edge_index, level.pos, ax=axes[0, 1], edge_values=state["merge_prob"],
-                           node_size=0, linewidth=1.5, colorbar="p")
-        else:
-            viz.show_image(self.source, ax=axes[0, 1], title="top level: no further merge")
+            viz.draw_graph(level.edge_index, level.pos, ax=merge_ax, edge_values=state["merge_prob"],
+                           node_size=0, linewidth=1.5)
+            merge_ax.set_title(f"merge probabilities, layer {layer}")
+        else:  # the same panel, its edges grey: nothing merges after the top level
+            viz.draw_graph(level.edge_index, level.pos, ax=merge_ax, node_size=0, linewidth=1.0, edge_color="0.7")
+            merge_ax.set_title("top level: no further merge")
+        # the colour bar in its own inset, drawn at every layer: the panel keeps its size
+        figure.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap="viridis"),
+                        cax=merge_ax.inset_axes([1.03, 0.0, 0.05, 1.0]), label="p")
+        mh_ax = axes[0, 2]
         if state["chain"] is not None:
             table = mh_table(state["chain"])
-            viz.draw_mh_trace(table["energy"], table["accepted"], ax=axes[0, 2],
+            viz.draw_mh_trace(table["energy"], table["accepted"], ax=mh_ax,
                               current_energy=table["state_energy"],
                               title=f"MH, layer {layer}: {state['acceptance_rate']:.0%} accepted")
-        else:
-            axes[0, 2].set_axis_off()
-            axes[0, 2].set_title(f"no MH chain here ({state['structure']})")
+        else:  # keep the axes (same place, same labels) and say why there is no chain
+            why = ("top level: no further evolution" if layer >= len(self.output.traces)
+                   else f"structure = {state['structure']}: no MH chain")
+            mh_ax.set(xlabel="MH step", ylabel="energy of proposal", xticks=[], yticks=[])
+            mh_ax.text(0.5, 0.5, why, ha="center", va="center", transform=mh_ax.transAxes, color="0.35")
+            mh_ax.set_title(f"MH, layer {layer}")
         viz.draw_segmentation(state["prediction"], ax=axes[1, 0], image=self.source, alpha=0.75,
                               title=f"prediction with levels 0..{layer}")
         if self.mask is not None:
             viz.draw_segmentation(self.mask, ax=axes[1, 1], image=self.source, alpha=0.75, title="ground truth")
         else:
             axes[1, 1].set_axis_off()
+            axes[1, 1].set_title("ground truth: none given")
         final = self.predictions[-1]
         colors = []
         for lv in self.output.levels:  # each node coloured by the final prediction's majority class
             votes = node_label_histogram(torch.as_tensor(final)[None], lv.assignment, lv.num_nodes)
             colors.append(CLASS_COLORS[votes.argmax(1).numpy()] / 255.0)
         viz.draw_hierarchy(state["clusters"], self.output.levels[0].pos, ax=axes[1, 2], node_colors=colors,
-                           title="hierarchy")
+                           title="hierarchy (node colour: predicted class)")
         axes[1, 2].axhline(layer, color="0.4", lw=4, alpha=0.25)
-
+        viz.figure_class_legend(figure, title="class colours (prediction, ground truth, hierarchy nodes)",
+                                bbox_to_anchor=(0.5, 0.0))
+        if not self.trained:
+            figure.suptitle("untrained model (random weights): merge probabilities near 0.5 and "
+                            "predictions are not learned; load a training run to see a trained one",
+                            color="#b00", fontsize="medium")

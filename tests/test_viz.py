@@ -99,3 +99,68 @@ def test_demo_image_resizes_the_longer_side():
     assert image.shape == (64, 64, 3) and 0.0 <= image.min() and image.max() <= 1.0
     with pytest.raises(ValueError, match="name"):
         viz.demo_image("no_such_photo")
+
+
+def test_class_handles_name_and_colour_every_class():
+    from selab.classes import CLASS_NAMES
+
+    handles = viz.class_handles()
+    assert [h.get_label() for h in handles] == list(CLASS_NAMES)
+    assert np.allclose(handles[3].get_facecolor()[:3], CLASS_COLORS[3] / 255.0)
+    assert [h.get_label() for h in viz.class_handles([2, 0])] == [CLASS_NAMES[2], CLASS_NAMES[0]]
+    with pytest.raises(ValueError, match="classes"):
+        viz.class_handles([255])
+
+
+def test_segmentation_legend_and_figure_legend_list_the_classes():
+    from matplotlib.figure import Figure
+
+    from selab.classes import CLASS_NAMES
+
+    ax = viz.draw_segmentation(np.array([[0, 1], [2, 6]]), legend=True)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(CLASS_NAMES)
+    figure = Figure()
+    legend = viz.figure_class_legend(figure, classes=[1, 2], title="parts")
+    assert figure.legends == [legend] and [t.get_text() for t in legend.get_texts()] == list(CLASS_NAMES[1:3])
+
+
+def test_viz_draws_on_given_axes_without_pyplot():
+    """Drawing into a caller's (pyplot-free) Figure leaves pyplot without any new figure."""
+    from matplotlib.figure import Figure
+
+    before = plt.get_fignums()
+    ax = Figure().subplots()
+    viz.draw_segmentation(np.array([[0, 1]]), ax=ax, legend=True)
+    viz.draw_hierarchy([np.array([0, 0])], np.array([[0, 0.0], [0, 1.0]]), ax=ax)
+    assert plt.get_fignums() == before
+
+
+@pytest.fixture
+def other_backend():
+    """Switch to the non-interactive SVG backend for one test (so that a library call that forces
+    "Agg" is seen), then back to Agg."""
+    plt.close("all")
+    matplotlib.use("svg")
+    try:
+        yield "svg"
+    finally:
+        plt.close("all")
+        matplotlib.use("Agg")
+
+
+def test_training_figures_keep_the_callers_backend_and_figures(tmp_path, other_backend):
+    """selab.train's figures must not switch a notebook's backend (issue: notebook 03 showed no figures
+    after run(), which had called matplotlib.use("Agg")) nor close or add pyplot figures."""
+    from selab.train import plot_curves, plot_predictions
+
+    mine = plt.figure()
+    history = [{"epoch": 1, "train_loss": 1.0, "val_mean_iou": 10.0},
+               {"epoch": 2, "train_loss": 0.5, "val_mean_iou": 20.0}]
+    curves = plot_curves(tmp_path, history)
+    examples = [(torch.rand(3, 16, 16), torch.randint(0, 7, (16, 16)), torch.zeros(16, 16, dtype=torch.long))]
+    predictions = plot_predictions(tmp_path, examples)
+    assert matplotlib.get_backend().lower() == other_backend
+    assert plt.get_fignums() == [mine.number], "a library figure leaked into pyplot, or closed mine"
+    for path in (curves, predictions):
+        assert path.is_file() and path.read_bytes().startswith(b"\x89PNG")
+    assert plot_curves(tmp_path, []) is None and plot_predictions(tmp_path, []) is None

@@ -249,3 +249,125 @@ def test_evolution_explorer_layer_structure_and_energy(tiny_se_lstm):
     app.controls["energy"].value = "prediction"
     app.controls["structure"].value = "mh"
     assert app.state["energy"] == "prediction" and app.error is None
+
+
+def test_every_control_shows_its_whole_description(image, chain_setup, tiny_se_lstm):
+    from selab.superpixels import slic
+
+    labels, _, merge_prob, energy = chain_setup
+    model, sample = tiny_se_lstm
+    apps = [widgets.SuperpixelExplorer(image, n_segments=50),
+            widgets.UpdateOrderExplorer(image, slic(image, 40)),
+            widgets.MHChainExplorer(image, labels, merge_prob, energy, num_steps=4),
+            widgets.EvolutionExplorer(model, sample)]
+    for app in apps:
+        for name, control in app.controls.items():
+            assert control.style.description_width == "initial", (type(app).__name__, name)
+
+
+def test_readout_wraps_only_between_fields(image):
+    import html
+    import re
+
+    app = widgets.SuperpixelExplorer(image, n_segments=50)
+    spans = re.findall(r'<span style="white-space:nowrap">(.*?)</span>', app.readout.value)
+    assert [html.unescape(s) for s in spans] == app.summary_fields()
+    assert html.unescape(re.sub(r"<[^>]+>", "", app.readout.value)) == app.summary()
+    assert "num_nodes = " in app.summary() and len(spans) >= 5
+
+
+@pytest.fixture(scope="module")
+def several_samples():
+    """Three synthetic images; SLIC gives them different numbers of superpixels."""
+    from selab.synthetic import SyntheticPersonParts
+
+    dataset = SyntheticPersonParts(3, 48, seed=2)
+    return [dataset[index] for index in range(3)]
+
+
+def test_records_print_as_one_line(tiny_se_lstm, several_samples):
+    """Graph, GraphLSTMOutput, MHTrace and EvolutionTrace: a one-line repr, not a wall of tensors."""
+    import torch
+
+    from selab.graph_lstm import GraphLSTM
+
+    model, _ = tiny_se_lstm
+    output = widgets.evolution_forward(model, widgets.as_batch(several_samples[0], n_segments=40), structure="mh")
+    assert output.levels[1].num_nodes < output.levels[0].num_nodes, "the test needs a level that merged"
+    level = output.levels[0]
+    lstm = GraphLSTM(2, 8)(level.pos, level.edge_index, torch.arange(level.num_nodes))
+    texts = [repr(level), repr(output.levels[1]), repr(lstm), repr(output.traces[0]),
+             repr(output.traces[0].chains[0])]
+    for text in texts:
+        assert "\n" not in text and "tensor(" not in text and len(text) < 160, text
+    assert texts[0] == f"Graph({level.num_nodes} nodes, {level.num_edges} edges, 1 image, 48x48)"
+    assert texts[1].startswith(f"Graph({output.levels[1].num_nodes} node")
+    assert f"from {level.num_nodes} superpixels" in texts[1]
+    assert texts[2].startswith(f"GraphLSTMOutput({level.num_nodes} nodes, 8 channels")
+    assert texts[3].startswith("EvolutionTrace(mh, 1 image") and texts[4].startswith("MHTrace(16 steps")
+
+
+def test_evolution_explorer_image_selector(tiny_se_lstm, several_samples):
+    model, _ = tiny_se_lstm
+    app = widgets.EvolutionExplorer(model, several_samples, structure="greedy", seed=1)
+    counts = app.num_superpixels
+    assert len(counts) == 3 and len(set(counts)) > 1, "the test needs images of different graph sizes"
+    first = app.state["image"]
+    assert counts[first] == max(counts), "the first view is the image with the most superpixels"
+    assert app.state["nodes_per_level"][0] == counts[first]
+    selector = app.controls["image"]
+    assert selector.description == "image" and not selector.disabled
+    assert [value for _, value in selector.options] == [0, 1, 2]
+    assert all(f"({count} superpixels)" in label for (label, _), count in zip(selector.options, counts))
+
+    other = (first + 1) % 3
+    app.controls["layer"].value = 1
+    selector.value = other
+    assert app.state["image"] == other and app.state["nodes_per_level"][0] == counts[other]
+    assert np.array_equal(app.mask, several_samples[other]["mask"].numpy())
+    assert app.state["layer"] == 1 and app.error is None
+    selector.value = first
+    back = widgets.EvolutionExplorer(model, several_samples, structure="greedy", seed=1, image=first)
+    assert app.state["nodes_per_level"] == back.state["nodes_per_level"]
+
+    assert widgets.EvolutionExplorer(model, several_samples, image=2, structure="greedy").state["image"] == 2
+    with pytest.raises(ValueError, match="image"):
+        widgets.EvolutionExplorer(model, several_samples, image=3)
+    no_mask = {"image": several_samples[0]["image"]}
+    with pytest.raises(ValueError, match="mask"):
+        widgets.EvolutionExplorer(model, [several_samples[0], no_mask])
+    with pytest.raises(ValueError, match="sample"):
+        widgets.EvolutionExplorer(model, [])
+    single = widgets.EvolutionExplorer(model, several_samples[0], structure="greedy")
+    assert single.controls["image"].disabled and single.state["image"] == 0
+
+
+def test_evolution_explorer_says_when_the_model_is_untrained(tiny_se_lstm):
+    model, sample = tiny_se_lstm
+    untrained = widgets.EvolutionExplorer(model, sample, structure="greedy", trained=False)
+    assert "untrained" in untrained.figure.get_suptitle() and "untrained model" in untrained.summary()
+    trained = widgets.EvolutionExplorer(model, sample, structure="greedy")
+    assert trained.figure.get_suptitle() == "" and "untrained" not in trained.summary()
+
+
+def test_evolution_explorer_legend_and_a_layout_that_does_not_jump(tiny_se_lstm):
+    from selab.classes import CLASS_NAMES
+
+    model, sample = tiny_se_lstm
+    app = widgets.EvolutionExplorer(model, sample, structure="mh", seed=1)
+
+    def layout():
+        return [tuple(np.round(ax.get_position().bounds, 6)) for ax in app.figure.axes[:6]], \
+            [ax.axison for ax in app.figure.axes[:6]]
+
+    (legend,) = app.figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == list(CLASS_NAMES)
+    bottom = layout()
+    top_layer = app.controls["layer"].max
+    app.controls["layer"].value = top_layer
+    assert np.isnan(app.state["acceptance_rate"]) and app.state["merge_prob"].size == 0
+    assert layout() == bottom, "panels moved or resized at the top layer"
+    mh_panel = app.figure.axes[2]
+    assert mh_panel.get_xlabel() == "MH step" and "no further evolution" in mh_panel.texts[0].get_text()
+    app.controls["structure"].value = "none"
+    assert layout() == bottom and len(app.figure.legends) == 1

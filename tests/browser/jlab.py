@@ -106,6 +106,55 @@ def prepare_notebook_copy(source: Path, target_dir: Path) -> Path:
     return target
 
 
+# How a notebook draws a figure (DESIGN.md: plotting cells end with plt.show(); an explorer shows its one
+# figure as an image widget through app.display()).
+_SHOWN_FIGURE = re.compile(r"\bplt\.show\(\)")
+_SHOWN_EXPLORER = re.compile(r"^\s*\w+\.display\(\)", re.MULTILINE)
+
+
+def drawn_figures(notebook: Path | dict) -> int:
+    """How many figures a notebook draws, read from its source (not from running it): one per
+    ``plt.show()`` and one per explorer ``app.display()`` in its code cells.
+
+    Counted from the source, so that a notebook whose figures silently vanish (a library switching the
+    kernel's backend to Agg, an explorer that never renders) shows fewer figures than this. Comment
+    lines do not count.
+
+    Example
+    -------
+    >>> drawn_figures({"cells": [{"cell_type": "code", "source": "plt.plot([1])\\nplt.show()"},
+    ...                          {"cell_type": "code", "source": "# plt.show()\\napp.display()"}]})
+    2
+    """
+    if not isinstance(notebook, dict):
+        notebook = json.loads(Path(notebook).read_text())
+    total = 0
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        code = "\n".join(line.split("#", 1)[0] for line in source.splitlines())
+        total += len(_SHOWN_FIGURE.findall(code)) + len(_SHOWN_EXPLORER.findall(code))
+    return total
+
+
+def output_figures(notebook: Path | dict) -> int:
+    """Figures in the outputs of an executed notebook (papermill, nbclient): ``image/png`` outputs plus
+    explorer image widgets (each explorer's widget view counts once)."""
+    if not isinstance(notebook, dict):
+        notebook = json.loads(Path(notebook).read_text())
+    total = 0
+    for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "image/png" in data:
+                total += 1
+            elif "application/vnd.jupyter.widget-view+json" in data:
+                total += 1  # an explorer: its VBox holds one image widget
+    return total
+
+
 @dataclass
 class JupyterLab:
     """A JupyterLab server on a free local port, serving ``root``, with its own HOME and settings."""
@@ -464,6 +513,35 @@ class Notebook:
         logged = self.log_console_messages()
         assert not logged, (f"{self.name}: JupyterLab's log console holds output that belongs to no "
                             "cell (a widget callback printed or raised):\n" + "\n---\n".join(map(_tail, logged)))
+
+    # --- figures ---------------------------------------------------------------------------------
+    def rendered_figures(self, settle_ms: float = 1_000) -> int:
+        """Figures the page shows in this notebook's outputs: loaded images (inline figures and
+        explorers' image widgets alike), counted once two reads ``settle_ms`` apart agree."""
+        count = """selector => [...document.querySelectorAll(selector + ' .jp-OutputArea-output img')]
+            .filter(image => image.complete && image.naturalWidth > 0).length"""
+        before = self.page.evaluate(count, VISIBLE_NOTEBOOK)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self.page.wait_for_timeout(settle_ms)
+            now = self.page.evaluate(count, VISIBLE_NOTEBOOK)
+            if now == before:
+                return now
+            before = now
+        return before
+
+    def assert_figures_shown(self, expected: int | None = None) -> int:
+        """After Run All: the page shows as many figures as the notebook draws (:func:`drawn_figures`
+        of its file in the lab root, unless ``expected`` is given). Returns the number."""
+        if expected is None:
+            expected = drawn_figures(self.lab.root / self.name)
+        shown = self.rendered_figures()
+        if shown != expected:
+            shot = self.screenshot("figures_missing")
+            raise AssertionError(f"{self.name}: the page shows {shown} figures, the notebook draws {expected} "
+                                 f"(one per plt.show() and per explorer); screenshot {shot}")
+        self.mark("figures counted")
+        return shown
 
     # --- widgets ---------------------------------------------------------------------------------
     def widget(self, kind: str, description: str):

@@ -1,5 +1,6 @@
-"""notebooks/01_superpixel_graphs in JupyterLab: every cell runs without error, and the superpixel
-explorer answers its sliders in the browser, as a person would move them.
+"""notebooks/01_superpixel_graphs in JupyterLab: every cell runs without error, every figure the notebook
+draws is on the page, and the superpixel explorer answers its sliders in the browser, as a person would
+move them.
 
 More superpixels must give more graph nodes in the readout and a new picture; a lower compactness must
 redraw the picture with a different graph. No error output in any cell, nothing in JupyterLab's log
@@ -24,6 +25,7 @@ def test_superpixel_explorer_answers_its_sliders(page, open_notebook):
     notebook = open_notebook(NOTEBOOK)
     notebook.run_all()
     notebook.assert_no_errors()
+    notebook.assert_figures_shown()
     notebook.screenshot("ran_all")
 
     explorer = notebook.app("superpixels")

@@ -1,10 +1,11 @@
-"""notebooks/06_evolution_explorer in JupyterLab: every cell runs without error, and the evolution
-explorer answers its controls in the browser as a person would use them.
+"""notebooks/06_evolution_explorer in JupyterLab: every cell runs without error, its figure is on the
+page, and the evolution explorer answers its controls in the browser as a person would use them.
 
 Moving the layer slider must show another level: the readout's node count becomes that level's entry
 of "nodes per level" (fewer nodes on the coarser level), and both the partition drawing and the merge-probability drawing change (the
 explorer draws one figure of 2 x 3 panels; each panel is compared pixel by pixel). Picking another
-setting in a dropdown must change the readout and the picture. No error output in any cell, nothing
+setting in a dropdown (the image selector, where there is one) must change the readout and the
+picture, and the readout must name the image the selector shows. No error output in any cell, nothing
 in JupyterLab's log console, no console or page errors in the browser.
 
 With ``SELAB_BROWSER_DOCS=1`` the explorer's screenshot is also written to docs/explorer.png (the
@@ -31,6 +32,7 @@ PARTITION, MERGE_PROB = (0, 0), (0, 1)
 CHANGED = 0.5
 
 SUMMARY = re.compile(r"layer (\d+) of (\d+): (\d+) nodes, (\d+) edges; nodes per level \[([\d, ]*)\]")
+IMAGE = re.compile(r"\bimage (\d+)\b")
 
 
 def parse_readout(text: str) -> dict:
@@ -38,7 +40,9 @@ def parse_readout(text: str) -> dict:
     match = SUMMARY.search(text)
     assert match, f"unexpected readout: {text!r}"
     layer, num_levels, nodes, edges, per_level = match.groups()
-    return {"layer": int(layer), "num_levels": int(num_levels), "num_nodes": int(nodes),
+    image = IMAGE.search(text)
+    return {"image": int(image.group(1)) if image else None,
+            "layer": int(layer), "num_levels": int(num_levels), "num_nodes": int(nodes),
             "num_edges": int(edges), "nodes_per_level": [int(n) for n in per_level.split(",") if n.strip()],
             "text": text}
 
@@ -47,6 +51,7 @@ def test_evolution_explorer_answers_layer_and_settings(page, open_notebook):
     notebook = open_notebook(NOTEBOOK)
     notebook.run_all()
     notebook.assert_no_errors()
+    notebook.assert_figures_shown()
     notebook.screenshot("ran_all")
 
     explorer = notebook.app("layer")
@@ -99,6 +104,9 @@ def test_evolution_explorer_answers_layer_and_settings(page, open_notebook):
     picked = parse_readout(readout_text())
     picture2 = notebook.image_bytes(explorer)
     assert picked["text"] != moved["text"]
+    if dropdown == "image":  # the readout names the image the selector shows
+        assert picked["image"] == int(notebook.dropdown("image").input_value().split(":")[0]) != moved["image"]
+        assert picked["nodes_per_level"][0] == int(re.search(r"\((\d+) superpixels\)", other).group(1))
     assert panel_difference(picture1[0], picture2[0], GRID, PARTITION) > CHANGED \
         or panel_difference(picture1[0], picture2[0], GRID, MERGE_PROB) > CHANGED, \
         f"picking {dropdown} = {other!r} changed neither the partition nor the merge probabilities"

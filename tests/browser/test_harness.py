@@ -73,3 +73,34 @@ def test_slider_redraws_and_raising_callback_is_reported(page, open_notebook, ha
             timeout=30_000)
         notebook.assert_no_errors()
     page.selab_errors.assert_none()
+
+
+BACKEND_CELLS = [
+    "import matplotlib\nimport matplotlib.pyplot as plt",
+    "plt.plot([0, 1])\nplt.show()",
+    # what selab.train once did inside run(): every later plt.show() shows nothing
+    'matplotlib.use("Agg")',
+    "plt.plot([1, 0])\nplt.show()",
+]
+
+
+def test_figure_count_catches_a_switched_backend(page, open_notebook, lab_root):
+    """The figure check must fail on a notebook whose figures vanish after a backend switch."""
+    from jlab import drawn_figures
+
+    notebook = {
+        "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "cells": [{"cell_type": "code", "id": f"cell{i}", "metadata": {}, "source": source,
+                   "outputs": [], "execution_count": None} for i, source in enumerate(BACKEND_CELLS)],
+    }
+    path = lab_root / "browser_harness_backend.ipynb"
+    path.write_text(json.dumps(notebook))
+    assert drawn_figures(path) == 2
+    opened = open_notebook(path.name)
+    opened.run_all()
+    opened.assert_no_errors()
+    assert opened.rendered_figures() == 1, "only the figure before the switch is shown"
+    with pytest.raises(AssertionError, match="shows 1 figures, the notebook draws 2"):
+        opened.assert_figures_shown()
+    page.selab_errors.assert_none()
