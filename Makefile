@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.selab-installed
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 CELL_TIMEOUT ?= 600
 
-.PHONY: install run test test-python test-notebooks test-papermill test-browser bench clean
+.PHONY: install run test test-python test-notebooks test-papermill test-browser test-docs docs docs-notebooks bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,11 @@ run: $(STAMP)
 	@echo "run folder: $(RUN_DIR)"
 
 # Every test: notebooks committed without outputs, pytest, nbval over notebooks/, one papermill run
-# of 05_train with non-default parameters, then the JupyterLab browser tests.
+# of 05_train with non-default parameters, the documentation site with warnings as errors, then the
+# JupyterLab browser tests.
 test: $(STAMP)
 	git ls-files -z '*.ipynb' | xargs -0 -r $(VENV)/bin/nbstripout --verify
-	$(MAKE) test-python test-notebooks test-papermill test-browser
+	$(MAKE) test-python test-notebooks test-papermill test-docs test-browser
 
 test-python: $(STAMP)
 	$(PY) -m pytest -m "not browser" tests
@@ -48,8 +49,25 @@ test-browser: $(STAMP)
 	bash tests/browser/ensure_chromium.sh
 	$(PY) -m pytest -m browser tests/browser
 
+# The documentation site (docs/): API reference from the docstrings, the method, data and results pages,
+# the notebooks rendered as committed (never executed here); offline. Open docs/_build/html/index.html.
+docs: $(STAMP)
+	$(PY) -m sphinx -b html docs docs/_build/html
+
+# The same build with every warning an error (a docstring that does not render, a broken reference).
+test-docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+# Optional: executed copies of the notebooks (their defaults) in docs/_executed/, which `make docs`
+# then renders with their outputs.
+docs-notebooks: $(STAMP)
+	@mkdir -p docs/_executed
+	for nb in notebooks/*.ipynb; do \
+	    $(PY) -m papermill -k python3 --execution-timeout $(CELL_TIMEOUT) $$nb docs/_executed/$$(basename $$nb) \
+	        -p out_dir runs/docs-notebooks/$$(basename $$nb .ipynb) || exit 1; done
+
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf runs .pytest_cache .hypothesis bench/results
+	rm -rf runs .pytest_cache .hypothesis bench/results docs/_build docs/api docs/notebooks docs/_executed

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -44,7 +45,8 @@ from selab.graph_lstm import GraphLSTM, confidence_order
 from selab.superpixels import pool_to_nodes, slic
 
 IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
-PASCAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "pascal_person_part"
+# A PASCAL-Person-Part copy (docs/data.md); the merge fractions are skipped without one.
+PASCAL = Path(os.environ["SELAB_PASCAL_ROOT"]) if os.environ.get("SELAB_PASCAL_ROOT") else None
 TARGET_ROW = "MH step, 8 proposals/image, ground truth (training)"
 
 
@@ -181,8 +183,8 @@ def timing(args, device):
 
 def merge_fractions(args):
     """Fraction of nodes merged by one MH step with default settings, ground-truth energy."""
-    if not (PASCAL / "JPEGImages").is_dir():
-        print("\nPASCAL-Person-Part not found: merge fractions skipped")
+    if PASCAL is None or not (PASCAL / "JPEGImages").is_dir():
+        print(f"\nPASCAL-Person-Part not found at SELAB_PASCAL_ROOT={PASCAL or '(unset)'}: merge fractions skipped")
         return None
     ids = (PASCAL / "val_id.txt").read_text().split()[: args.images]
     settings = {

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The README's PASCAL-Person-Part table: the three variants, one after another, same settings.
 # Usage: bash bench/pascal_person_part.sh [EPOCHS] [OUT_PREFIX]   (defaults: 5, runs/pascal/full)
-# Needs ../shared/data/pascal_person_part (or SELAB_PASCAL_ROOT). Appends "<variant> rc=.. seconds=.." to
+# Needs SELAB_PASCAL_ROOT: a PASCAL-Person-Part copy (docs/data.md). Appends "<variant> rc=.. seconds=.." to
 # OUT_PREFIX-times.txt; each run folder holds metrics.json (final per-class IoU, mean IoU, pixel accuracy).
 set -u
 cd "$(dirname "$0")/.."
 epochs=${1:-5}
 prefix=${2:-runs/pascal/full}
-root=${SELAB_PASCAL_ROOT:-../shared/data/pascal_person_part}
-if [ ! -f "$root/train_id.txt" ]; then
-  echo "pascal_person_part.sh: no PASCAL-Person-Part at $root (train_id.txt missing); set SELAB_PASCAL_ROOT" >&2
+root=${SELAB_PASCAL_ROOT:-}
+if [ -z "$root" ] || [ ! -f "$root/train_id.txt" ]; then
+  echo "pascal_person_part.sh: no PASCAL-Person-Part at SELAB_PASCAL_ROOT='$root' (train_id.txt missing)" >&2
   exit 2
 fi
 mkdir -p "$(dirname "$prefix")"

@@ -1,6 +1,6 @@
 """The label set of PASCAL-Person-Part and the one colour per class used everywhere in selab.
 
-The ids and their order are the benchmark's (Xia et al.; see ``../shared/data/pascal_person_part``):
+The ids and their order are the benchmark's (Xia et al.; docs/data.md describes the dataset):
 0 background, 1 head, 2 torso, 3 upper arm, 4 lower arm, 5 upper leg, 6 lower leg.
 The colours are a selab decision: chosen to be distinguishable, with upper/lower limbs in
 light/dark shades of one hue so that a parse reads like a body at a glance.

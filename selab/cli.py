@@ -6,8 +6,12 @@ Example
 
     selab train --variant graph_lstm --dataset synthetic --epochs 5 --image-size 96 --out runs/quick
     selab evaluate runs/quick --dataset synthetic --split val --out runs/quick/eval.json
-    selab train --variant cnn --dataset pascal_person_part --data-root ../shared/data/pascal_person_part \\
+    selab check-data "$SELAB_PASCAL_ROOT"
+    selab train --variant cnn --dataset pascal_person_part --data-root "$SELAB_PASCAL_ROOT" \\
         --backbone efficientnet_lite0 --image-size 320 --epochs 15 --out runs/cnn320
+
+``selab check-data`` checks a dataset folder (:func:`selab.data.check_dataset`); ``SELAB_PASCAL_ROOT``
+stands for your copy of PASCAL-Person-Part (docs/data.md says how to get one).
 """
 
 from __future__ import annotations
@@ -105,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("name", help="model name (file selab/weights/NAME.pt)")
     export.add_argument("--reproduce", default="", metavar="COMMAND", help="the command that reproduces the run (recorded)")
     export.add_argument("--folder", default=None, help="write here instead of selab/weights/")
+
+    check = commands.add_parser("check-data", help="check a dataset folder and print its class histogram",
+                                description="Read every listed image and mask once and report missing files, "
+                                            "images that do not decode, masks of the wrong size and labels "
+                                            "out of range; exit status 1 when anything is wrong.")
+    check.add_argument("root", help="dataset folder")
+    check.add_argument("--dataset", choices=("pascal_person_part", "folder"), default="pascal_person_part")
+    check.add_argument("--split", action="append", default=None, dest="splits",
+                       help="split to check (repeatable); default: every <split>_id.txt in the folder")
+    check.add_argument("--num-classes", type=int, default=None,
+                       help="labels must lie in 0..N-1 (default 7, PASCAL-Person-Part's)")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -194,6 +210,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_predict(args), indent=2))
         elif args.command == "export-model":
             print(json.dumps(_export(args), indent=2))
+        elif args.command == "check-data":
+            from selab.classes import NUM_CLASSES
+            from selab.data import check_dataset
+
+            report = check_dataset(args.root, dataset=args.dataset, splits=args.splits,
+                                   num_classes=args.num_classes or NUM_CLASSES, progress=not args.quiet)
+            print(report.format())
+            return 0 if report.ok else 1
         else:
             from selab.train import evaluate
 

@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +58,8 @@ __all__ = [
     "WithSuperpixels",
     "collate",
     "make_dataset",
+    "check_dataset",
+    "DatasetReport",
 ]
 
 # Label maps that move with the image: nearest neighbour, never interpolated.
@@ -162,7 +164,7 @@ class PascalPersonParts(torch.utils.data.Dataset):
 
     Example
     -------
-    >>> ds = PascalPersonParts("../shared/data/pascal_person_part", "val", limit=2)  # doctest: +SKIP
+    >>> ds = PascalPersonParts(os.environ["SELAB_PASCAL_ROOT"], "val", limit=2)  # doctest: +SKIP
     >>> ds[0]["image"].shape  # doctest: +SKIP
     torch.Size([3, 213, 320])
     """
@@ -749,3 +751,202 @@ def make_dataset(
         return WithSuperpixels(base, SuperpixelCache(cache_dir, n_segments, compactness), transform)
     base.transform = transform
     return base
+
+
+# ---------------------------------------------------------------------------------------------------
+# checking a dataset folder (``selab check-data``)
+# ---------------------------------------------------------------------------------------------------
+class DatasetReport(NamedTuple):
+    """What :func:`check_dataset` found in a dataset folder.
+
+    Attributes
+    ----------
+    root : Path
+    dataset : str
+        ``"pascal_person_part"`` or ``"folder"``.
+    splits : dict
+        Number of ids per checked split.
+    num_images : int
+        Distinct image/mask pairs read (an id listed in two splits is read once).
+    pixels_per_class, images_per_class : ndarray of int64, shape (num_classes,)
+        Pixel count of each class over all masks, and the number of masks holding it.
+    class_names : tuple of str
+    problems : list of str
+        One line per problem (file and what was expected); empty when the folder is usable.
+    """
+
+    root: Path
+    dataset: str
+    splits: dict
+    num_images: int
+    pixels_per_class: np.ndarray
+    images_per_class: np.ndarray
+    class_names: tuple
+    problems: list
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def format(self, max_problems: int = 20) -> str:
+        """The report as text: splits, the class histogram, then the problems (at most ``max_problems``)."""
+        split_text = ", ".join(f"{name} {count}" for name, count in self.splits.items()) or "none"
+        lines = [f"{self.dataset} at {self.root}", f"splits: {split_text} ids; {self.num_images} image/mask pairs read"]
+        total = max(int(self.pixels_per_class.sum()), 1)
+        width = max(len(name) for name in self.class_names)
+        lines.append(f"{'id':>3}  {'class':<{width}}  {'pixels %':>8}  {'images':>6}")
+        for k, name in enumerate(self.class_names):
+            lines.append(f"{k:>3}  {name:<{width}}  {100 * self.pixels_per_class[k] / total:8.2f}  "
+                         f"{int(self.images_per_class[k]):>6}")
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines += [f"  {problem}" for problem in self.problems[:max_problems]]
+            if len(self.problems) > max_problems:
+                lines.append(f"  ... and {len(self.problems) - max_problems} more")
+        else:
+            lines.append("no problems found")
+        return "\n".join(lines)
+
+
+def _listed_splits(root: Path) -> list[str]:
+    names = {p.name[: -len("_id.txt")] for folder in (root, root / "list") if folder.is_dir()
+             for p in folder.glob("*_id.txt")}
+    return sorted(names)
+
+
+def _listed_pascal_pairs(root: Path, split: str, problems: list) -> list[tuple[str, Path, Path]]:
+    candidates = [root / f"{split}_id.txt", root / "list" / f"{split}_id.txt"]
+    split_file = next((c for c in candidates if c.is_file()), None)
+    if split_file is None:
+        problems.append(f"split {split!r}: no {candidates[0]} (nor {candidates[1]})")
+        return []
+    ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    if not ids:
+        problems.append(f"{split_file}: lists no ids")
+    duplicated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if duplicated:
+        problems.append(f"{split_file}: {len(duplicated)} id(s) listed twice, e.g. {duplicated[0]!r}")
+    # The paths of PascalPersonParts.image_path / mask_path.
+    return [(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationPart" / f"{i}.png") for i in dict.fromkeys(ids)]
+
+
+def _listed_folder_pairs(root: Path, split: str, num_classes: int, problems: list) -> list[tuple[str, Path, Path]]:
+    try:
+        folder = ImageMaskFolder(root, split=split, num_classes=num_classes)
+    except (FileNotFoundError, ValueError) as error:
+        problems.append(str(error))
+        return []
+    return [(i, folder.images[i], folder.mask_dir / f"{i}.png") for i in folder.ids]
+
+
+def _pair_class_counts(image_path: Path, mask_path: Path, num_classes: int) -> tuple[np.ndarray | None, str | None]:
+    """(per-class pixel counts, None) for a good pair, or (None, the problem)."""
+    for path, what in ((image_path, "image"), (mask_path, "mask")):
+        if not path.is_file():
+            return None, f"{what} file missing: {path}"
+    try:
+        with Image.open(image_path) as im:
+            im.load()  # a full decode: a truncated JPEG fails here, not at training time
+            image_size = im.size
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return None, f"cannot decode image {image_path}: {error}"
+    try:
+        with Image.open(mask_path) as im:
+            mode, labels = im.mode, np.asarray(im)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return None, f"cannot decode mask {mask_path}: {error}"
+    if labels.ndim != 2 or mode not in ("L", "P", "I", "I;16", "1"):
+        return None, f"mask {mask_path}: mode {mode} shape {labels.shape}, expected one channel (mode L or P)"
+    if labels.shape != (image_size[1], image_size[0]):
+        return None, (f"mask {mask_path} is {labels.shape} (H, W) but its image {image_path} is "
+                      f"{(image_size[1], image_size[0])}")
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        found = sorted(set(np.unique(labels).tolist()) - set(range(num_classes)))
+        return None, f"mask {mask_path}: labels {found[:5]} out of range, expected 0..{num_classes - 1}"
+    return np.bincount(labels.ravel(), minlength=num_classes), None
+
+
+def check_dataset(root, dataset: str = "pascal_person_part", splits: Sequence[str] | None = None,
+                  num_classes: int = NUM_CLASSES, progress: bool = True) -> DatasetReport:
+    """Check a dataset folder before training on it; the logic of ``selab check-data``.
+
+    Reads every listed image and mask once: ids without files, images that do not decode, masks that
+    are not single-channel, differ in size from their image or hold labels outside
+    ``0 .. num_classes - 1``, ids listed twice and ids shared by two splits are reported, all of them
+    (not only the first), together with the class histogram of the masks.
+
+    Parameters
+    ----------
+    root : path
+        The dataset folder (the layout of :class:`PascalPersonParts` or of :class:`ImageMaskFolder`).
+    dataset : {"pascal_person_part", "folder"}
+    splits : list of str, optional
+        Default: every ``<split>_id.txt`` in ``root`` (or ``root/list``); for ``folder`` without such
+        lists, ``["train"]`` (every image).
+    num_classes : int
+        Labels must lie in ``0 .. num_classes - 1`` (7 for PASCAL-Person-Part).
+    progress : bool
+        A tqdm progress bar over the images.
+
+    Returns
+    -------
+    DatasetReport
+        ``report.ok`` is True when nothing is wrong; ``report.format()`` is the printed text.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from selab.synthetic import write_pascal_layout
+    >>> root = write_pascal_layout(SyntheticPersonParts(5, 32), tempfile.mkdtemp(), val_fraction=0.4)
+    >>> report = check_dataset(root, progress=False)
+    >>> report.ok, report.splits, report.num_images
+    (True, {'train': 3, 'val': 2}, 5)
+    """
+    from tqdm.auto import tqdm
+
+    from selab.classes import CLASS_NAMES
+
+    if dataset not in ("pascal_person_part", "folder"):
+        raise ValueError(f"check_dataset: dataset must be 'pascal_person_part' or 'folder', got {dataset!r}")
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"check_dataset: num_classes must be a positive int, got {num_classes!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"check_dataset: root {root} is not a directory")
+    problems: list[str] = []
+    if dataset == "pascal_person_part":
+        for folder in ("JPEGImages", "SegmentationPart"):
+            if not (root / folder).is_dir():
+                problems.append(f"folder missing: {root / folder}")
+    if splits is None:
+        splits = _listed_splits(root)
+        if not splits:
+            if dataset == "pascal_person_part":
+                problems.append(f"no <split>_id.txt in {root} (nor in {root / 'list'})")
+            splits = [] if dataset == "pascal_person_part" else ["train"]
+    pairs: dict[str, tuple[Path, Path]] = {}
+    split_of: dict[str, str] = {}
+    counts = {}
+    for split in splits:
+        found = (_listed_pascal_pairs(root, split, problems) if dataset == "pascal_person_part"
+                 else _listed_folder_pairs(root, split, num_classes, problems))
+        counts[split] = len(found)
+        shared = [i for i, _, _ in found if i in split_of]
+        if shared:
+            problems.append(f"split {split!r}: {len(shared)} id(s) also in split {split_of[shared[0]]!r}, "
+                            f"e.g. {shared[0]!r}")
+        for sample_id, image_path, mask_path in found:
+            split_of.setdefault(sample_id, split)
+            pairs.setdefault(sample_id, (image_path, mask_path))
+    pixels = np.zeros(num_classes, dtype=np.int64)
+    images = np.zeros(num_classes, dtype=np.int64)
+    for sample_id, (image_path, mask_path) in tqdm(pairs.items(), desc="check-data", unit="img", disable=not progress):
+        histogram, problem = _pair_class_counts(image_path, mask_path, num_classes)
+        if problem is not None:
+            problems.append(f"id {sample_id!r}: {problem}")
+            continue
+        pixels += histogram
+        images += histogram > 0
+    names = tuple(CLASS_NAMES) if num_classes == NUM_CLASSES else tuple(f"class {k}" for k in range(num_classes))
+    return DatasetReport(root, dataset, counts, len(pairs), pixels, images, names, problems)

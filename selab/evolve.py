@@ -9,7 +9,7 @@ Metropolis-Hastings (MH) independence sampler accepts or rejects each candidate 
 the next, higher-level graph (merged nodes take the mean of their f, h and m).
 
 The SE-LSTM text that fixes these details is not available; every choice here is a selab decision
-(PAPER.md, "Where selab decides") with a named option. The defaults reproduce selab's reading of the
+(docs/method.md, "Where selab decides") with a named option. The defaults reproduce selab's reading of the
 paper's configuration: ``MergeProbability(source="forget_gates")`` (decision 1), independent edge
 proposals over the top quarter of each image's edges (``merge_budget=0.25``, decision 2),
 ``PartitionEnergy(distance="tv", beta=0.1, scale=100)`` (decision 3),
@@ -100,7 +100,7 @@ def _num_nodes_of(edge_index: Tensor, num_nodes: Optional[int]) -> int:
 class MergeProbability(nn.Module):
     r"""Merge probability of every edge from a Graph LSTM layer's outputs.
 
-    selab decision (PAPER.md decision 1): with ``source="forget_gates"`` (default),
+    selab decision (docs/method.md decision 1): with ``source="forget_gates"`` (default),
     :math:`p_{ij} = \sigma(w \cdot (\bar g^f_{ij} + \bar g^f_{ji}) / 2 + b)`, from the adaptive forget
     gates of both directions (the one pairwise gate output of the layer), symmetric in i and j.
     ``source="hidden"`` uses :math:`|h_i - h_j|` instead (also symmetric).
@@ -212,7 +212,7 @@ def node_majority_labels(mask: Tensor, assignment: Tensor, num_nodes: int, num_c
 def candidate_edges(merge_prob: Tensor, budget: Budget = None, edge_graph: Optional[Tensor] = None) -> Tensor:
     """Edges that a proposal may switch on (bool ``[E]``): all, or the top-k most probable.
 
-    selab decision (merge budget, PAPER.md decision 2): an int ``budget`` keeps the ``budget`` most
+    selab decision (merge budget, docs/method.md decision 2): an int ``budget`` keeps the ``budget`` most
     probable edges, a float in (0, 1] keeps that fraction of the edges; with ``edge_graph [E]`` (the
     image of each edge) the budget applies per image. Other edges are always off.
     """
@@ -453,7 +453,7 @@ def _clique_roots(components: _StateComponents, num_nodes: int, state: np.ndarra
 class PartitionEnergy:
     r"""Energy of a partition: class disagreement inside cliques, minus a reward for merging.
 
-    selab decision (PAPER.md decision 3):
+    selab decision (docs/method.md decision 3):
 
     .. math::
         E(c) = s \Big( \sum_i w_i \, D(p_i, \bar p_{c(i)}) + \beta \cdot |\{\text{clusters}\}| \Big),
@@ -990,7 +990,7 @@ class StructureEvolution(nn.Module):
     distance : {"tv", "sq"}
     eval_mode : {"auto", "greedy", "mh", "none", None}
         Mode in ``eval()``. ``"auto"`` (default) follows the family of ``mode``: ``"mh"`` and ``"greedy"``
-        -> ``"greedy"`` (selab decision, PAPER.md decision 6: a deterministic structure at test time),
+        -> ``"greedy"`` (selab decision, docs/method.md decision 6: a deterministic structure at test time),
         ``"none"`` -> ``"none"`` (a model trained without merging is not merged at test time either);
         ``None`` uses ``mode`` itself (MH at test time for an MH-trained model).
     source : {"forget_gates", "hidden"}

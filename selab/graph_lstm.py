@@ -9,7 +9,7 @@ weighs each neighbour's memory with an adaptive forget gate of its own. Because 
 neighbours of i) share no edge and can be updated at once, which gives exactly the one-node-at-a-time
 result with one Python step per level (about 10-20 on a SLIC graph) instead of one per node.
 
-The equations (``../shared/PAPER.md``, Eq. 1-2), for node i with neighbours N(i), q_j = 1 if j was
+The equations (the paper's Eq. 1-2; docs/method.md), for node i with neighbours N(i), q_j = 1 if j was
 already updated in this layer::
 
     h̄_i    = Σ_j (q_j h_j^new + (1-q_j) h_j^old) / |N(i)|

@@ -95,7 +95,7 @@ def scores_from_confusion(cm, class_names=CLASS_NAMES) -> dict:
 
 
 class ConfusionMatrix:
-    """Accumulates a confusion matrix over batches; :meth:`compute` gives the scores.
+    """Accumulates a confusion matrix over batches; :meth:`ConfusionMatrix.compute` gives the scores.
 
     Example
     -------

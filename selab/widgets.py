@@ -10,13 +10,13 @@ control and checking the result (an exception inside a widget callback does not 
 
 - ``controls``: a dict of ipywidgets controls with stable, readable descriptions (the slider of the
   evolution explorer is described ``"layer"``), which browser tests can find;
-- ``state``: a plain dict recomputed by :meth:`update` from the controls, the readout tests check;
+- ``state``: a plain dict recomputed by :meth:`FigureApp.update` from the controls, the readout tests check;
 - ``figure``: a matplotlib ``Figure`` (not managed by pyplot, so nothing is drawn twice in a notebook)
-  redrawn by :meth:`update` and shown as PNG bytes in ``image`` (an ``ipywidgets.Image``);
+  redrawn by :meth:`FigureApp.update` and shown as PNG bytes in ``image`` (an ``ipywidgets.Image``);
   ``renders`` counts the redraws;
 - ``readout``: an ``ipywidgets.HTML`` line summarising ``state`` (or the error, if a callback failed),
   field by field: a long line wraps between fields, never inside one;
-- ``widget``: the whole app as one ipywidgets box; :meth:`display` and ``_repr_mimebundle_`` show it.
+- ``widget``: the whole app as one ipywidgets box; :meth:`FigureApp.display` and ``_repr_mimebundle_`` show it.
 
 selab decision: the figure is rendered to a PNG ``Image`` widget rather than an ``Output`` widget holding
 an inline-backend figure: it looks the same, does not depend on the kernel's matplotlib backend, and
@@ -92,7 +92,7 @@ def update_order(
 
 
 class FigureApp:
-    """Base of the explorers: controls -> :meth:`compute` -> :meth:`draw` -> PNG in ``image``.
+    """Base of the explorers: controls -> :meth:`FigureApp.compute` -> :meth:`FigureApp.draw` -> PNG in ``image``.
 
     Subclasses fill ``self.controls`` before calling ``super().__init__`` and implement ``compute()``
     (returns the new ``state`` dict) and ``draw(figure)``.

@@ -9,14 +9,22 @@ import torch
 torch.set_num_threads(int(os.environ.get("SELAB_TEST_THREADS", "1")))
 
 REPO = Path(__file__).resolve().parents[1]
+# The one place the tests learn where the real PASCAL-Person-Part copy is (docs/data.md says how to get
+# one): $SELAB_PASCAL_ROOT, else a shared/data folder beside the repository, where CI keeps it.
 PASCAL_ROOT = Path(
     os.environ.get("SELAB_PASCAL_ROOT", REPO.parent / "shared" / "data" / "pascal_person_part")
 )
 
 
 @pytest.fixture(scope="session")
+def pascal_root_path() -> Path:
+    """Where the PASCAL-Person-Part copy is expected (it may be absent)."""
+    return PASCAL_ROOT
+
+
+@pytest.fixture(scope="session")
 def pascal_root() -> Path:
-    """The real PASCAL-Person-Part copy beside the repo; tests that need it skip cleanly without it."""
+    """The real PASCAL-Person-Part copy; tests that need it skip cleanly without it."""
     if not (PASCAL_ROOT / "JPEGImages").is_dir():
         pytest.skip(f"PASCAL-Person-Part not found at {PASCAL_ROOT} (set SELAB_PASCAL_ROOT)")
     return PASCAL_ROOT

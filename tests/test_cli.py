@@ -33,3 +33,19 @@ def test_model_options_reach_the_config():
     from selab.cli import _model_options
 
     assert _model_options(args) == {"hidden_channels": 32, "evolution": {"mode": "greedy"}}
+
+
+def test_check_data_prints_the_histogram_and_fails_on_problems(tmp_path, capsys):
+    from selab.synthetic import SyntheticPersonParts, write_pascal_layout
+
+    root = write_pascal_layout(SyntheticPersonParts(4, 32), tmp_path / "pascal", val_fraction=0.25)
+    assert main(["check-data", str(root), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "train 3, val 1 ids" in out and "head" in out and "no problems found" in out
+    assert main(["check-data", str(root), "--split", "val", "--quiet"]) == 0
+    assert "val 1 ids" in capsys.readouterr().out
+    (root / "SegmentationPart" / f"{(root / 'val_id.txt').read_text().split()[0]}.png").unlink()
+    assert main(["check-data", str(root), "--quiet"]) == 1
+    assert "mask file missing" in capsys.readouterr().out
+    assert main(["check-data", str(tmp_path / "absent"), "--quiet"]) == 2
+    assert "not a directory" in capsys.readouterr().err

@@ -255,3 +255,71 @@ def test_real_pascal_person_part_loads(pascal_root):
         assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
     resized = make_dataset("pascal_person_part", pascal_root, "val", limit=2, image_size=64)
     assert collate([resized[0], resized[1]])["image"].shape == (2, 3, 64, 64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# check_dataset (selab check-data)
+# ---------------------------------------------------------------------------------------------------
+def test_check_dataset_counts_a_good_folder(tmp_path):
+    labels = np.zeros((12, 16), np.uint8)
+    labels[:, :4] = 1
+    labels[:6, 4:6] = 6
+    for sample_id in ("a", "b", "c"):
+        _write_pair(tmp_path, sample_id, labels=labels)
+    (tmp_path / "train_id.txt").write_text("a\nb\n")
+    (tmp_path / "val_id.txt").write_text("c\n")
+    report = data.check_dataset(tmp_path, progress=False)
+    assert report.ok, report.problems
+    assert report.splits == {"train": 2, "val": 1} and report.num_images == 3
+    assert report.pixels_per_class.tolist() == [3 * 132, 3 * 48, 0, 0, 0, 0, 3 * 12]
+    assert report.images_per_class.tolist() == [3, 3, 0, 0, 0, 0, 3]
+    assert "lower_leg" in report.format() and "no problems found" in report.format()
+    assert data.check_dataset(tmp_path, splits=["val"], progress=False).splits == {"val": 1}
+
+
+def test_check_dataset_reports_every_problem(tmp_path):
+    for sample_id in ("good", "nomask", "small", "label9", "broken", "twice"):
+        _write_pair(tmp_path, sample_id)
+    (tmp_path / "SegmentationPart" / "nomask.png").unlink()
+    _write_pair(tmp_path, "small", size=(10, 16))
+    Image.open(tmp_path / "JPEGImages" / "good.jpg").resize((16, 14)).save(tmp_path / "JPEGImages" / "small.jpg")
+    _write_pair(tmp_path, "label9", labels=np.full((12, 16), 9, np.uint8))
+    (tmp_path / "JPEGImages" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "train_id.txt").write_text("good\nnomask\nsmall\nlabel9\nbroken\nmissing\ntwice\ntwice\n")
+    (tmp_path / "val_id.txt").write_text("good\n")
+    report = data.check_dataset(tmp_path, progress=False)
+    assert not report.ok
+    text = "\n".join(report.problems)
+    for expected in ("'nomask': mask file missing", "'small'", "(10, 16)", "'label9'", "labels [9]",
+                     "'broken': cannot decode image", "'missing': image file missing", "listed twice",
+                     "also in split 'train'"):
+        assert expected in text, (expected, text)
+    assert len(report.problems) == 7
+    assert report.num_images == 7 and report.images_per_class[0] == 2  # good and twice counted
+
+
+def test_check_dataset_folder_layout_and_num_classes(tmp_path):
+    _write_pair(tmp_path, "x", labels=np.full((12, 16), 4, np.uint8), image_dir="images", mask_dir="masks",
+                suffix=".png")
+    report = data.check_dataset(tmp_path, dataset="folder", num_classes=5, progress=False)
+    assert report.ok and report.splits == {"train": 1}
+    assert report.class_names == tuple(f"class {k}" for k in range(5))
+    assert not data.check_dataset(tmp_path, dataset="folder", num_classes=4, progress=False).ok
+    missing = data.check_dataset(tmp_path, dataset="folder", splits=["val"], progress=False)
+    assert "split='val' needs" in missing.problems[0]
+
+
+def test_check_dataset_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        data.check_dataset(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="dataset must be"):
+        data.check_dataset(tmp_path, dataset="coco")
+    report = data.check_dataset(tmp_path, progress=False)
+    assert any("JPEGImages" in p for p in report.problems) and any("_id.txt" in p for p in report.problems)
+
+
+def test_check_dataset_on_the_real_copy(pascal_root):
+    report = data.check_dataset(pascal_root, splits=["val"], progress=False)
+    assert report.ok, report.problems[:5]
+    assert report.splits == {"val": 300} and report.images_per_class[0] == 300
+    assert (report.pixels_per_class[1:] > 0).all()

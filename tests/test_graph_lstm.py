@@ -185,7 +185,7 @@ def sigmoid(v):
 
 
 def test_three_node_example_by_hand():
-    """Path 0 - 1 - 2 updated in the order 1, 0, 2: every gate from the equations of PAPER.md."""
+    """Path 0 - 1 - 2 updated in the order 1, 0, 2: every gate from the equations of docs/method.md."""
     C, H = 2, 3
     torch.manual_seed(3)
     layer = GraphLSTM(C, H, init_range=0.5).double()

@@ -53,14 +53,12 @@ def lab_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lab(chromium_path, lab_root, run_dir, tmp_path_factory):
+def lab(chromium_path, lab_root, run_dir, tmp_path_factory, pascal_root_path):
     """A JupyterLab server for the whole session, stopped by its handle at the end."""
     state = tmp_path_factory.mktemp("lab_state")
     extra_env = {}
-    # The kernels run in a temp dir: tell them where the repo's data lives.
-    pascal = Path(os.environ.get("SELAB_PASCAL_ROOT",
-                                 REPO.parent / "shared" / "data" / "pascal_person_part"))
-    extra_env["SELAB_PASCAL_ROOT"] = str(pascal)
+    # The kernels run in a temp dir: tell them where the real data is (tests/conftest.py decides).
+    extra_env["SELAB_PASCAL_ROOT"] = str(pascal_root_path)
     server = JupyterLab.start(root=lab_root, state_dir=state, log_path=run_dir / "jupyterlab.log",
                               env=extra_env)
     try:

@@ -3,8 +3,8 @@
 The browser tests open selab's notebooks in a real JupyterLab and use the widgets as a person would,
 because a widget that works in a kernel can still break in the browser (a missing lab extension, a
 callback that raises, an Output that never redraws). This module holds the moving parts; the tests
-in ``test_*.py`` say what must happen. The selectors and pitfalls are the ones measured in
-``../shared/BROWSER_TESTING.md`` (JupyterLab 4.6, ipywidgets 8.1).
+in ``test_*.py`` say what must happen. The selectors and pitfalls are the ones measured with
+JupyterLab 4.6 and ipywidgets 8.1; the comments below say which is which.
 
 Example
 -------
@@ -46,7 +46,8 @@ CHROMIUM_ARGS = [
 VISIBLE_NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 KERNEL_IDLE = '.jp-StatusBar-TextItem:text-matches("[|] Idle$")'
 
-# Browser console lines that are noise here, not failures (BROWSER_TESTING.md, pitfall 6).
+# Browser console lines that are harmless noise here, not failures (Chromium's /dev/shm and dbus messages,
+# "not trusted", failed resource loads).
 CONSOLE_NOISE = re.compile(
     r"dev/shm|dbus|not trusted|Failed to load resource|favicon|"
     r"ERR_CONNECTION_REFUSED|net::ERR_|WebSocket connection to .* failed|"
