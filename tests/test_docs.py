@@ -57,7 +57,7 @@ def test_every_evolution_option_is_on_the_method_page(callable_):
 
 @pytest.mark.parametrize("name, default", [
     ("merge_budget", "0.25"), ("beta", "0.1"), ("energy_scale", "100.0"), ("num_proposals", "8"),
-    ("eval_mode", '"greedy"'), ("source", '"forget_gates"'), ("threshold", "0.5"), ("temperature", "1.0"),
+    ("eval_mode", '"auto"'), ("source", '"forget_gates"'), ("threshold", "0.5"), ("temperature", "1.0"),
 ])
 def test_the_method_page_states_the_evolution_defaults(name, default):
     assert repr(inspect.signature(StructureEvolution).parameters[name].default).replace("'", '"') == default

@@ -107,7 +107,7 @@ def prepare_notebook_copy(source: Path, target_dir: Path) -> Path:
     return target
 
 
-# How a notebook draws a figure (DESIGN.md: plotting cells end with plt.show(); an explorer shows its one
+# How a notebook draws a figure (plotting cells end with plt.show(); an explorer shows its one
 # figure as an image widget through app.display()).
 _SHOWN_FIGURE = re.compile(r"\bplt\.show\(\)")
 _SHOWN_EXPLORER = re.compile(r"^\s*\w+\.display\(\)", re.MULTILINE)
