@@ -107,7 +107,7 @@ class ModelConfig:
         ``se_lstm``: the initial hidden state h0 of the next level (selab decision, issue 19).
         ``"output"`` (default): the clique mean of this layer's output ``h`` (with the residual term,
         not tanh-bounded); ``"hidden"``: the clique mean of the hidden state proper ``tanh(g^o * m)``
-        (:attr:`~selab.graph_lstm.GraphLSTMOutput.hidden`, in [-1, 1]); both carry the clique mean of
+        (``GraphLSTMOutput.hidden``, in [-1, 1]); both carry the clique mean of
         the memory m. ``"zero"``: h and m restart at zero in every layer, like ``graph_lstm``.
     eval_samples : int
         Graph variants in ``eval()``: the number K of structures sampled per image; the logits are the

@@ -90,7 +90,7 @@ def export(checkpoint: dict, name: str, metrics: dict, commit: str | None, comma
     commit, command : str
         What trained it and the command that reproduces it.
     folder : Path, optional
-        Default :data:`WEIGHTS_DIR`.
+        Default: the package's ``selab/weights/``.
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"pretrained: name must be a plain file stem, got {name!r}")

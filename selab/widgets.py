@@ -98,7 +98,7 @@ class FigureApp:
     (returns the new ``state`` dict) and ``draw(figure)``.
     """
 
-    #: what :meth:`summary` puts between the fields of :meth:`summary_fields`
+    #: what :meth:`FigureApp.summary` puts between the fields of :meth:`summary_fields`
     separator = ", "
 
     def __init__(self, figsize: tuple[float, float] = (9.0, 4.5), dpi: int = 80,
