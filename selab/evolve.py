@@ -60,7 +60,7 @@ __all__ = [
 
 Budget = Optional[Union[int, float]]
 MODES = ("mh", "greedy", "none")
-ENERGIES = ("ground_truth", "prediction")
+ENERGIES = ("ground_truth", "prediction", "mixed")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -938,7 +938,7 @@ class EvolutionTrace:
     num_nodes_before: list
     num_nodes_after: list
     chains: list = field(default_factory=list)
-    energy: Optional[str] = None  # "ground_truth" or "prediction" in MH mode
+    energy: Optional[str] = None  # "ground_truth", "prediction" or "mixed" in MH mode
 
     @property
     def merge_fraction(self) -> float:
@@ -999,7 +999,12 @@ class StructureEvolution(nn.Module):
         Energy of the MH chains in training (selab decision, issue 19): ``"ground_truth"`` (default)
         scores partitions with the nodes' majority ground-truth labels, so training cliques are nearly
         pure; ``"prediction"`` with the predicted class distributions ``node_class_prob``, as at test
-        time. Read by the model, which passes the labels and the source to :meth:`forward`.
+        time; ``"mixed"`` with the class distributions ``(1 - w) onehot(label_i) + w p_i``
+        (``w`` = ``prediction_weight``). Read by the model, which passes the labels and the source to
+        :meth:`forward`; at test time (no labels) the energy is always the prediction's.
+    prediction_weight : float
+        ``w`` in [0, 1] of ``energy="mixed"``; a trainer may change the attribute between epochs for a
+        schedule from the ground truth (0) to the prediction (1).
 
     Example
     -------
@@ -1022,6 +1027,7 @@ class StructureEvolution(nn.Module):
         eval_mode: Optional[str] = "auto",
         source: str = "forget_gates",
         energy: str = "ground_truth",
+        prediction_weight: float = 0.5,
     ):
         super().__init__()
         if mode not in MODES:
@@ -1029,13 +1035,17 @@ class StructureEvolution(nn.Module):
         if eval_mode not in MODES + ("auto", None):
             raise ValueError(f"eval_mode must be 'auto', 'mh', 'greedy', 'none' or None, got {eval_mode!r}")
         if energy not in ENERGIES:
-            raise ValueError(f"energy must be 'ground_truth' or 'prediction', got {energy!r}")
+            raise ValueError(f"energy must be 'ground_truth', 'prediction' or 'mixed', got {energy!r}")
+        if isinstance(prediction_weight, bool) or not isinstance(prediction_weight, (int, float)) \
+                or not 0 <= prediction_weight <= 1:
+            raise ValueError(f"prediction_weight must be a number in [0, 1], got {prediction_weight!r}")
         if not isinstance(num_proposals, int) or num_proposals < 0:
             raise ValueError(f"num_proposals must be an int >= 0, got {num_proposals!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         _check_budget(merge_budget)
         self.mode, self.eval_mode, self.energy = mode, eval_mode, energy
+        self.prediction_weight = float(prediction_weight)
         self.num_proposals, self.temperature = num_proposals, float(temperature)
         self.merge_budget, self.threshold = merge_budget, float(threshold)
         self.beta, self.distance, self.energy_scale = float(beta), distance, float(energy_scale)
@@ -1105,10 +1115,10 @@ class StructureEvolution(nn.Module):
             The layer input f to coarsen (default ``graph.x``).
         state : Tensor [N, H], optional
             The hidden state to coarsen into the next level's h0 (default ``lstm_output.h``).
-        energy : {"ground_truth", "prediction"}, optional
-            Source of the MH energy: the labels ``node_labels`` (required then) or ``node_class_prob``.
-            Default: ``"ground_truth"`` when labels are given and the module's ``energy`` option is
-            ``"ground_truth"``, else ``"prediction"``.
+        energy : {"ground_truth", "prediction", "mixed"}, optional
+            Source of the MH energy: the labels ``node_labels`` (required then), ``node_class_prob``,
+            or their mix (labels required). Default: the module's ``energy`` option when labels are
+            given, else ``"prediction"``.
 
         Returns
         -------
@@ -1126,11 +1136,11 @@ class StructureEvolution(nn.Module):
         if node_labels is not None and node_labels.shape != (n,):
             raise ValueError(f"node_labels must be [N] = [{n}], got {tuple(node_labels.shape)}")
         if energy is None:
-            energy = "ground_truth" if node_labels is not None and self.energy == "ground_truth" else "prediction"
+            energy = self.energy if node_labels is not None else "prediction"
         if energy not in ENERGIES:
-            raise ValueError(f"energy must be 'ground_truth' or 'prediction', got {energy!r}")
-        if energy == "ground_truth" and node_labels is None:
-            raise ValueError("energy='ground_truth' needs node_labels [N]")
+            raise ValueError(f"energy must be 'ground_truth', 'prediction' or 'mixed', got {energy!r}")
+        if energy != "prediction" and node_labels is None:
+            raise ValueError(f"energy={energy!r} needs node_labels [N]")
         state = lstm_output.h if state is None else state
         if state.shape[0] != n:
             raise ValueError(f"state must have {n} rows (one per node), got {tuple(state.shape)}")
@@ -1138,8 +1148,13 @@ class StructureEvolution(nn.Module):
         mode = self.current_mode()
         partition_energy = None
         if mode == "mh":
+            node_prob = node_class_prob
+            if energy == "mixed":
+                onehot = torch.nn.functional.one_hot(node_labels.long(), node_class_prob.shape[1])
+                w = self.prediction_weight
+                node_prob = (1 - w) * onehot.to(node_class_prob.dtype) + w * node_class_prob.detach()
             partition_energy = PartitionEnergy(
-                node_prob=node_class_prob, node_labels=node_labels if energy == "ground_truth" else None,
+                node_prob=node_prob, node_labels=node_labels if energy == "ground_truth" else None,
                 size=graph.size, batch=batch, beta=self.beta, distance=self.distance,
                 num_classes=node_class_prob.shape[1], scale=self.energy_scale,
             )

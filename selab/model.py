@@ -94,7 +94,10 @@ class ModelConfig:
         gives one value per evolution, in order (length ``num_layers - 1``), e.g.
         ``{"merge_budget": [0.25, 0.5, 0.75]}``; any other value is shared by all evolutions. With
         ``{"mode": "none"}`` nothing ever merges (``eval_mode`` follows ``mode``, see
-        :class:`~selab.evolve.StructureEvolution`) and the model is the same network as with merging.
+        :class:`~selab.evolve.StructureEvolution`) and the model is the same network as with merging:
+        the same parameters, carried states and per-level classifiers, and the merge probabilities
+        still get their L2 loss (``merge_loss_weight=0`` drops it). ``{"energy": "prediction"}``
+        scores the training chains by the predicted node classes instead of the ground truth.
     next_input : {"output", "input", "level0"}
         ``se_lstm``: the input f of the next level (selab decision, issue 19). ``"output"`` (default, the
         original selab behaviour): the clique mean of this layer's output ``h`` (hidden state plus the

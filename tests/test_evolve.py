@@ -566,3 +566,28 @@ def test_hierarchy_stats_counts_nodes_and_purity_per_level():
     assert combined[0]["nodes_per_image"] == [16, 9, 16, 9] and combined[0]["mean_nodes_per_image"] == 12.5
     with pytest.raises(ValueError, match="mask"):
         hierarchy_stats(levels, mask[:, :4])
+
+
+def test_mixed_energy_interpolates_between_ground_truth_and_prediction():
+    graph = _toy_batch()
+    n, e = graph.num_nodes, graph.edge_index.shape[1]
+    lstm = _FakeLSTM(n, e, 6)
+    prob = torch.softmax(3 * torch.randn(n, 3, generator=torch.Generator().manual_seed(1)), 1)
+    labels = (graph.pos[:, 1] > 4).long()
+
+    def chain_energies(energy, weight=0.5):
+        torch.manual_seed(0)  # the same merge-probability weights, so the same proposals
+        evo = StructureEvolution(6, num_proposals=6, energy=energy, prediction_weight=weight)
+        with torch.no_grad():
+            evo.merge_probability.linear.bias.fill_(1.0)
+        out = evo(graph, lstm, prob, node_labels=labels, generator=torch.Generator().manual_seed(0))
+        assert out.trace.energy == energy
+        return np.array([[s.energy for s in chain.steps] for chain in out.trace.chains])
+
+    ground, predicted = chain_energies("ground_truth"), chain_energies("prediction")
+    np.testing.assert_allclose(chain_energies("mixed", 0.0), ground, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(chain_energies("mixed", 1.0), predicted, rtol=1e-9, atol=1e-9)
+    halfway = chain_energies("mixed", 0.5)
+    assert not np.allclose(halfway, ground) and not np.allclose(halfway, predicted)
+    with pytest.raises(ValueError, match="prediction_weight"):
+        StructureEvolution(6, energy="mixed", prediction_weight=1.5)
