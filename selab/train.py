@@ -903,11 +903,12 @@ class TrainingDiverged(RuntimeError):
     """The loss, a gradient or the weights became non-finite (NaN or inf)."""
 
 
-def _divergence(config: TrainConfig, epoch: int, step: int, what: str, last_path: Path) -> TrainingDiverged:
+def _divergence(config: TrainConfig, epoch: int, step: int | None, what: str, last_path: Path) -> TrainingDiverged:
+    where = f"epoch {epoch + 1}, step {step + 1}" if step is not None else f"the end of epoch {epoch + 1}"
     kept = (f"the last good checkpoint {last_path} is kept" if last_path.is_file()
             else "no checkpoint had been written yet")
     return TrainingDiverged(
-        f"training diverged at epoch {epoch + 1}, step {step + 1}: {what}. The likely cause is a learning rate "
+        f"training diverged at {where}: {what}. The likely cause is a learning rate "
         f"too high for this model (lr={config.lr:g}, optimizer={config.optimizer}): try a smaller --lr; {kept}, "
         f"and best.pt holds no non-finite weights"
     )
@@ -920,6 +921,49 @@ def _non_finite(tensors) -> bool:
         return False
     norms = torch._foreach_norm(tensors, ord=float("inf"))
     return not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+
+
+class _NonFiniteOutput(Exception):
+    pass
+
+
+def _non_finite_culprit(model: SELabModel, replay) -> str | None:
+    """After a failed forward: the weights, or the first module whose output, holding NaN or inf.
+
+    ``replay()`` repeats the failed computation (without gradients) while a hook on every module
+    stops at the first non-finite output. Only run after a failure: the hooks cost a sync each.
+    """
+    named = list(model.named_parameters())
+    if _non_finite([p for _, p in named]):
+        return f"the weights ({_first_non_finite(named)})"
+    found = []
+
+    def hook(name):
+        def check(module, inputs, output):
+            outputs = output if isinstance(output, (tuple, list)) else [output]
+            if _non_finite([t for t in outputs if isinstance(t, torch.Tensor)]):
+                found.append(name)
+                raise _NonFiniteOutput(name)
+        return check
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            replay()
+    except Exception:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return f"the output of layer {found[0]}" if found else None
+
+
+def _replay_step(model, batch, mh_state, confidence_only):
+    def replay():
+        generator = torch.Generator(device=mh_state.device if mh_state.device.type != "cpu" else "cpu")
+        generator.set_state(mh_state)
+        model(batch, generator=generator, confidence_only=confidence_only)
+    return replay
 
 
 def _first_non_finite(named) -> str:
@@ -1205,19 +1249,23 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
             try:
                 for batch in bar:
                     ids = batch["ids"]
-                    mh_state = mh_generator.get_state()  # a failing step must not count its MH draws
+                    # A failing step must count neither its MH draws nor its batch-norm statistics.
+                    mh_state = mh_generator.get_state()
+                    buffers = [b.clone() for b in model.buffers()]
                     batch = to_device(batch, device)
                     try:
                         output = model(batch, generator=mh_generator, confidence_only=confidence_only)
                         parts = compute_loss(output, batch, model_config, confidence_only, config.ignore_index)
                     except Exception as error:
-                        if _non_finite(trained):
-                            raise _divergence(config, epoch, step, f"non-finite weights in "
-                                              f"{_first_non_finite(model.named_parameters())} ({error})",
+                        culprit = _non_finite_culprit(model, _replay_step(model, batch, mh_state, confidence_only))
+                        torch._foreach_copy_(list(model.buffers()), buffers)
+                        if culprit:
+                            raise _divergence(config, epoch, step, f"non-finite values in {culprit} ({error})",
                                               last_path) from error
                         raise
-                    if not bool(torch.isfinite(parts["loss"].detach())):
-                        raise _divergence(config, epoch, step, f"the loss is {float(parts['loss'])}", last_path)
+                    loss = float(parts["loss"].detach())
+                    if not math.isfinite(loss):
+                        raise _divergence(config, epoch, step, f"the loss is {loss}", last_path)
                     optimizer.zero_grad(set_to_none=True)
                     parts["loss"].backward()
                     if _non_finite([p.grad for p in trained]):
@@ -1264,13 +1312,20 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
             record = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
                       "lr": optimizer.param_groups[0]["lr"], "stage": "confidence" if confidence_only else "all"}
             if _non_finite(list(model.state_dict().values())):
-                raise _divergence(config, epoch, steps_per_epoch - 1, "non-finite weights or statistics in "
-                                  f"{_first_non_finite(model.state_dict().items())} after the epoch", last_path)
+                raise _divergence(config, epoch, None, "non-finite weights or statistics in "
+                                  f"{_first_non_finite(model.state_dict().items())}", last_path)
             examples = []
             if val_loader is not None:
-                scores, examples = evaluate_model(model, val_loader, device, progress=config.progress,
-                                                  num_examples=config.num_figures, description="validate",
-                                                  ignore_index=config.ignore_index)
+                try:
+                    scores, examples = evaluate_model(model, val_loader, device, progress=config.progress,
+                                                      num_examples=config.num_figures, description="validate",
+                                                      ignore_index=config.ignore_index)
+                except Exception as error:
+                    culprit = _non_finite_culprit(model, lambda: evaluate_model(model, val_loader, device))
+                    if culprit:
+                        raise _divergence(config, epoch, None, f"validation met non-finite values "
+                                          f"in {culprit} ({error})", last_path) from error
+                    raise
                 record.update({"val_mean_iou": scores["mean_iou"], "val_pixel_accuracy": scores["pixel_accuracy"],
                                "val_per_class_iou": scores["per_class_iou"]})
             record["seconds"] = time.time() - started
