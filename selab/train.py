@@ -660,7 +660,9 @@ def compute_loss(output, batch: dict, model_config: ModelConfig, confidence_only
 # checkpoints and run folders
 # ---------------------------------------------------------------------------------------------------
 def save_checkpoint(path, model, optimizer, scheduler, config: TrainConfig, epoch: int, step: int,
-                    history: list, accumulators: dict | None = None, best: float | None = None) -> None:
+                    history: list, accumulators: dict | None = None, best: float | None = None,
+                    rng: dict | None = None) -> None:
+    """Write a checkpoint atomically: tensors and plain data only (``rng``: default the current states)."""
     atomic_save(
         {
             "model": model.state_dict(),
@@ -673,7 +675,7 @@ def save_checkpoint(path, model, optimizer, scheduler, config: TrainConfig, epoc
             "history": history,
             "accumulators": accumulators or {},
             "best": best,
-            "rng": rng_state(),
+            "rng": rng if rng is not None else rng_state(),
         },
         path,
     )
@@ -695,7 +697,8 @@ CHECKPOINT_KEYS = ("model", "model_config", "train_config", "epoch", "step", "hi
 def _legacy_numpy_globals() -> list:
     import numpy._core.multiarray as multiarray
 
-    return [np.dtype, np.ndarray, multiarray._reconstruct, multiarray.scalar]
+    dtype_classes = [v for v in vars(np.dtypes).values() if isinstance(v, type) and issubclass(v, np.dtype)]
+    return [np.dtype, np.ndarray, multiarray._reconstruct, multiarray.scalar, *dtype_classes]
 
 
 def load_checkpoint(path) -> dict:
@@ -754,11 +757,17 @@ def _first_line(error: BaseException) -> str:
 
 
 def _unsafe_detail(error: BaseException) -> str:
-    """The 'Unsupported global ...' part of torch's long weights_only message."""
-    for line in str(error).splitlines():
-        if "Unsupported global" in line or "Unsupported operand" in line or "not an allowed global" in line:
-            return "it asks for " + line.strip().split("error: ")[-1].rstrip(".")
-    return "it holds objects other than tensors (" + _first_line(error) + ")"
+    """What torch's long weights_only message says the file asked for."""
+    import re
+
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it asks for {found.group(1)}"
+    found = re.search(r"Unsupported operand \d+", text)
+    if found:
+        return f"it uses pickle instructions a checkpoint does not need ({found.group(0)})"
+    return f"it holds objects other than tensors ({_first_line(error)})"
 
 
 def load_model(checkpoint_or_run_dir, device="cpu", which: str = "best") -> tuple[SELabModel, dict]:
@@ -1223,10 +1232,10 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                       run_dir / "config.json")
     trained = [p for p in model.parameters() if p.requires_grad]
 
-    def saved(epoch, step, state):
+    def saved(epoch, step, state, rng=None):
         """Write last.pt (and, with overwrite, put the new run in place); returns the run folder."""
         nonlocal run_dir, last_path, best_path
-        save_checkpoint(last_path, model, optimizer, scheduler, config, epoch, step, history, state, best)
+        save_checkpoint(last_path, model, optimizer, scheduler, config, epoch, step, history, state, best, rng)
         run_dir = folder.commit()
         last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
         return run_dir
@@ -1245,12 +1254,12 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
             bar = tqdm(batches, total=steps_per_epoch, initial=start_step, disable=not config.progress,
                        desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
             step, consistent, ids = start_step, True, None
-            mh_state = mh_generator.get_state()
+            mh_state, rng_before = mh_generator.get_state(), rng_state()
             try:
                 for batch in bar:
                     ids = batch["ids"]
-                    # A failing step must count neither its MH draws nor its batch-norm statistics.
-                    mh_state = mh_generator.get_state()
+                    # A failing step must count neither its random draws nor its batch-norm statistics.
+                    mh_state, rng_before = mh_generator.get_state(), rng_state()
                     buffers = [b.clone() for b in model.buffers()]
                     batch = to_device(batch, device)
                     try:
@@ -1297,7 +1306,7 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                 if consistent and step > start_step:
                     state = {"loss_sum": loss_sum, "count": count, "seconds": time.time() - started,
                              "mh_generator": mh_state}
-                    saved(epoch, step, state)
+                    saved(epoch, step, state, rng_before)
                     write_metrics(run_dir, history, None)
                     kept = (f"checkpoint saved to {last_path} after {step} steps of epoch {epoch + 1}; "
                             f"fix the cause and continue with resume=True / --resume")
