@@ -480,7 +480,12 @@ class PreparedSplit(torch.utils.data.Dataset):
         if self.needs_superpixels:
             item["superpixels"] = self.superpixels(index, image)
         if self.feature_dir is not None:
-            item["features"] = torch.load(self.feature_path(index), weights_only=True)
+            path = self.feature_path(index)
+            try:
+                item["features"] = torch.load(path, weights_only=True)
+            except Exception as error:
+                raise ValueError(f"cached features {path} are unreadable ({_first_line(error)}); delete the file "
+                                 f"and they are computed again") from None
         if self.keep_full:
             item["full_mask"] = sample["mask"].long()
             item["full_image"] = sample["image"].float()
