@@ -1,5 +1,10 @@
 """The ``selab`` command: ``selab train``, ``selab evaluate`` (thin wrappers of :mod:`selab.train`), ``selab sweep`` (:mod:`selab.sweep`).
 
+Exit status: 0 done; 2 bad input (a parameter, a data file, a run folder or a checkpoint; one line on
+stderr naming it, no traceback); 3 training diverged (non-finite loss, gradient or weights; the last
+good checkpoint is kept); 1 an operating-system error (e.g. a failing write); 130 interrupted (Ctrl-C,
+after saving a checkpoint).
+
 Example
 -------
 ::
@@ -22,7 +27,7 @@ import sys
 
 from selab.backbones import BACKBONES
 from selab.model import ORDERS, VARIANTS
-from selab.train import DATASETS, OPTIMIZERS, SCHEDULES, TrainConfig
+from selab.train import DATASETS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingDiverged
 
 
 def _bool(text: str) -> bool:
@@ -74,11 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-workers", type=int, default=defaults.num_workers)
     train.add_argument("--out", required=True, help="run folder")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the previous run in --out (only once the new run has written its first checkpoint)")
+    train.add_argument("--ignore-index", type=int, default=None,
+                       help="mask value left out of the loss and the metrics (e.g. 255 for PASCAL VOC masks)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run folder or checkpoint on a split")
     evaluate.add_argument("checkpoint", help="run folder (uses best.pt, else last.pt) or a .pt file")
-    evaluate.add_argument("--dataset", choices=DATASETS, default="pascal_person_part")
+    evaluate.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's own dataset")
     evaluate.add_argument("--data-root", default=None)
     evaluate.add_argument("--split", default="val")
     evaluate.add_argument("--image-size", type=int, default=None, help="default: the training size")
@@ -148,13 +157,13 @@ def _export(args) -> dict:
     from pathlib import Path
 
     from selab import pretrained
-    from selab.train import read_checkpoint
+    from selab.train import load_checkpoint
 
     run = Path(args.run)
     metrics = json.loads((run / "metrics.json").read_text()).get("final") if (run / "metrics.json").is_file() else None
     if not metrics:
         raise ValueError(f"export-model: {run} has no final validation metrics (metrics.json); finish the run first")
-    checkpoint = read_checkpoint(run / "checkpoints" / "last.pt")
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
     cell = run / "sweep_cell.json"
     commit = json.loads(cell.read_text()).get("commit") if cell.is_file() else None
     path = pretrained.export(checkpoint, args.name, metrics, commit, args.reproduce, args.folder)
@@ -169,8 +178,10 @@ def _key_json_options(items: list[str]) -> dict:
             raise ValueError(f"--model-option: expected KEY=JSON, got {item!r}")
         try:
             options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
+        except json.JSONDecodeError as error:
+            if value.strip()[:1] in ("{", "[", '"') or value.strip() in ("true", "false", "null"):
+                raise ValueError(f"--model-option {key.strip()}: invalid JSON {value!r} ({error})") from None
+            options[key.strip()] = value  # a bare word, e.g. order=snake
     return options
 
 
@@ -202,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 schedule=args.schedule, two_step_epochs=args.two_step_epochs, freeze_backbone=args.freeze_backbone,
                 cache_features=args.cache_features, cache_dir=args.cache_dir, n_segments=args.n_segments,
                 augment=not args.no_augment, model=_model_options(args), seed=args.seed, out_dir=args.out,
-                resume=args.resume, device=args.device, num_workers=args.num_workers, progress=not args.quiet,
+                resume=args.resume, overwrite=args.overwrite, ignore_index=args.ignore_index, device=args.device,
+                num_workers=args.num_workers, progress=not args.quiet,
             )
             result = run(config)
             print(json.dumps({"final": result["final"], "paths": result["paths"]}, indent=2))
@@ -226,9 +238,15 @@ def main(argv: list[str] | None = None) -> int:
                               batch_size=args.batch_size, progress=not args.quiet, cache_dir=args.cache_dir,
                               per_image_out=args.per_image, model_options=_key_json_options(args.model_option))
             print(json.dumps(result, indent=2))
-    except (ValueError, FileNotFoundError) as error:
+    except TrainingDiverged as error:
+        print(f"selab {args.command}: error: {error}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         print(f"selab {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"selab {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -41,6 +42,7 @@ __all__ = [
     "LABEL_KEYS",
     "read_image",
     "read_mask",
+    "check_files",
     "PascalPersonParts",
     "ImageMaskFolder",
     "SyntheticPersonParts",
@@ -98,11 +100,12 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
 
 
-def read_mask(path: str | os.PathLike, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+def read_mask(path: str | os.PathLike, num_classes: int = NUM_CLASSES, ignore_index: int | None = None) -> torch.Tensor:
     """Read a single-channel label PNG (8-bit grey or palette indices) as int64 [H, W].
 
     Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing, unreadable,
-    not single-channel, or holds a label outside ``0 .. num_classes - 1``.
+    not single-channel, or holds a label outside ``0 .. num_classes - 1`` other than ``ignore_index``
+    (e.g. 255, PASCAL VOC's "void", which training and the metrics then leave out).
     """
     path = Path(path)
     if not path.is_file():
@@ -119,16 +122,114 @@ def read_mask(path: str | os.PathLike, num_classes: int = NUM_CLASSES) -> torch.
             f"with shape {labels.shape}"
         )
     labels = labels.astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"mask file {path}: labels {labels.min()}..{labels.max()} out of range, expected 0..{num_classes - 1}"
-        )
+    problem = _label_problem(labels, num_classes, ignore_index)
+    if problem:
+        raise ValueError(f"mask file {path}: {problem}")
     return torch.from_numpy(labels)
 
 
-def _load_pair(image_path: Path, mask_path: Path, sample_id: str, num_classes: int) -> Sample:
+def _label_problem(labels: np.ndarray, num_classes: int, ignore_index: int | None) -> str | None:
+    if not labels.size:
+        return None
+    bad = (labels < 0) | (labels >= num_classes)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    if not bad.any():
+        return None
+    values = np.unique(labels[bad])
+    shown = ", ".join(str(v) for v in values[:5]) + (", ..." if values.size > 5 else "")
+    hint = "" if ignore_index is not None or 255 not in values else \
+        " (255 marks unlabelled pixels in PASCAL VOC masks: set ignore_index=255 / --ignore-index 255 to skip them)"
+    return f"labels {shown} out of range, expected 0..{num_classes - 1}{hint}"
+
+
+def _check_pair(image_path: Path, mask_path: Path, num_classes: int, ignore_index: int | None) -> str | None:
+    """What is wrong with an image/mask pair (one line naming the file), or ``None``.
+
+    The image's header gives its size; its pixels are decoded at 1/8 scale where the format allows
+    (JPEG): that still reads the whole compressed stream, so a truncated or damaged file is caught,
+    at a fraction of a full decode. The mask is decoded in full (its labels are checked).
+    """
+    try:
+        with Image.open(image_path) as im:
+            size = im.size
+            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            im.load()
+    except FileNotFoundError:
+        return f"image file not found: {image_path}"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        return f"cannot read image file {image_path}: {error}"
+    try:
+        mask = read_mask(mask_path, num_classes, ignore_index)
+    except (FileNotFoundError, ValueError) as error:
+        return str(error)
+    if tuple(mask.shape) != (size[1], size[0]):
+        return (f"mask file {mask_path} is {tuple(mask.shape)} (H, W) but its image {image_path} is "
+                f"{(size[1], size[0])}")
+    return None
+
+
+def check_files(dataset, progress: bool = False, description: str = "checking files") -> list[str]:
+    """Check every image and mask of a file dataset before any training step.
+
+    Each image is opened and decoded (at 1/8 scale for JPEG), each mask decoded and its labels checked
+    against the dataset's ``num_classes`` and ``ignore_index``, and their sizes compared.
+
+    Parameters
+    ----------
+    dataset : PascalPersonParts or ImageMaskFolder (anything with ``files()``)
+    progress : bool
+        A tqdm progress bar.
+
+    Returns
+    -------
+    list of str
+        One line per bad pair, naming the file and what is wrong; empty when all are fine.
+
+    Example
+    -------
+    >>> check_files(PascalPersonParts("data/pascal_person_part", "val"))  # doctest: +SKIP
+    []
+    """
+    from tqdm.auto import tqdm
+
+    problems = []
+    for _, image_path, mask_path in tqdm(dataset.files(), desc=description, disable=not progress, leave=False):
+        problem = _check_pair(image_path, mask_path, dataset.num_classes, getattr(dataset, "ignore_index", None))
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _file_fingerprint(path: Path) -> str:
+    """A short key of a file's size and modification time: changes when the file is replaced."""
+    stat = path.stat()
+    return hashlib.sha1(f"{stat.st_size}-{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+
+
+def _read_ids(split_file: Path) -> list[str]:
+    ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    seen, repeated = set(), []
+    for sample_id in ids:
+        if sample_id in seen and sample_id not in repeated:
+            repeated.append(sample_id)
+        seen.add(sample_id)
+    if repeated:
+        shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        warnings.warn(f"{split_file}: {len(repeated)} id(s) listed more than once ({shown}); "
+                      f"each copy is used (and scored) again", stacklevel=3)
+    return ids
+
+
+def _missing_files_error(what: str, missing: list[str]) -> FileNotFoundError:
+    shown = "; ".join(missing[:10]) + (f"; and {len(missing) - 10} more" if len(missing) > 10 else "")
+    return FileNotFoundError(f"{what}: {len(missing)} missing file(s): {shown}")
+
+
+def _load_pair(image_path: Path, mask_path: Path, sample_id: str, num_classes: int,
+               ignore_index: int | None = None) -> Sample:
     image = read_image(image_path)
-    mask = read_mask(mask_path, num_classes)
+    mask = read_mask(mask_path, num_classes, ignore_index)
     if tuple(mask.shape) != tuple(image.shape[1:]):
         raise ValueError(
             f"mask file {mask_path} is {tuple(mask.shape)} (H, W) but its image {image_path} is "
@@ -161,6 +262,8 @@ class PascalPersonParts(torch.utils.data.Dataset):
         Keep the first ``limit`` ids of the split.
     transform : callable, optional
         Applied to each sample dict.
+    ignore_index : int, optional
+        A mask value allowed besides the class ids (e.g. 255), left out of training and scoring.
 
     Example
     -------
@@ -172,8 +275,10 @@ class PascalPersonParts(torch.utils.data.Dataset):
     name = "pascal_person_part"
     num_classes = NUM_CLASSES
 
-    def __init__(self, root, split: str = "train", limit: int | None = None, transform: Transform | None = None):
+    def __init__(self, root, split: str = "train", limit: int | None = None, transform: Transform | None = None,
+                 ignore_index: int | None = None):
         _check_limit(limit)
+        self.ignore_index = ignore_index
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"PascalPersonParts: root {self.root} is not a directory")
@@ -184,14 +289,22 @@ class PascalPersonParts(torch.utils.data.Dataset):
                 f"PascalPersonParts: split file for split={split!r} not found (looked for "
                 f"{candidates[0]} and {candidates[1]})"
             )
-        ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        ids = _read_ids(split_file)
         if limit is not None:
             ids = ids[:limit]
         self.split, self.split_file, self.ids, self.transform = split, split_file, ids, transform
-        for sample_id in ids:
-            for path in (self.image_path(sample_id), self.mask_path(sample_id)):
-                if not path.is_file():
-                    raise FileNotFoundError(f"PascalPersonParts: id {sample_id!r} listed in {split_file} has no file {path}")
+        missing = [f"id {sample_id!r} has no file {path}" for sample_id in ids
+                   for path in (self.image_path(sample_id), self.mask_path(sample_id)) if not path.is_file()]
+        if missing:
+            raise _missing_files_error(f"PascalPersonParts: ids listed in {split_file}", missing)
+
+    def files(self) -> list[tuple[str, Path, Path]]:
+        """``(id, image path, mask path)`` of every sample."""
+        return [(i, self.image_path(i), self.mask_path(i)) for i in self.ids]
+
+    def fingerprint(self, i: int) -> str:
+        """Changes when sample ``i``'s image file is replaced (a key for cached superpixels and features)."""
+        return _file_fingerprint(self.image_path(self.ids[i]))
 
     def image_path(self, sample_id: str) -> Path:
         return self.root / "JPEGImages" / f"{sample_id}.jpg"
@@ -204,7 +317,8 @@ class PascalPersonParts(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         sample_id = self.ids[i]
-        sample = _load_pair(self.image_path(sample_id), self.mask_path(sample_id), sample_id, self.num_classes)
+        sample = _load_pair(self.image_path(sample_id), self.mask_path(sample_id), sample_id, self.num_classes,
+                            self.ignore_index)
         return self.transform(sample) if self.transform is not None else sample
 
 
@@ -226,6 +340,8 @@ class ImageMaskFolder(torch.utils.data.Dataset):
     transform : callable, optional
     num_classes : int
         Labels must lie in ``0 .. num_classes - 1``.
+    ignore_index : int, optional
+        A mask value allowed besides those (e.g. 255), left out of training and scoring.
 
     Example
     -------
@@ -240,15 +356,17 @@ class ImageMaskFolder(torch.utils.data.Dataset):
         limit: int | None = None,
         transform: Transform | None = None,
         num_classes: int = NUM_CLASSES,
+        ignore_index: int | None = None,
     ):
         _check_limit(limit)
+        self.ignore_index = ignore_index
         ids = None
         if mask_dir is None:
             root = Path(image_dir)
             if split is not None and (root / split / "images").is_dir():
                 root = root / split
             elif split is not None and (root / f"{split}_id.txt").is_file():
-                ids = [s.strip() for s in (root / f"{split}_id.txt").read_text().splitlines() if s.strip()]
+                ids = _read_ids(root / f"{split}_id.txt")
             elif split not in (None, "train"):
                 raise FileNotFoundError(
                     f"ImageMaskFolder: split={split!r} needs {root / split / 'images'} or {root / f'{split}_id.txt'}"
@@ -263,14 +381,17 @@ class ImageMaskFolder(torch.utils.data.Dataset):
             ids = sorted(images)
         if limit is not None:
             ids = ids[:limit]
-        self.images = {}
+        self.images, missing = {}, []
         for sample_id in ids:
-            if sample_id not in images:
-                raise FileNotFoundError(f"ImageMaskFolder: id {sample_id!r} has no image file in {self.image_dir}")
             mask = self.mask_dir / f"{sample_id}.png"
-            if not mask.is_file():
-                raise FileNotFoundError(f"ImageMaskFolder: image {images[sample_id]} has no mask file {mask}")
-            self.images[sample_id] = images[sample_id]
+            if sample_id not in images:
+                missing.append(f"id {sample_id!r} has no image file in {self.image_dir}")
+            elif not mask.is_file():
+                missing.append(f"image {images[sample_id]} has no mask file {mask}")
+            else:
+                self.images[sample_id] = images[sample_id]
+        if missing:
+            raise _missing_files_error("ImageMaskFolder", missing)
         self.ids, self.split, self.transform, self.num_classes = list(ids), split, transform, num_classes
         digest = hashlib.sha1(str(self.image_dir.resolve()).encode()).hexdigest()[:10]
         self.name = f"folder-{digest}"
@@ -278,9 +399,18 @@ class ImageMaskFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def files(self) -> list[tuple[str, Path, Path]]:
+        """``(id, image path, mask path)`` of every sample."""
+        return [(i, self.images[i], self.mask_dir / f"{i}.png") for i in self.ids]
+
+    def fingerprint(self, i: int) -> str:
+        """Changes when sample ``i``'s image file is replaced (a key for cached superpixels and features)."""
+        return _file_fingerprint(self.images[self.ids[i]])
+
     def __getitem__(self, i: int) -> Sample:
         sample_id = self.ids[i]
-        sample = _load_pair(self.images[sample_id], self.mask_dir / f"{sample_id}.png", sample_id, self.num_classes)
+        sample = _load_pair(self.images[sample_id], self.mask_dir / f"{sample_id}.png", sample_id, self.num_classes,
+                            self.ignore_index)
         return self.transform(sample) if self.transform is not None else sample
 
 
@@ -535,7 +665,12 @@ def _safe(text: str) -> str:
 
 
 class SuperpixelCache:
-    """SLIC label maps on disk, keyed by dataset name, sample id, image size and SLIC parameters.
+    """SLIC label maps on disk, keyed by dataset name, sample id, the image file's fingerprint, image
+    size and SLIC parameters.
+
+    The fingerprint (``PascalPersonParts.fingerprint``: a hash of the file's size and modification
+    time) makes a replaced image get new superpixels instead of its predecessor's. Caches written
+    before fingerprints were part of the key are not read: their images are computed again once.
 
     Parameters
     ----------
@@ -561,14 +696,18 @@ class SuperpixelCache:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.n_segments, self.compactness = int(n_segments), float(compactness)
 
-    def path(self, dataset_name: str, sample_id: str, size: tuple[int, int]) -> Path:
-        key = f"{_safe(sample_id)}_{size[0]}x{size[1]}_n{self.n_segments}_c{self.compactness:g}.npy"
+    def path(self, dataset_name: str, sample_id: str, size: tuple[int, int], fingerprint: str | None = None) -> Path:
+        source = f"_{_safe(fingerprint)}" if fingerprint else ""
+        key = f"{_safe(sample_id)}{source}_{size[0]}x{size[1]}_n{self.n_segments}_c{self.compactness:g}.npy"
         return self.cache_dir / _safe(dataset_name) / key
 
-    def get(self, dataset_name: str, sample_id: str, image) -> np.ndarray:
-        """The cached superpixels of ``image`` ([3, H, W] tensor or H x W x 3 array), computing them once."""
+    def get(self, dataset_name: str, sample_id: str, image, fingerprint: str | None = None) -> np.ndarray:
+        """The cached superpixels of ``image`` ([3, H, W] tensor or H x W x 3 array), computing them once.
+
+        ``fingerprint`` identifies the image's content or file version (see the class docstring).
+        """
         size = tuple(image.shape[-2:]) if isinstance(image, torch.Tensor) else tuple(np.shape(image)[:2])
-        path = self.path(dataset_name, sample_id, size)
+        path = self.path(dataset_name, sample_id, size, fingerprint)
         if path.is_file():
             try:
                 labels = np.load(path)
@@ -592,6 +731,14 @@ class SuperpixelCache:
 
     def __repr__(self) -> str:
         return f"SuperpixelCache({str(self.cache_dir)!r}, n_segments={self.n_segments}, compactness={self.compactness:g})"
+
+
+def _fingerprint(dataset, i: int) -> str | None:
+    """``dataset.fingerprint(i)`` through any Subset wrappers (``None`` for generated data)."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        i, dataset = dataset.indices[i], dataset.dataset
+    method = getattr(dataset, "fingerprint", None)
+    return method(i) if method is not None else None
 
 
 def _dataset_name(dataset) -> str | None:
@@ -642,7 +789,8 @@ class WithSuperpixels(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         sample = dict(self.dataset[i])
-        sample["superpixels"] = torch.from_numpy(self.cache.get(self.name, sample["id"], sample["image"]))
+        fingerprint = _fingerprint(self.dataset, i)
+        sample["superpixels"] = torch.from_numpy(self.cache.get(self.name, sample["id"], sample["image"], fingerprint))
         return self.transform(sample) if self.transform is not None else sample
 
 
@@ -697,6 +845,7 @@ def make_dataset(
     n_segments: int = 1000,
     compactness: float = 10.0,
     cache_dir=None,
+    ignore_index: int | None = None,
 ):
     """Build a dataset by name: ``synthetic``, ``pascal_person_part`` or ``folder``.
 
@@ -720,6 +869,8 @@ def make_dataset(
     superpixels : bool
         Add cached ``superpixels`` (:class:`WithSuperpixels`) with ``n_segments``, ``compactness`` and
         ``cache_dir``.
+    ignore_index : int, optional
+        A mask value allowed besides the class ids in real data (e.g. 255), left out of training and scoring.
 
     Example
     -------
@@ -738,9 +889,9 @@ def make_dataset(
         if root is None:
             raise ValueError(f"make_dataset: root is required for {name!r}")
         if name == "pascal_person_part":
-            base = PascalPersonParts(root, split=split, limit=limit)
+            base = PascalPersonParts(root, split=split, limit=limit, ignore_index=ignore_index)
         else:
-            base = ImageMaskFolder(root, split=split, limit=limit)
+            base = ImageMaskFolder(root, split=split, limit=limit, ignore_index=ignore_index)
     if transform == "default":
         transform = None if name == "synthetic" else eval_transform(image_size)
     elif transform == "augment":

@@ -813,6 +813,19 @@ def _run_chains(
     return final, torch.from_numpy(_canonical(roots)).to(device), traces
 
 
+def _finite_energy(energy: Callable[[Tensor], float]) -> Callable[[Tensor], float]:
+    """``energy`` that raises on NaN: a NaN energy makes every acceptance test fail without a word."""
+
+    def checked(cluster: Tensor) -> float:
+        value = float(energy(cluster))
+        if math.isnan(value):
+            raise ValueError(f"energy returned NaN for a partition into {int(cluster.max()) + 1 if cluster.numel() else 0} "
+                             f"clusters; it must return a number (inf for a forbidden partition)")
+        return value
+
+    return checked
+
+
 def metropolis_hastings(
     edge_index: Tensor,
     merge_prob: Tensor,
@@ -873,6 +886,8 @@ def metropolis_hastings(
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     n = _num_nodes_of(edge_index, num_nodes)
     _check_budget(merge_budget)
+    if not isinstance(energy, PartitionEnergy):
+        energy = _finite_energy(energy)
     p = merge_prob.detach().double().cpu().numpy()
     num_edges = edge_index.shape[1]
     _, cluster, traces = _run_chains(edge_index.cpu().numpy(), p, n, np.zeros(num_edges, np.int64), np.zeros(n, np.int64),

@@ -402,6 +402,12 @@ class GraphLSTM(nn.Module):
             raise ValueError(f"x: expected a float tensor [N, {self.in_channels}], got {_describe(x)}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]}")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"x: expected float32 or float64 features, got {x.dtype}")
+        weight = self.input_proj.weight
+        if x.dtype != weight.dtype:
+            raise ValueError(f"x: {x.dtype} features but the layer's parameters are {weight.dtype}; convert one "
+                             f"of them (layer.double() for float64, or x.to({weight.dtype}))")
         N = x.shape[0]
         if not isinstance(edge_index, Tensor) or edge_index.dtype != torch.long or edge_index.dim() != 2 \
                 or edge_index.shape[0] != 2:
@@ -411,6 +417,15 @@ class GraphLSTM(nn.Module):
                 raise ValueError(f"edge_index: node ids must lie in [0, {N})")
             if bool((edge_index[0] == edge_index[1]).any()):
                 raise ValueError("edge_index: self loops are not allowed")
+            # Each undirected edge once: a repeated edge would count its neighbour twice in the gates.
+            keys = torch.minimum(edge_index[0], edge_index[1]) * N + torch.maximum(edge_index[0], edge_index[1])
+            keys = keys.sort().values
+            repeated = keys[1:] == keys[:-1]
+            if bool(repeated.any()):
+                key = int(keys[1:][repeated][0])
+                raise ValueError(f"edge_index: the edge ({key // N}, {key % N}) appears more than once (in either "
+                                 f"direction); each undirected edge must be listed once "
+                                 f"(selab.superpixels.adjacency gives such a list)")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
         if schedule != "synchronous" or rank is not None:
@@ -422,6 +437,8 @@ class GraphLSTM(nn.Module):
         for name, state in (("h0", h0), ("m0", m0)):
             if state is not None and (not isinstance(state, Tensor) or state.shape != (N, self.hidden_channels)):
                 raise ValueError(f"{name}: expected a tensor [{N}, {self.hidden_channels}], got {_describe(state)}")
+            if state is not None and state.dtype != x.dtype:
+                raise ValueError(f"{name}: expected {x.dtype} like x, got {state.dtype}")
         if batch is not None:
             if not isinstance(batch, Tensor) or batch.shape != (N,):
                 raise ValueError(f"batch: expected an int64 tensor [{N}], got {_describe(batch)}")

@@ -158,6 +158,8 @@ def slic(image, n_segments: int = 1000, compactness: float = 10.0, **skimage_kwa
     if not isinstance(n_segments, (int, np.integer)) or n_segments < 1:
         raise ValueError(f"n_segments: expected a positive integer, got {n_segments!r}")
     hwc = _image_to_hwc(image)
+    if hwc.shape[0] == 0 or hwc.shape[1] == 0:
+        raise ValueError(f"image: expected at least 1 x 1 pixels, got {hwc.shape[0]} x {hwc.shape[1]}")
     labels = _skimage_slic(hwc, n_segments=int(n_segments), compactness=float(compactness),
                            start_label=0, channel_axis=-1, **skimage_kwargs)
     # SLIC can leave unused ids (e.g. after enforcing connectivity); nodes must be 0..N-1.

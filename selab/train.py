@@ -37,8 +37,14 @@ import json
 import math
 import os
 import random
+import pickle
+import shutil
 import signal
+import sys
+import tempfile
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +111,13 @@ class TrainConfig:
         Run folder.
     resume : bool
         Continue from ``out_dir/checkpoints/last.pt`` if present.
+    overwrite : bool
+        Replace a previous run in ``out_dir`` (without it a non-empty ``out_dir`` is refused). The old
+        files are replaced only once the new run has written its first checkpoint: until then it trains
+        in a hidden sibling folder, which is removed if the new run fails.
+    ignore_index : int, optional
+        Mask value that is neither trained on nor scored (e.g. 255, the PASCAL VOC "void"); ``None``:
+        every mask value must be a class id.
     device : str
         ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...
     num_workers : int
@@ -144,6 +157,8 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     resume: bool = False
+    overwrite: bool = False
+    ignore_index: int | None = None
     device: str = "auto"
     num_workers: int = 0
     num_figures: int = 4
@@ -174,12 +189,15 @@ class TrainConfig:
             bad("val_every", "a positive int")
         if self.image_size < 16:
             bad("image_size", "at least 16 pixels")
-        for name in ("epochs", "two_step_epochs", "num_workers", "num_figures", "seed"):
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            bad("epochs", "an int >= 1 (a run of 0 epochs would write nothing)")
+        for name in ("two_step_epochs", "num_workers", "num_figures", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 bad(name, "an int >= 0")
         for name in ("lr", "backbone_lr_scale", "weight_decay", "momentum"):
-            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
-                bad(name, "a number >= 0")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                bad(name, "a finite number >= 0")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
@@ -190,11 +208,11 @@ class TrainConfig:
             if key in self.model:
                 raise ValueError(f"TrainConfig.model: set {key!r} on TrainConfig itself, not in model")
         if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                bad("device", "'auto' or a torch device string")
-        self.model_config()  # validates variant, backbone and the model options
+            check_device(self.device, "TrainConfig.device")
+        model_config = self.model_config()  # validates variant, backbone and the model options
+        if self.ignore_index is not None and (isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, int)
+                                              or not model_config.num_classes <= self.ignore_index <= 255):
+            bad("ignore_index", f"None or an int in {model_config.num_classes}..255 (e.g. 255), not a class id")
 
     # -- derived settings ---------------------------------------------------------------------------
     @property
@@ -218,13 +236,21 @@ class TrainConfig:
         unknown = set(self.model) - known
         if unknown:
             raise ValueError(f"TrainConfig.model: unknown ModelConfig fields {sorted(unknown)}")
+        evolution = self.model.get("evolution")
+        if isinstance(evolution, dict):
+            import inspect
+
+            from selab.evolve import StructureEvolution
+
+            accepted = set(inspect.signature(StructureEvolution.__init__).parameters) - {"self", "hidden_channels"}
+            if set(evolution) - accepted:
+                raise ValueError(f"TrainConfig.model: unknown evolution options {sorted(set(evolution) - accepted)}; "
+                                 f"StructureEvolution accepts {sorted(accepted)}")
         return ModelConfig(variant=self.variant, backbone=self.backbone, freeze_backbone=self.frozen,
                            n_segments=self.segments, **self.model)
 
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return check_device(self.device, "TrainConfig.device")
 
     @property
     def run_dir(self) -> Path:
@@ -249,6 +275,41 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------------
 # small utilities
 # ---------------------------------------------------------------------------------------------------
+def check_device(device: str, what: str = "device") -> torch.device:
+    """``device`` as a :class:`torch.device` (``"auto"``: CUDA if available), or a ValueError naming ``what``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{what}: expected 'auto', 'cpu', 'cuda' or another torch device string, got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{what}: {device!r} asked for, but CUDA is not available on this machine "
+                         f"(use 'cpu' or 'auto')")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"{what}: {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
+def writable_folder(path, what: str) -> Path:
+    """Create ``path`` (and its parents) if needed and prove it writable; else a ValueError naming it."""
+    path = Path(path)
+    for ancestor in (path, *path.parents):
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                where = "is a file" if ancestor == path else f"is under {ancestor}, which is a file"
+                raise ValueError(f"{what}: {path} {where}; expected a folder")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=path, prefix=".selab-write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"{what}: {path} is not writable ({error.strerror or error})") from error
+    return path
+
+
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then ``os.replace`` (never a torn file)."""
     path = Path(path)
@@ -273,15 +334,31 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every global RNG state as tensors and plain data (loadable with ``torch.load(weights_only=True)``)."""
+    version, internal, gauss_next = random.getstate()
+    algorithm, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "numpy": {"algorithm": str(algorithm), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore :func:`rng_state` (also the numpy/tuple form that earlier selab versions wrote)."""
+    python, numpy_state = state["python"], state["numpy"]
+    if isinstance(python, dict):
+        python = (python["version"], tuple(int(v) for v in python["internal"].tolist()), python["gauss_next"])
+    random.setstate(python)
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["algorithm"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -315,7 +392,31 @@ def base_dataset(config: TrainConfig, split: str, limit: int | None):
         # selab decision: enough synthetic images that the default quick run learns visibly.
         limit = SYNTHETIC_TRAIN_IMAGES if split == config.split else SYNTHETIC_VAL_IMAGES
     return make_dataset(config.dataset, root=config.data_root, split=split, limit=limit,
-                        image_size=config.image_size, transform=None)
+                        image_size=config.image_size, transform=None, ignore_index=config.ignore_index)
+
+
+def check_data(config: TrainConfig) -> None:
+    """Check every image and mask of the training and validation splits before the first step.
+
+    Raises one ``ValueError`` naming every bad or missing file of both splits (generated synthetic
+    data is not checked). Measured on PASCAL-Person-Part (3533 pairs): see README "Reliability".
+    """
+    from selab.data import check_files
+
+    if config.dataset == "synthetic":
+        return
+    problems = []
+    splits = [(config.split, config.limit)] + ([(config.val_split, config.val_limit)] if config.val_split else [])
+    for split, limit in splits:
+        try:
+            dataset = base_dataset(config, split, limit)
+        except FileNotFoundError as error:
+            problems.append(str(error))
+            continue
+        problems += check_files(dataset, progress=config.progress, description=f"checking {split} files")
+    if problems:
+        shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
+        raise ValueError(f"{len(problems)} bad data file(s) in {config.data_root} (nothing was trained):\n  {shown}")
 
 
 class PreparedSplit(torch.utils.data.Dataset):
@@ -359,15 +460,24 @@ class PreparedSplit(torch.utils.data.Dataset):
         mask = F.interpolate(mask[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
         return image, mask
 
+    def fingerprint(self, index: int) -> str | None:
+        """Changes when item ``index``'s image file is replaced (``None`` for generated data)."""
+        method = getattr(self.base, "fingerprint", None)
+        return method(index) if method is not None else None
+
     def superpixel_path(self, index: int) -> Path:
-        return self.superpixel_cache.path(self.cache_key, self._id(index), (self.size, self.size))
+        return self.superpixel_cache.path(self.cache_key, self._id(index), (self.size, self.size),
+                                          self.fingerprint(index))
 
     def superpixels(self, index: int, image: torch.Tensor) -> torch.Tensor:
         """SLIC of the resized ``image`` of item ``index``, computed once (:class:`selab.data.SuperpixelCache`)."""
-        return torch.from_numpy(self.superpixel_cache.get(self.cache_key, self._id(index), image))
+        return torch.from_numpy(self.superpixel_cache.get(self.cache_key, self._id(index), image,
+                                                          self.fingerprint(index)))
 
-    def feature_path(self, index: int) -> Path:
-        return self.feature_dir / f"{self._id(index)}.pt"
+    def feature_path(self, index: int, folder: Path | None = None) -> Path:
+        fingerprint = self.fingerprint(index)
+        name = f"{self._id(index)}-{fingerprint}.pt" if fingerprint else f"{self._id(index)}.pt"
+        return (folder or self.feature_dir) / name
 
     def __getitem__(self, index: int) -> dict:
         sample = self.base[index]
@@ -376,7 +486,12 @@ class PreparedSplit(torch.utils.data.Dataset):
         if self.needs_superpixels:
             item["superpixels"] = self.superpixels(index, image)
         if self.feature_dir is not None:
-            item["features"] = torch.load(self.feature_path(index), weights_only=True)
+            path = self.feature_path(index)
+            try:
+                item["features"] = torch.load(path, weights_only=True)
+            except Exception as error:
+                raise ValueError(f"cached features {path} are unreadable ({_first_line(error)}); delete the file "
+                                 f"and they are computed again") from None
         if self.keep_full:
             item["full_mask"] = sample["mask"].long()
             item["full_image"] = sample["image"].float()
@@ -413,7 +528,7 @@ class PreparedSplit(torch.utils.data.Dataset):
                     model.backbone.eval()
                     features = model.backbone(batch["image"].to(device))
                 for b, index in enumerate(indices):
-                    path = saved_dir / f"{self._id(index)}.pt"
+                    path = self.feature_path(index, saved_dir)
                     atomic_save([f[b].detach().to("cpu", torch.float16).clone() for f in features], path)
         finally:
             self.feature_dir, self.keep_full = saved_dir, keep_full
@@ -516,21 +631,32 @@ def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def compute_loss(output, batch: dict, model_config: ModelConfig, confidence_only: bool = False) -> dict:
+def _cross_entropy(logits, mask, ignore_index: int | None):
+    if ignore_index is None:
+        return F.cross_entropy(logits, mask)
+    # The mean over the labelled pixels only; 0 (not NaN) for a batch without any.
+    total = F.cross_entropy(logits, mask, ignore_index=ignore_index, reduction="sum")
+    return total / (mask != ignore_index).sum().clamp(min=1)
+
+
+def compute_loss(output, batch: dict, model_config: ModelConfig, confidence_only: bool = False,
+                 ignore_index: int | None = None) -> dict:
     """Pixel cross-entropy + weighted confidence-map cross-entropy + weighted merge-probability L2.
 
-    Returns a dict of scalar tensors: ``loss`` (the total) and its parts.
+    Pixels labelled ``ignore_index`` count in neither cross-entropy (nor in the merge targets, whose
+    label histograms skip values outside the classes). Returns a dict of scalar tensors: ``loss``
+    (the total) and its parts.
     """
     mask = batch["mask"].to(output.confidence_logits.device if output.logits is None else output.logits.device)
     parts = {}
     if confidence_only:
-        parts["confidence"] = F.cross_entropy(output.confidence_logits, mask)
+        parts["confidence"] = _cross_entropy(output.confidence_logits, mask, ignore_index)
         parts["loss"] = parts["confidence"]
         return parts
-    parts["pixel"] = F.cross_entropy(output.logits, mask)
+    parts["pixel"] = _cross_entropy(output.logits, mask, ignore_index)
     total = parts["pixel"]
     if output.confidence_logits is not None and model_config.confidence_loss_weight > 0:
-        parts["confidence"] = F.cross_entropy(output.confidence_logits, mask)
+        parts["confidence"] = _cross_entropy(output.confidence_logits, mask, ignore_index)
         total = total + model_config.confidence_loss_weight * parts["confidence"]
     if output.merge_target:
         from selab.evolve import merge_loss
@@ -545,7 +671,9 @@ def compute_loss(output, batch: dict, model_config: ModelConfig, confidence_only
 # checkpoints and run folders
 # ---------------------------------------------------------------------------------------------------
 def save_checkpoint(path, model, optimizer, scheduler, config: TrainConfig, epoch: int, step: int,
-                    history: list, accumulators: dict | None = None, best: float | None = None) -> None:
+                    history: list, accumulators: dict | None = None, best: float | None = None,
+                    rng: dict | None = None) -> None:
+    """Write a checkpoint atomically: tensors and plain data only (``rng``: default the current states)."""
     atomic_save(
         {
             "model": model.state_dict(),
@@ -558,24 +686,99 @@ def save_checkpoint(path, model, optimizer, scheduler, config: TrainConfig, epoc
             "history": history,
             "accumulators": accumulators or {},
             "best": best,
-            "rng": rng_state(),
+            "rng": rng if rng is not None else rng_state(),
         },
         path,
     )
 
 
-def read_checkpoint(path) -> dict:
-    """A checkpoint dict read with ``torch.load(weights_only=True)``: tensors and plain data only, no code runs.
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded safely: unreadable, not selab's, or holding code."""
 
-    The numpy RNG state of selab's checkpoints (an array and its dtype) is allowed explicitly.
+
+# Checkpoints of earlier selab versions held the numpy RNG state as an ndarray: these numpy names only
+# rebuild arrays and scalars (their contents still go through the restricted unpickler), so such
+# files load without running code. selab decision: allow exactly these and nothing else.
+_LEGACY_NUMPY_GLOBALS = ("numpy.dtype", "numpy.ndarray", "numpy._core.multiarray._reconstruct",
+                         "numpy.core.multiarray._reconstruct", "numpy._core.multiarray.scalar",
+                         "numpy.core.multiarray.scalar")
+CHECKPOINT_KEYS = ("model", "model_config", "train_config", "epoch", "step", "history")
+
+
+def _legacy_numpy_globals() -> list:
+    import numpy._core.multiarray as multiarray
+
+    dtype_classes = [v for v in vars(np.dtypes).values() if isinstance(v, type) and issubclass(v, np.dtype)]
+    return [np.dtype, np.ndarray, multiarray._reconstruct, multiarray.scalar, *dtype_classes]
+
+
+def load_checkpoint(path) -> dict:
+    """Read a selab checkpoint without running any code from it (``torch.load(weights_only=True)``).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    CheckpointError
+        (a ``ValueError``) naming ``path``: the file is truncated or corrupt, is not a selab checkpoint,
+        or asks to import something other than tensors and plain data (a crafted file: nothing of
+        it is executed).
+
+    Example
+    -------
+    >>> checkpoint = load_checkpoint("runs/quick/checkpoints/last.pt")  # doctest: +SKIP
+    >>> checkpoint["epoch"]  # doctest: +SKIP
     """
     path = Path(path)
-    allowed = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
     try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = None
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # not a zip checkpoint: the error text below names the global
+            pass
+        if unsafe and set(unsafe) <= set(_LEGACY_NUMPY_GLOBALS):
+            try:
+                with torch.serialization.safe_globals(_legacy_numpy_globals()):
+                    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as legacy_error:
+                raise CheckpointError(f"checkpoint {path} (earlier selab format) is unreadable: "
+                                      f"{_first_line(legacy_error)}") from None
+        else:
+            detail = f"it imports {sorted(unsafe)}" if unsafe else _unsafe_detail(error)
+            raise CheckpointError(
+                f"checkpoint {path} was not loaded: {detail}, but a selab checkpoint holds only tensors and "
+                f"plain data; nothing in it was executed. Do not use a file you did not write yourself"
+            ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError,
+            IndexError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt?): {_first_line(error)}") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a selab checkpoint (it lacks {missing})")
+    return checkpoint
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _unsafe_detail(error: BaseException) -> str:
+    """What torch's long weights_only message says the file asked for."""
+    import re
+
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it asks for {found.group(1)}"
+    found = re.search(r"Unsupported operand \d+", text)
+    if found:
+        return f"it uses pickle instructions a checkpoint does not need ({found.group(0)})"
+    return f"it holds objects other than tensors ({_first_line(error)})"
 
 
 def load_model(checkpoint_or_run_dir, device="cpu", which: str = "best",
@@ -586,21 +789,40 @@ def load_model(checkpoint_or_run_dir, device="cpu", which: str = "best",
     way (e.g. ``{"eval_samples": 4, "evolution": {"eval_mode": "mh"}}``: the ``evolution`` dict is
     merged into the saved one); options that change the weights' shapes fail to load.
 
+    In a run folder an unreadable checkpoint is reported on stderr and the other one is used;
+    ``checkpoint["path"]`` says which file was loaded. Loading never runs code from the file
+    (:func:`load_checkpoint`).
+
     Example
     -------
     >>> model, checkpoint = load_model("runs/quick")  # doctest: +SKIP
     """
+    if which not in ("best", "last"):
+        raise ValueError(f"load_model: which must be 'best' or 'last', got {which!r}")
     path = Path(checkpoint_or_run_dir)
     if path.is_dir():
         folder = path / "checkpoints"
-        candidates = [folder / f"{which}.pt", folder / "last.pt"]
-        found = [c for c in candidates if c.is_file()]
+        order = [f"{which}.pt", "last.pt" if which == "best" else "best.pt"]
+        found = [folder / name for name in order if (folder / name).is_file()]
         if not found:
             raise ValueError(f"load_model: no checkpoint in {folder} (expected best.pt or last.pt)")
-        path = found[0]
-    if not path.is_file():
+        errors = []
+        for candidate in found:
+            try:
+                checkpoint = load_checkpoint(candidate)
+            except CheckpointError as error:
+                errors.append(str(error))
+                continue
+            if errors:
+                print(f"selab: {errors[0]}\nselab: using {candidate} instead", file=sys.stderr)
+            path = candidate
+            break
+        else:
+            raise CheckpointError("; ".join(errors))
+    elif not path.is_file():
         raise ValueError(f"load_model: {path} is neither a run folder nor a checkpoint file")
-    checkpoint = read_checkpoint(path)
+    else:
+        checkpoint = load_checkpoint(path)
     model_config = dict(checkpoint["model_config"])
     # The weights come from the checkpoint: skip loading ImageNet weights first.
     model_config["pretrained"] = False
@@ -608,15 +830,180 @@ def load_model(checkpoint_or_run_dir, device="cpu", which: str = "best",
         if key == "evolution" and isinstance(value, dict):
             value = {**model_config.get("evolution", {}), **value}
         model_config[key] = value
-    model = build_model(model_config)
     try:
+        model = build_model(model_config)
         model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        if not model_options:
-            raise
-        raise ValueError(f"load_model: the weights of {path} do not fit the model with options "
-                         f"{sorted(model_options)} (only options without weights can change): {error}") from None
+    except (TypeError, RuntimeError, KeyError) as error:
+        if model_options:
+            raise ValueError(f"load_model: the weights of {path} do not fit the model with options "
+                             f"{sorted(model_options)} (only options without weights can change): "
+                             f"{_first_line(error)}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit its model config: {_first_line(error)}") from None
+    checkpoint["path"] = str(path)
     return model.to(device).eval(), checkpoint
+
+
+def _run_files(folder: Path) -> list[str]:
+    """Files under ``folder`` (relative paths), leaving out selab's own temporary files."""
+    if not folder.is_dir():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+
+
+def _listing(files: list[str], limit: int = 4) -> str:
+    shown = ", ".join(files[:limit])
+    return shown + (f" and {len(files) - limit} more" if len(files) > limit else "")
+
+
+class RunFolder:
+    """Where a run writes, such that an earlier run in ``out_dir`` is never destroyed.
+
+    * ``out_dir`` missing, empty, or holding only a ``config.json`` (a run that never wrote a
+      checkpoint): the run writes there.
+    * ``resume=True`` and ``checkpoints/last.pt`` present: the run continues there.
+    * anything else: refused with a message naming what is there and what to do, unless
+      ``overwrite=True``; then the run writes into a hidden sibling folder and :meth:`commit`
+      swaps it in after its first checkpoint (:meth:`abandon` removes it if the run fails before).
+    """
+
+    def __init__(self, config: TrainConfig):
+        self.final = Path(config.out_dir)
+        writable_folder(self.final, "TrainConfig.out_dir")
+        last = self.final / "checkpoints" / "last.pt"
+        results = [f for f in _run_files(self.final) if f != "config.json"]
+        self.resuming = bool(config.resume and last.is_file())
+        self.path, self.pending = self.final, False
+        if results and not self.resuming:
+            if not config.overwrite:
+                if config.resume:
+                    hint = (f"it has no checkpoints/last.pt to resume from; pick another --out (out_dir) or "
+                            f"replace it with --overwrite (overwrite=True)")
+                elif last.is_file():
+                    hint = ("continue that run with --resume (resume=True), pick another --out (out_dir), or "
+                            "replace it with --overwrite (overwrite=True)")
+                else:
+                    hint = "pick another --out (out_dir) or replace its contents with --overwrite (overwrite=True)"
+                raise ValueError(f"TrainConfig.out_dir: {self.final} is not empty (it holds {_listing(results)}); "
+                                 f"{hint}")
+            cache = config.cache_root.resolve()
+            if cache == self.final.resolve() or self.final.resolve() in cache.parents:
+                raise ValueError(f"TrainConfig.cache_dir: {cache} lies inside out_dir {self.final}, which "
+                                 f"overwrite=True replaces; put the cache elsewhere")
+            self.path, self.pending = self.final.with_name(f".{self.final.name}.new-{os.getpid()}"), True
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            writable_folder(self.path, "TrainConfig.out_dir")
+
+    def commit(self) -> Path:
+        """After a checkpoint: with ``overwrite``, put the new run in place of the old one (once)."""
+        if self.pending:
+            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            os.replace(self.final, old)
+            os.replace(self.path, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+            self.path, self.pending = self.final, False
+            print(f"run: the new run replaced the previous contents of {self.final} (overwrite=True)", file=sys.stderr)
+        return self.path
+
+    def abandon(self) -> None:
+        """The run failed before its first checkpoint: drop its hidden folder, the old run stays."""
+        if self.pending:
+            shutil.rmtree(self.path, ignore_errors=True)
+            print(f"run: {self.final} was left as it was (the new run wrote no checkpoint)", file=sys.stderr)
+
+
+# What may differ between a run and its resumption: how and where it runs, not what it computes.
+RESUME_FREE_FIELDS = ("resume", "overwrite", "progress", "device", "num_workers", "num_figures", "out_dir",
+                      "cache_dir", "epochs")
+
+
+def changed_fields(saved: dict, config: TrainConfig) -> list[str]:
+    """Fields of a saved run's config that ``config`` changes (so that resuming would be wrong)."""
+    mine = config.to_dict()
+    changed = []
+    for key, value in saved.items():
+        if key in RESUME_FREE_FIELDS or key not in mine or value == mine[key]:
+            continue
+        if key == "data_root" and value and mine[key] and Path(value).is_dir() and Path(mine[key]).is_dir() \
+                and os.path.samefile(value, mine[key]):
+            continue
+        changed.append(key)
+    return sorted(changed)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, a gradient or the weights became non-finite (NaN or inf)."""
+
+
+def _divergence(config: TrainConfig, epoch: int, step: int | None, what: str, last_path: Path) -> TrainingDiverged:
+    where = f"epoch {epoch + 1}, step {step + 1}" if step is not None else f"the end of epoch {epoch + 1}"
+    kept = (f"the last good checkpoint {last_path} is kept" if last_path.is_file()
+            else "no checkpoint had been written yet")
+    return TrainingDiverged(
+        f"training diverged at {where}: {what}. The likely cause is a learning rate "
+        f"too high for this model (lr={config.lr:g}, optimizer={config.optimizer}): try a smaller --lr; {kept}, "
+        f"and best.pt holds no non-finite weights"
+    )
+
+
+def _non_finite(tensors) -> bool:
+    """Whether any of ``tensors`` holds a NaN or inf (one fused norm per dtype, one host sync)."""
+    tensors = [t for t in tensors if t is not None and t.is_floating_point()]
+    if not tensors:
+        return False
+    norms = torch._foreach_norm(tensors, ord=float("inf"))
+    return not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+
+
+class _NonFiniteOutput(Exception):
+    pass
+
+
+def _non_finite_culprit(model: SELabModel, replay) -> str | None:
+    """After a failed forward: the weights, or the first module whose output, holding NaN or inf.
+
+    ``replay()`` repeats the failed computation (without gradients) while a hook on every module
+    stops at the first non-finite output. Only run after a failure: the hooks cost a sync each.
+    """
+    named = list(model.named_parameters())
+    if _non_finite([p for _, p in named]):
+        return f"the weights ({_first_non_finite(named)})"
+    found = []
+
+    def hook(name):
+        def check(module, inputs, output):
+            outputs = output if isinstance(output, (tuple, list)) else [output]
+            if _non_finite([t for t in outputs if isinstance(t, torch.Tensor)]):
+                found.append(name)
+                raise _NonFiniteOutput(name)
+        return check
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            replay()
+    except Exception:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return f"the output of layer {found[0]}" if found else None
+
+
+def _replay_step(model, batch, mh_state, confidence_only):
+    def replay():
+        generator = torch.Generator(device=mh_state.device if mh_state.device.type != "cpu" else "cpu")
+        generator.set_state(mh_state)
+        model(batch, generator=generator, confidence_only=confidence_only)
+    return replay
+
+
+def _first_non_finite(named) -> str:
+    for name, tensor in named:
+        if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return "?"
 
 
 def write_metrics(run_dir: Path, history: list, final: dict | None) -> None:
@@ -711,15 +1098,17 @@ def plot_predictions(run_dir: Path, examples: list) -> Path | None:
 # ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_model(model: SELabModel, loader, device, progress: bool = False, num_examples: int = 0,
-                   description: str = "evaluate", per_image: list | None = None) -> tuple[dict, list]:
+                   description: str = "evaluate", per_image: list | None = None,
+                   ignore_index: int | None = None) -> tuple[dict, list]:
     """Scores over a loader of evaluation batches (each holds the full-resolution ``full_masks``).
 
     Logits [B,K,S,S] are upsampled (bilinear) to each mask's own size before the argmax, and the
-    confusion matrix accumulates over the whole split. ``per_image``, a list, receives one
-    ``(id, confusion [K,K])`` pair per image (for paired comparisons of runs, :mod:`selab.compare`).
+    confusion matrix accumulates over the whole split (pixels labelled ``ignore_index`` left out).
+    ``per_image``, a list, receives one ``(id, confusion [K,K])`` pair per image (for paired
+    comparisons of runs, :mod:`selab.compare`).
     """
     model.eval()
-    matrix = ConfusionMatrix(model.config.num_classes)
+    matrix = ConfusionMatrix(model.config.num_classes, ignore_index=ignore_index)
     examples, hierarchy = [], []
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
         batch = to_device(batch, device)
@@ -734,7 +1123,8 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
             if per_image is None:
                 matrix.update(prediction, full_mask.to(prediction.device))
             else:
-                image_matrix = confusion_matrix(prediction, full_mask.to(prediction.device), model.config.num_classes)
+                image_matrix = confusion_matrix(prediction, full_mask.to(prediction.device), model.config.num_classes,
+                                                ignore_index)
                 matrix.matrix += image_matrix
                 per_image.append((batch["ids"][b], image_matrix))
             if len(examples) < num_examples:
@@ -749,7 +1139,7 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
     return scores, examples
 
 
-def evaluate(checkpoint_or_run_dir, dataset: str = "pascal_person_part", data_root: str | None = None,
+def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str | None = None,
              split: str = "val", image_size: int | None = None, limit: int | None = None,
              out: str | None = None, device: str = "auto", batch_size: int = 8, progress: bool = True,
              cache_dir: str | None = None, per_image_out: str | None = None,
@@ -761,15 +1151,22 @@ def evaluate(checkpoint_or_run_dir, dataset: str = "pascal_person_part", data_ro
     (:func:`selab.metrics.save_per_image`), for paired comparisons with :mod:`selab.compare`.
 
     Returns ``{"mean_iou", "per_class_iou" (by class name), "pixel_accuracy"}`` in percent, plus
-    ``checkpoint``, ``dataset``, ``split``, ``num_images``, ``image_size``.
+    ``checkpoint``, ``checkpoint_file`` (the file used: in a run folder ``best.pt``, or ``last.pt`` when
+    ``best.pt`` is missing or unreadable), ``dataset`` (default: the run's own), ``split``,
+    ``num_images``, ``image_size``.
 
     Example
     -------
     >>> evaluate("runs/quick", dataset="synthetic", split="val")["mean_iou"]  # doctest: +SKIP
     """
-    torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+    torch_device = check_device(device, "evaluate: device")
+    if out:
+        writable_folder(Path(out).parent, "evaluate: out")
     model, checkpoint = load_model(checkpoint_or_run_dir, torch_device, model_options=model_options)
     train_config = dict(checkpoint["train_config"])
+    dataset = dataset or train_config["dataset"]
+    if dataset != "synthetic" and not (data_root or (dataset == train_config["dataset"] and train_config["data_root"])):
+        raise ValueError(f"evaluate: dataset {dataset!r} needs its folder: pass data_root (--data-root)")
     overrides = {"dataset": dataset, "val_split": split, "val_limit": limit, "resume": False,
                  "device": str(torch_device), "batch_size": batch_size, "progress": progress}
     if dataset != train_config["dataset"] or data_root is not None:
@@ -784,11 +1181,13 @@ def evaluate(checkpoint_or_run_dir, dataset: str = "pascal_person_part", data_ro
     config = TrainConfig.from_dict(train_config)
     loader = evaluation_loader(config, model)
     per_image = [] if per_image_out else None
-    scores, _ = evaluate_model(model, loader, torch_device, progress=progress, per_image=per_image)
+    scores, _ = evaluate_model(model, loader, torch_device, progress=progress, per_image=per_image,
+                               ignore_index=config.ignore_index)
     if per_image_out:
         save_per_image(Path(per_image_out), per_image)
     result = dict(scores)
-    result.update({"checkpoint": str(checkpoint_or_run_dir), "dataset": dataset, "split": split,
+    result.update({"checkpoint": str(checkpoint_or_run_dir), "checkpoint_file": checkpoint["path"],
+                   "dataset": dataset, "split": split,
                    "num_images": len(loader.dataset), "image_size": config.image_size})
     if out:
         atomic_write_text(json.dumps(result, indent=2), Path(out))
@@ -826,6 +1225,9 @@ class _Interrupt:
 def run(config: TrainConfig | dict) -> dict:
     """Train (or resume) a run into ``config.out_dir`` and evaluate it on the validation split.
 
+    Every image and mask of both splits is checked before the first step (one error naming every bad
+    file). An earlier run in ``out_dir`` is never destroyed (see :class:`RunFolder`).
+
     Returns
     -------
     dict
@@ -837,6 +1239,11 @@ def run(config: TrainConfig | dict) -> dict:
     ------
     KeyboardInterrupt
         After writing ``checkpoints/last.pt`` (resume with ``resume=True``).
+    TrainingDiverged
+        A non-finite loss, gradient or weight; nothing non-finite is saved, the last good checkpoint is kept.
+    ValueError
+        Bad configuration, data or run folder (naming the culprit). Any other error in the middle of an
+        epoch first saves a mid-epoch ``last.pt`` (when the state is consistent) and says where.
 
     Example
     -------
@@ -846,10 +1253,21 @@ def run(config: TrainConfig | dict) -> dict:
         config = TrainConfig.from_dict(config)
     if not isinstance(config, TrainConfig):
         raise TypeError(f"run: config must be a TrainConfig or dict, got {type(config).__name__}")
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     device = config.resolved_device()
+    if config.dataset != "synthetic" or config.model_config().uses_graph or config.use_feature_cache:
+        writable_folder(config.cache_root, "TrainConfig.cache_dir")
+    folder = RunFolder(config)
+    try:
+        return _train(config, folder, device)
+    except BaseException:
+        folder.abandon()
+        raise
+
+
+def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
+    run_dir = folder.path
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    check_data(config)
     seed_everything(config.seed)
     model_config = config.model_config()
     model = SELabModel(model_config).to(device)
@@ -861,15 +1279,12 @@ def run(config: TrainConfig | dict) -> dict:
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
 
     history, start_epoch, start_step, accumulators, best = [], 0, 0, {}, None
-    if config.resume and last_path.is_file():
-        checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
-        saved = dict(checkpoint["train_config"])
-        for key in ("resume", "progress", "device", "num_workers"):
-            saved.pop(key, None)
-        mine = {k: v for k, v in config.to_dict().items() if k in saved}
-        changed = sorted(k for k in saved if saved[k] != mine.get(k) and k not in ("epochs",))
+    if folder.resuming:
+        checkpoint = load_checkpoint(last_path)
+        changed = changed_fields(dict(checkpoint["train_config"]), config)
         if changed:
-            raise ValueError(f"run: resume=True but the config differs from the saved run in {changed}")
+            raise ValueError(f"run: resume=True but the config differs from the saved run in {changed} "
+                             f"({last_path})")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -877,13 +1292,17 @@ def run(config: TrainConfig | dict) -> dict:
         start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
         accumulators = checkpoint.get("accumulators") or {}
         set_rng_state(checkpoint["rng"])
-    elif last_path.is_file():
-        # A fresh run into an old folder: stale checkpoints must not be mistaken for this run's.
-        print(f"run: starting afresh in {run_dir} (resume=False); its old checkpoints are replaced")
-        for stale in (last_path, best_path):
-            stale.unlink(missing_ok=True)
     atomic_write_text(json.dumps({"train": config.to_dict(), "model": model_config.to_dict()}, indent=2),
                       run_dir / "config.json")
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    def saved(epoch, step, state, rng=None):
+        """Write last.pt (and, with overwrite, put the new run in place); returns the run folder."""
+        nonlocal run_dir, last_path, best_path
+        save_checkpoint(last_path, model, optimizer, scheduler, config, epoch, step, history, state, best, rng)
+        run_dir = folder.commit()
+        last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+        return run_dir
 
     with _Interrupt() as interrupt:
         for epoch in range(start_epoch, config.epochs):
@@ -898,38 +1317,90 @@ def run(config: TrainConfig | dict) -> dict:
             batches = train_loader_factory.loader(epoch, order, start_step)
             bar = tqdm(batches, total=steps_per_epoch, initial=start_step, disable=not config.progress,
                        desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-            step = start_step
-            for batch in bar:
-                batch = to_device(batch, device)
-                output = model(batch, generator=mh_generator, confidence_only=confidence_only)
-                parts = compute_loss(output, batch, model_config, confidence_only)
-                optimizer.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                loss_sum += float(parts["loss"].detach()) * len(batch["ids"])
-                count += len(batch["ids"])
-                bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}")
-                if interrupt.requested and step < steps_per_epoch:
+            step, consistent, ids = start_step, True, None
+            mh_state, rng_before = mh_generator.get_state(), rng_state()
+            try:
+                for batch in bar:
+                    ids = batch["ids"]
+                    # A failing step must count neither its random draws nor its batch-norm statistics.
+                    mh_state, rng_before = mh_generator.get_state(), rng_state()
+                    buffers = [b.clone() for b in model.buffers()]
+                    batch = to_device(batch, device)
+                    try:
+                        output = model(batch, generator=mh_generator, confidence_only=confidence_only)
+                        parts = compute_loss(output, batch, model_config, confidence_only, config.ignore_index)
+                    except Exception as error:
+                        culprit = _non_finite_culprit(model, _replay_step(model, batch, mh_state, confidence_only))
+                        torch._foreach_copy_(list(model.buffers()), buffers)
+                        if culprit:
+                            raise _divergence(config, epoch, step, f"non-finite values in {culprit} ({error})",
+                                              last_path) from error
+                        raise
+                    loss = float(parts["loss"].detach())
+                    if not math.isfinite(loss):
+                        raise _divergence(config, epoch, step, f"the loss is {loss}", last_path)
+                    optimizer.zero_grad(set_to_none=True)
+                    parts["loss"].backward()
+                    if _non_finite([p.grad for p in trained]):
+                        named = ((n, p.grad) for n, p in model.named_parameters() if p.requires_grad)
+                        raise _divergence(config, epoch, step, f"the gradient of {_first_non_finite(named)} is "
+                                          f"not finite", last_path)
+                    consistent = False  # until the step is fully counted
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    loss_sum += float(parts["loss"].detach()) * len(batch["ids"])
+                    count += len(batch["ids"])
+                    consistent = True
+                    bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}")
+                    if interrupt.requested and step < steps_per_epoch:
+                        state = {"loss_sum": loss_sum, "count": count, "seconds": time.time() - started,
+                                 "mh_generator": mh_generator.get_state()}
+                        saved(epoch, step, state)
+                        write_metrics(run_dir, history, None)
+                        print(f"\ninterrupted: checkpoint saved to {last_path} (epoch {epoch + 1}, step {step}); "
+                              f"continue with resume=True / --resume")
+                        raise KeyboardInterrupt
+            except (KeyboardInterrupt, TrainingDiverged):
+                raise
+            except Exception as error:
+                where = f"epoch {epoch + 1}, step {step + 1} of {steps_per_epoch}"
+                if ids is not None:
+                    where += f" (last batch loaded: ids {ids})"
+                if consistent and step > start_step:
                     state = {"loss_sum": loss_sum, "count": count, "seconds": time.time() - started,
-                             "mh_generator": mh_generator.get_state()}
-                    save_checkpoint(last_path, model, optimizer, scheduler, config, epoch, step, history, state, best)
+                             "mh_generator": mh_state}
+                    saved(epoch, step, state, rng_before)
                     write_metrics(run_dir, history, None)
-                    print(f"\ninterrupted: checkpoint saved to {last_path} (epoch {epoch + 1}, step {step}); "
-                          f"continue with resume=True / --resume")
-                    raise KeyboardInterrupt
+                    kept = (f"checkpoint saved to {last_path} after {step} steps of epoch {epoch + 1}; "
+                            f"fix the cause and continue with resume=True / --resume")
+                elif last_path.is_file():
+                    kept = f"the last checkpoint {last_path} is kept; continue with resume=True / --resume"
+                else:
+                    kept = "no checkpoint had been written yet"
+                print(f"\nrun: {type(error).__name__} at {where}: {error}\nrun: {kept}", file=sys.stderr)
+                raise
             bar.close()
             start_step, accumulators = 0, {}
             record = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
                       "lr": optimizer.param_groups[0]["lr"], "stage": "confidence" if confidence_only else "all"}
+            if _non_finite(list(model.state_dict().values())):
+                raise _divergence(config, epoch, None, "non-finite weights or statistics in "
+                                  f"{_first_non_finite(model.state_dict().items())}", last_path)
             examples = []
             if val_loader is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
                 # The last epoch's per-image confusions let runs be compared image by image (selab.compare).
                 per_image = [] if epoch + 1 == config.epochs else None
-                scores, examples = evaluate_model(model, val_loader, device, progress=config.progress,
-                                                  num_examples=config.num_figures, description="validate",
-                                                  per_image=per_image)
+                try:
+                    scores, examples = evaluate_model(model, val_loader, device, progress=config.progress,
+                                                      num_examples=config.num_figures, description="validate",
+                                                      per_image=per_image, ignore_index=config.ignore_index)
+                except Exception as error:
+                    culprit = _non_finite_culprit(model, lambda: evaluate_model(model, val_loader, device))
+                    if culprit:
+                        raise _divergence(config, epoch, None, f"validation met non-finite values "
+                                          f"in {culprit} ({error})", last_path) from error
+                    raise
                 if per_image is not None:
                     save_per_image(run_dir / PER_IMAGE_FILE, per_image)
                 record.update({"val_mean_iou": scores["mean_iou"], "val_pixel_accuracy": scores["pixel_accuracy"],
@@ -939,10 +1410,10 @@ def run(config: TrainConfig | dict) -> dict:
             record["seconds"] = time.time() - started
             history.append(record)
             score = record.get("val_mean_iou")
-            improved = score is not None and (best is None or score > best)
+            improved = score is not None and math.isfinite(score) and (best is None or score > best)
             if improved:
                 best = score
-            save_checkpoint(last_path, model, optimizer, scheduler, config, epoch + 1, 0, history, None, best)
+            saved(epoch + 1, 0, None)
             if improved:
                 save_checkpoint(best_path, model, None, None, config, epoch + 1, 0, history, None, best)
             write_metrics(run_dir, history, None)

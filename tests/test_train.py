@@ -49,14 +49,14 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypat
     monkeypatch.setattr(selab.train, "compute_loss", loss_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         run(tiny(tmp_path, "split", variant=variant, epochs=2, model=model))
-    checkpoint = torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["step"]) == divmod(interrupt_at, 2)
     monkeypatch.setattr(selab.train, "compute_loss", original)
     resumed = run(tiny(tmp_path, "split", variant=variant, epochs=2, resume=True, model=model))
     assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in straight["epochs"]]
     assert resumed["final"] == straight["final"]
-    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
