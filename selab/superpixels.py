@@ -345,4 +345,35 @@ def unpool_to_pixels(x: torch.Tensor, labels) -> torch.Tensor:
     lab = _labels_like(labels, x)
     if lab.numel() and int(lab.max()) >= x.shape[0]:
         raise ValueError(f"labels: ids must be < N={x.shape[0]} (rows of x), got max {int(lab.max())}")
-    return x[lab].movedim(-1, -3)
+    batched = lab.unsqueeze(0) if lab.ndim == 2 else lab
+    out = _Unpool.apply(x, batched)
+    return out[0] if lab.ndim == 2 else out
+
+
+class _Unpool(torch.autograd.Function):
+    """``x[labels]`` laid out [B,C,H,W], gathered and scattered one channel-major image at a time.
+
+    Both directions work on [C, pixels] rows (contiguous output, ``index_add_`` along pixels in the
+    backward, the layout :func:`pool_to_nodes` measured fastest) instead of the [pixels, C] rows of
+    ``x[labels]`` and its ``index_put_`` backward; the values are the same.
+    """
+
+    @staticmethod
+    def forward(ctx, x, labels):
+        ctx.save_for_backward(labels)
+        ctx.num_nodes = x.shape[0]
+        channels, pixels = x.shape[1], labels[0].numel() if labels.shape[0] else 0
+        columns = x.t().contiguous()
+        out = x.new_empty(labels.shape[0], channels, *labels.shape[1:])
+        for b in range(labels.shape[0]):  # a loop over images, not pixels or nodes
+            torch.index_select(columns, 1, labels[b].reshape(-1), out=out[b].view(channels, pixels))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (labels,) = ctx.saved_tensors
+        channels = grad.shape[1]
+        total = grad.new_zeros(channels, ctx.num_nodes)
+        for b in range(labels.shape[0]):
+            total.index_add_(1, labels[b].reshape(-1), grad[b].reshape(channels, -1))
+        return total.t(), None
