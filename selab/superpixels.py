@@ -206,18 +206,27 @@ def adjacency(labels):
            [1, 2, 2]])
     """
     _check_label_map(labels)
-    is_torch = isinstance(labels, torch.Tensor)
-    if is_torch:
+    if isinstance(labels, torch.Tensor):
         lab = labels.to(torch.int64)
-        pairs_a = [lab[..., :, :-1].reshape(-1), lab[..., :-1, :].reshape(-1)]
-        pairs_b = [lab[..., :, 1:].reshape(-1), lab[..., 1:, :].reshape(-1)]
-        a, b = torch.cat(pairs_a), torch.cat(pairs_b)
-        boundary = a != b
-        a, b = a[boundary], b[boundary]
+        left, right, up, down = lab[..., :, :-1], lab[..., :, 1:], lab[..., :-1, :], lab[..., 1:, :]
+        across, along = left != right, up != down
+        a = torch.cat([left[across], up[along]])
+        b = torch.cat([right[across], down[along]])
         if a.numel() == 0:
             return torch.empty(2, 0, dtype=torch.int64, device=labels.device)
+        low, high = torch.minimum(a, b), torch.maximum(a, b)
+        span = int((high - low).max()) + 1
+        rows = int(low.max()) + 1
+        if rows * span <= _DENSE_KEYS:
+            # selab decision: a sort-free unique; the keys (low, high - low) fit a small bit table whose
+            # set positions come out of nonzero() already sorted by (low, high).
+            present = torch.zeros(rows * span, dtype=torch.bool, device=lab.device)
+            present[low * span + (high - low)] = True
+            key = present.nonzero().squeeze(1)
+            low = torch.div(key, span, rounding_mode="floor")
+            return torch.stack([low, low + key - low * span])
         n = int(lab.max()) + 1
-        key = torch.unique(torch.minimum(a, b) * n + torch.maximum(a, b))
+        key = torch.unique(low * n + high)
         return torch.stack([key // n, key % n])
     lab = labels.astype(np.int64, copy=False)
     left, right, up, down = lab[..., :, :-1], lab[..., :, 1:], lab[..., :-1, :], lab[..., 1:, :]
@@ -230,6 +239,10 @@ def adjacency(labels):
     n = int(lab.max()) + 1
     key = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
     return np.stack([key // n, key % n])
+
+
+# Largest bit table (entries) of the sort-free unique in adjacency(); beyond it, a sort.
+_DENSE_KEYS = 1 << 26
 
 
 class NodePooling(NamedTuple):
