@@ -257,16 +257,19 @@ def main() -> None:
     for variant in VARIANTS:  # warm-up
         steps[variant]()
     times = {variant: [] for variant in VARIANTS}
+    cpu_times = {variant: [] for variant in VARIANTS}  # process CPU time: robust to waiting for a core
     shuffle = np.random.default_rng(0)
     for _ in range(args.repeats):
         for index in shuffle.permutation(len(VARIANTS)):
             variant = VARIANTS[index]
             sync()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             steps[variant]()
             sync()
             times[variant].append(1000 * (time.perf_counter() - start))
+            cpu_times[variant].append(1000 * (time.process_time() - cpu_start))
     medians = {variant: statistics.median(spent) for variant, spent in times.items()}
+    cpu_medians = {variant: statistics.median(spent) for variant, spent in cpu_times.items()}
 
     # -- per-stage profile ------------------------------------------------------------------------
     profiles = {}
@@ -300,9 +303,10 @@ def main() -> None:
     print(f"\ntraining step: batch {args.batch}, {args.size} px, {num_nodes} superpixels "
           f"({num_nodes / args.batch:.0f} per image, SLIC {slic_s:.1f} s), hidden 64, device {device}, "
           f"torch threads {torch.get_num_threads()}; {source}")
-    print(f"\n{'variant':12s} {'step ms (median)':>17s} {'/ cnn':>7s}   turns")
+    print(f"\n{'variant':12s} {'step ms (median)':>17s} {'/ cnn':>7s} {'CPU ms':>9s} {'/ cnn':>7s}   turns (wall ms)")
     for variant in VARIANTS:
-        print(f"{variant:12s} {medians[variant]:17.1f} {medians[variant] / medians['cnn']:7.2f}   "
+        print(f"{variant:12s} {medians[variant]:17.1f} {medians[variant] / medians['cnn']:7.2f} "
+              f"{cpu_medians[variant]:9.1f} {cpu_medians[variant] / cpu_medians['cnn']:7.2f}   "
               + " ".join(f"{t:.0f}" for t in times[variant]))
 
     print(f"\nper stage, profiled (ms forward / backward; profiling overhead included, read the shares)")
@@ -327,18 +331,27 @@ def main() -> None:
         floor[variant] = {"layers_ms": layers * scale, "floor_ms": medians["cnn"] + layers * scale}
         floor[variant]["floor_ratio_to_cnn"] = floor[variant]["floor_ms"] / medians["cnn"]
         floor[variant]["step_over_floor"] = medians[variant] / floor[variant]["floor_ms"]
+        share = layers / p["profiled_step_ms"]  # the same floor in CPU time
+        floor[variant]["cpu_floor_ms"] = cpu_medians["cnn"] + share * cpu_medians[variant]
+        floor[variant]["cpu_floor_ratio_to_cnn"] = floor[variant]["cpu_floor_ms"] / cpu_medians["cnn"]
+        floor[variant]["cpu_step_over_floor"] = cpu_medians[variant] / floor[variant]["cpu_floor_ms"]
     print("\nfloor = cnn step + the Graph LSTM layers' own forward+backward")
     for variant, f in floor.items():
         print(f"{variant:12s} layers {f['layers_ms']:7.1f} ms, floor {f['floor_ms']:7.1f} ms "
-              f"({f['floor_ratio_to_cnn']:.2f}x cnn); step {medians[variant]:7.1f} ms = {f['step_over_floor']:.2f}x floor")
+              f"({f['floor_ratio_to_cnn']:.2f}x cnn); step {medians[variant]:7.1f} ms = {f['step_over_floor']:.2f}x floor; "
+              f"CPU time: floor {f['cpu_floor_ratio_to_cnn']:.2f}x cnn, step {f['cpu_step_over_floor']:.2f}x floor")
     ratios = {"se_lstm/cnn": medians["se_lstm"] / medians["cnn"], "graph_lstm/cnn": medians["graph_lstm"] / medians["cnn"]}
-    print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()) + " (targets 2.5 and 2)")
+    cpu_ratios = {"se_lstm/cnn": cpu_medians["se_lstm"] / cpu_medians["cnn"],
+                  "graph_lstm/cnn": cpu_medians["graph_lstm"] / cpu_medians["cnn"]}
+    print("ratios (wall): " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()) + " (targets 2.5 and 2); "
+          "CPU time: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ratios.items()))
 
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "device": str(device),
         "threads": torch.get_num_threads(), "args": vars(args), "source": source, "num_nodes": num_nodes,
-        "median_ms": medians, "times_ms": times, "ratios": ratios, "floor": floor, "stages": profiles}, indent=2))
+        "median_ms": medians, "times_ms": times, "ratios": ratios,
+        "cpu_median_ms": cpu_medians, "cpu_times_ms": cpu_times, "cpu_ratios": cpu_ratios, "floor": floor, "stages": profiles}, indent=2))
     print(f"\nwrote {RESULTS}")
 
 
