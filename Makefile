@@ -22,9 +22,9 @@ install: $(STAMP)
 RUN_PARAMS ?= -p num_images 0 -p val_images 0 -p num_layers 0 -p hidden_channels 0 -p epochs 30 -p image_size 96
 run: $(STAMP)
 	@mkdir -p $(RUN_DIR)
-	$(PY) -m papermill -k python3 --execution-timeout 1800 notebooks/05_train.ipynb $(RUN_DIR)/train.ipynb \
+	$(PY) -m papermill -k python3 --log-output --execution-timeout 1800 notebooks/05_train.ipynb $(RUN_DIR)/train.ipynb \
 	    -p out_dir $(RUN_DIR) $(RUN_PARAMS)
-	@echo "run folder: $(RUN_DIR)"
+	@echo "run folder: $(RUN_DIR) (executed notebook train.ipynb, metrics.json, metrics.csv, checkpoints/, figures/)"
 
 # Every test: notebooks committed without outputs, pytest, nbval over notebooks/, one papermill run
 # of 05_train with non-default parameters, the documentation site with warnings as errors, then the
@@ -41,7 +41,7 @@ test-notebooks: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) notebooks/
 
 test-papermill: $(STAMP)
-	@mkdir -p runs/test-papermill
+	@rm -rf runs/test-papermill && mkdir -p runs/test-papermill  # a scratch run, new every time
 	$(PY) -m papermill -k python3 --execution-timeout $(CELL_TIMEOUT) notebooks/05_train.ipynb runs/test-papermill/train.ipynb \
 	    -p variant graph_lstm -p epochs 1 -p num_images 12 -p seed 1 -p out_dir runs/test-papermill
 

@@ -36,6 +36,7 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -306,9 +307,10 @@ def _bilinear_taps(out_size: int, in_size: int, device) -> tuple[torch.Tensor, .
 def upsample_and_pool(features: torch.Tensor, labels: torch.Tensor, num_nodes: int, ptr: torch.Tensor) -> torch.Tensor:
     """Mean over each superpixel of the bilinearly upsampled ``features``, without upsampling.
 
-    Equal to ``pool_to_nodes(F.interpolate(features, size=labels.shape[-2:], mode="bilinear"), labels).x``
-    but costs O(S^2 + N*h*w*C / B) instead of O(C*S^2): the composition of the two linear maps is built as
-    one [N_b, h*w] matrix per image.
+    Equal (up to float rounding) to ``pool_to_nodes(F.interpolate(features, size=labels.shape[-2:],
+    mode="bilinear"), labels).x`` but costs O(S^2 + nnz*C) instead of O(C*S^2): the composition of the
+    two linear maps is a sparse [N, B*h*w] matrix (:func:`pooling_matrix`; a node touches about a dozen
+    feature cells), applied as one CSR matrix product (and its transpose in the backward).
 
     Parameters
     ----------
@@ -322,33 +324,102 @@ def upsample_and_pool(features: torch.Tensor, labels: torch.Tensor, num_nodes: i
     -------
     Tensor [N,C]
 
-    Example
-    -------
+    Examples
+    --------
     >>> f = torch.rand(1, 3, 4, 4); lab = torch.zeros(1, 8, 8, dtype=torch.long)
     >>> x = upsample_and_pool(f, lab, 1, torch.tensor([0, 1]))
     >>> torch.allclose(x, F.interpolate(f, size=(8, 8), mode="bilinear").mean((2, 3)))
     True
     """
     batch, channels, h, w = features.shape
+    rows, cols, weights = pooling_matrix(labels.to(features.device), num_nodes, ptr, (h, w), features.dtype)
+    cells = features.permute(0, 2, 3, 1).reshape(batch * h * w, channels)
+    return _SparseRows.apply(rows, cols, weights, (num_nodes, batch * h * w), cells)
+
+
+def _compressed(sorted_rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """CSR row pointers [num_rows + 1] of sorted COO row indices."""
+    counts = torch.bincount(sorted_rows, minlength=num_rows)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class _SparseRows(torch.autograd.Function):
+    """``M @ dense`` for a COO matrix with sorted rows, as a CSR product; the backward is ``M^T @ grad``."""
+
+    @staticmethod
+    def forward(ctx, rows, cols, weights, shape, dense):
+        ctx.save_for_backward(rows, cols, weights)
+        ctx.shape = shape
+        if rows.numel() == 0:
+            return dense.new_zeros(shape[0], dense.shape[1])
+        crow = _compressed(rows, shape[0])
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product itself is plain
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = torch.sparse_csr_tensor(crow, cols, weights, shape, check_invariants=False)
+        return matrix @ dense.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[4]:
+            return None, None, None, None, None
+        rows, cols, weights = ctx.saved_tensors
+        if rows.numel() == 0:
+            return None, None, None, None, grad.new_zeros(ctx.shape[1], grad.shape[1])
+        order = torch.argsort(cols, stable=True)
+        crow = _compressed(cols[order], ctx.shape[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            transposed = torch.sparse_csr_tensor(crow, rows[order], weights[order], ctx.shape[::-1],
+                                                 check_invariants=False)
+        return None, None, None, None, transposed @ grad.contiguous()
+
+
+def pooling_matrix(labels: torch.Tensor, num_nodes: int, ptr: torch.Tensor, feature_size: tuple[int, int],
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sparse matrix of :func:`upsample_and_pool`: ``(rows, cols, weights)`` in COO form.
+
+    ``rows`` are global node ids, ``cols`` global feature cells ``b*h*w + i*w + j`` of a [B,C,h,w] map,
+    and ``weights`` the mean over the node's pixels of their bilinear weight on the cell
+    (``F.interpolate(mode="bilinear", align_corners=False)``); sorted by row, then col. It depends
+    only on the superpixels.
+
+    Examples
+    --------
+    >>> r, c, wt = pooling_matrix(torch.zeros(1, 4, 4, dtype=torch.long), 1, torch.tensor([0, 1]), (2, 2))
+    >>> r.tolist(), c.tolist(), wt.tolist()
+    ([0, 0, 0, 0], [0, 1, 2, 3], [0.25, 0.25, 0.25, 0.25])
+    """
+    h, w = feature_size
     size_y, size_x = labels.shape[-2:]
-    device, dtype = features.device, features.dtype
-    rows = _bilinear_taps(size_y, h, device)
-    cols = _bilinear_taps(size_x, w, device)
-    labels = labels.to(device)
+    device = labels.device
+    taps_y = _bilinear_taps(size_y, h, device)
+    taps_x = _bilinear_taps(size_x, w, device)
     count = torch.bincount(labels.reshape(-1), minlength=num_nodes).to(dtype).clamp(min=1)
-    pooled = []
-    for b in range(batch):  # a loop over images, not pixels or nodes
-        start, stop = int(ptr[b]), int(ptr[b + 1])
-        local = (labels[b] - start) * (h * w)
-        matrix = torch.zeros((stop - start) * h * w, device=device, dtype=dtype)
-        for r_index, r_weight in ((rows[0], rows[2]), (rows[1], rows[3])):
-            for c_index, c_weight in ((cols[0], cols[2]), (cols[1], cols[3])):
-                key = local + (r_index[:, None] * w + c_index[None, :])
-                weight = (r_weight[:, None] * c_weight[None, :]).to(dtype)
-                matrix.index_add_(0, key.reshape(-1), weight.reshape(-1))
-        matrix = matrix.view(stop - start, h * w) / count[start:stop, None]
-        pooled.append(matrix @ features[b].reshape(channels, h * w).t())
-    return torch.cat(pooled, 0) if pooled else features.new_zeros(0, channels)
+    # The four (cell, weight) taps of every pixel of an [S,S] image, the same for all images.
+    taps = []
+    for r_index, r_weight in ((taps_y[0], taps_y[2]), (taps_y[1], taps_y[3])):
+        for c_index, c_weight in ((taps_x[0], taps_x[2]), (taps_x[1], taps_x[3])):
+            taps.append(((r_index[:, None] * w + c_index[None, :]).reshape(-1),
+                         (r_weight[:, None] * c_weight[None, :]).to(dtype).reshape(-1)))
+    ptr = ptr.tolist()
+    sizes = [stop - start for start, stop in zip(ptr[:-1], ptr[1:])]
+    # One dense scratch block of N_b x h*w, reused by every image and cleared only where it was written.
+    block = torch.zeros(max(sizes, default=0) * h * w, device=device, dtype=dtype)
+    rows, cols, weights = [], [], []
+    for b, (start, n) in enumerate(zip(ptr[:-1], sizes)):  # a loop over images, not pixels or nodes
+        local = (labels[b].reshape(-1) - start) * (h * w)
+        for cell, weight in taps:
+            block.index_add_(0, local + cell, weight)
+        key = block[: n * h * w].nonzero().squeeze(1)
+        node = torch.div(key, h * w, rounding_mode="floor")
+        rows.append(node + start)
+        cols.append(key - node * (h * w) + b * h * w)
+        weights.append(block[key] / count[start + node])
+        block[key] = 0
+    if not rows:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty, torch.zeros(0, dtype=dtype, device=device)
+    return torch.cat(rows), torch.cat(cols), torch.cat(weights)
 
 
 class SELabModel(nn.Module):

@@ -208,18 +208,27 @@ def adjacency(labels):
            [1, 2, 2]])
     """
     _check_label_map(labels)
-    is_torch = isinstance(labels, torch.Tensor)
-    if is_torch:
+    if isinstance(labels, torch.Tensor):
         lab = labels.to(torch.int64)
-        pairs_a = [lab[..., :, :-1].reshape(-1), lab[..., :-1, :].reshape(-1)]
-        pairs_b = [lab[..., :, 1:].reshape(-1), lab[..., 1:, :].reshape(-1)]
-        a, b = torch.cat(pairs_a), torch.cat(pairs_b)
-        boundary = a != b
-        a, b = a[boundary], b[boundary]
+        left, right, up, down = lab[..., :, :-1], lab[..., :, 1:], lab[..., :-1, :], lab[..., 1:, :]
+        across, along = left != right, up != down
+        a = torch.cat([left[across], up[along]])
+        b = torch.cat([right[across], down[along]])
         if a.numel() == 0:
             return torch.empty(2, 0, dtype=torch.int64, device=labels.device)
+        low, high = torch.minimum(a, b), torch.maximum(a, b)
+        span = int((high - low).max()) + 1
+        rows = int(low.max()) + 1
+        if rows * span <= _DENSE_KEYS:
+            # selab decision: a sort-free unique; the keys (low, high - low) fit a small bit table whose
+            # set positions come out of nonzero() already sorted by (low, high).
+            present = torch.zeros(rows * span, dtype=torch.bool, device=lab.device)
+            present[low * span + (high - low)] = True
+            key = present.nonzero().squeeze(1)
+            low = torch.div(key, span, rounding_mode="floor")
+            return torch.stack([low, low + key - low * span])
         n = int(lab.max()) + 1
-        key = torch.unique(torch.minimum(a, b) * n + torch.maximum(a, b))
+        key = torch.unique(low * n + high)
         return torch.stack([key // n, key % n])
     lab = labels.astype(np.int64, copy=False)
     left, right, up, down = lab[..., :, :-1], lab[..., :, 1:], lab[..., :-1, :], lab[..., 1:, :]
@@ -232,6 +241,10 @@ def adjacency(labels):
     n = int(lab.max()) + 1
     key = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
     return np.stack([key // n, key % n])
+
+
+# Largest bit table (entries) of the sort-free unique in adjacency(); beyond it, a sort.
+_DENSE_KEYS = 1 << 26
 
 
 class NodePooling(NamedTuple):
@@ -347,4 +360,35 @@ def unpool_to_pixels(x: torch.Tensor, labels) -> torch.Tensor:
     lab = _labels_like(labels, x)
     if lab.numel() and int(lab.max()) >= x.shape[0]:
         raise ValueError(f"labels: ids must be < N={x.shape[0]} (rows of x), got max {int(lab.max())}")
-    return x[lab].movedim(-1, -3)
+    batched = lab.unsqueeze(0) if lab.ndim == 2 else lab
+    out = _Unpool.apply(x, batched)
+    return out[0] if lab.ndim == 2 else out
+
+
+class _Unpool(torch.autograd.Function):
+    """``x[labels]`` laid out [B,C,H,W], gathered and scattered one channel-major image at a time.
+
+    Both directions work on [C, pixels] rows (contiguous output, ``index_add_`` along pixels in the
+    backward, the layout :func:`pool_to_nodes` measured fastest) instead of the [pixels, C] rows of
+    ``x[labels]`` and its ``index_put_`` backward; the values are the same.
+    """
+
+    @staticmethod
+    def forward(ctx, x, labels):
+        ctx.save_for_backward(labels)
+        ctx.num_nodes = x.shape[0]
+        channels, pixels = x.shape[1], labels[0].numel() if labels.shape[0] else 0
+        columns = x.t().contiguous()
+        out = x.new_empty(labels.shape[0], channels, *labels.shape[1:])
+        for b in range(labels.shape[0]):  # a loop over images, not pixels or nodes
+            torch.index_select(columns, 1, labels[b].reshape(-1), out=out[b].view(channels, pixels))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (labels,) = ctx.saved_tensors
+        channels = grad.shape[1]
+        total = grad.new_zeros(channels, ctx.num_nodes)
+        for b in range(labels.shape[0]):
+            total.index_add_(1, labels[b].reshape(-1), grad[b].reshape(channels, -1))
+        return total.t(), None

@@ -851,6 +851,18 @@ def _run_files(folder: Path) -> list[str]:
                   if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp")))
 
 
+# What a run writes into its folder. selab decision: only these make a folder "taken"; other files beside
+# them (the executed notebook papermill writes before the run starts, a sweep cell's parameters and log)
+# are not a run's results and are never overwritten by one.
+RUN_OUTPUTS = ("metrics.json", "metrics.csv", PER_IMAGE_FILE, "eval.json")
+RUN_OUTPUT_FOLDERS = ("checkpoints", "figures")
+
+
+def _is_run_output(relative: str) -> bool:
+    parts = Path(relative).parts
+    return relative in RUN_OUTPUTS or (len(parts) > 1 and parts[0] in RUN_OUTPUT_FOLDERS)
+
+
 def _listing(files: list[str], limit: int = 4) -> str:
     shown = ", ".join(files[:limit])
     return shown + (f" and {len(files) - limit} more" if len(files) > limit else "")
@@ -859,8 +871,8 @@ def _listing(files: list[str], limit: int = 4) -> str:
 class RunFolder:
     """Where a run writes, such that an earlier run in ``out_dir`` is never destroyed.
 
-    * ``out_dir`` missing, empty, or holding only a ``config.json`` (a run that never wrote a
-      checkpoint): the run writes there.
+    * ``out_dir`` missing, empty, or holding none of a run's outputs (:data:`RUN_OUTPUTS`, ``checkpoints/``,
+      ``figures/``; a ``config.json`` alone is a run that never wrote a checkpoint): the run writes there.
     * ``resume=True`` and ``checkpoints/last.pt`` present: the run continues there.
     * anything else: refused with a message naming what is there and what to do, unless
       ``overwrite=True``; then the run writes into a hidden sibling folder and :meth:`commit`
@@ -871,7 +883,7 @@ class RunFolder:
         self.final = Path(config.out_dir)
         writable_folder(self.final, "TrainConfig.out_dir")
         last = self.final / "checkpoints" / "last.pt"
-        results = [f for f in _run_files(self.final) if f != "config.json"]
+        results = [f for f in _run_files(self.final) if _is_run_output(f)]
         self.resuming = bool(config.resume and last.is_file())
         self.path, self.pending = self.final, False
         if results and not self.resuming:
@@ -1423,10 +1435,12 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                 print(f"\ninterrupted: checkpoint saved to {last_path} (end of epoch {epoch + 1}); "
                       f"continue with resume=True / --resume")
                 raise KeyboardInterrupt
-            if config.progress:
-                shown = f", val mIoU {score:.2f}" if score is not None else ""
-                tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}{shown} "
-                           f"({record['seconds']:.0f} s)")
+            # One line per epoch, also without progress bars: papermill's --log-output shows it while a
+            # notebook trains (make run), and a sweep cell's log keeps it.
+            shown = f", val mIoU {score:.2f}" if score is not None else ""
+            line = (f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}{shown} "
+                    f"({record['seconds']:.0f} s)")
+            tqdm.write(line) if config.progress else print(line, flush=True)
 
     final = None
     if history and "val_mean_iou" in history[-1]:
