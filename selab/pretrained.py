@@ -99,9 +99,13 @@ def export(checkpoint: dict, name: str, metrics: dict, commit: str | None, comma
         raise ValueError("pretrained: only models trained on a frozen ImageNet backbone can ship without it "
                          f"(got backbone={config.get('backbone')!r}, freeze_backbone={config.get('freeze_backbone')})")
     weights = {k: v.clone() for k, v in checkpoint["model"].items() if not k.startswith(_BACKBONE_PREFIX)}
-    record = {"model": weights, "model_config": dict(checkpoint["model_config"]),
-              "train_config": dict(checkpoint["train_config"]), "metrics": metrics, "commit": commit,
-              "command": command}
+    # The training machine's folders mean nothing elsewhere: keep only their last component.
+    train_config = dict(checkpoint["train_config"])
+    for key in ("data_root", "cache_dir", "out_dir"):
+        if train_config.get(key):
+            train_config[key] = Path(train_config[key]).name
+    record = {"model": weights, "model_config": dict(checkpoint["model_config"]), "train_config": train_config,
+              "metrics": metrics, "commit": commit, "command": command}
     folder = WEIGHTS_DIR if folder is None else Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.pt"

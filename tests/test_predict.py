@@ -110,3 +110,18 @@ def test_bad_inputs_are_named(tmp_path, capsys):
         image_paths([str(tmp_path)])
     assert main(["predict", str(tmp_path), "--model", "no-such-model", "--out", str(tmp_path / "o")]) == 2
     assert "no shipped model named 'no-such-model'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not pretrained.available(), reason="no shipped models in this checkout")
+def test_shipped_models_load_and_parse_a_person():
+    assert {"cnn", "graph_lstm", "se_lstm"} <= set(pretrained.available())
+    for name in ("cnn", "graph_lstm"):
+        record = pretrained.info(name)
+        assert record["metrics"]["mean_iou"] > 40 and record["train_config"]["dataset"] == "pascal_person_part"
+    model, record = pretrained.load("se_lstm")
+    photo = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
+    result = predict_images(model, [photo], image_size=record["train_config"]["image_size"])[0]
+    found = set(np.unique(result.labels).tolist())
+    assert {0, 1, 2} <= found, "a trained parser finds background, a head and a torso in the astronaut photo"
+    head = result.labels[50:200, 150:330]  # where her face is
+    assert (head == 1).mean() > 0.3
