@@ -245,10 +245,22 @@ def test_foreign_non_empty_folder_is_refused(tmp_path, capsys):
 def test_resume_without_a_checkpoint_in_a_used_folder_is_refused(tmp_path, capsys):
     folder = tmp_path / "used"
     folder.mkdir()
-    (folder / "notes.txt").write_text("keep me")
+    (folder / "metrics.json").write_text("keep me")
     code, err = cli(capsys, train_args(tmp_path, folder, "--resume"))
     assert code == 2 and "last.pt" in one_error_line(err)
-    assert (folder / "notes.txt").read_text() == "keep me"
+    assert (folder / "metrics.json").read_text() == "keep me"
+
+
+def test_files_a_run_does_not_write_do_not_block_it_and_are_kept(tmp_path, capsys):
+    # papermill writes the executed notebook into the run folder before the run starts (make run, sweeps)
+    folder = tmp_path / "notebook-run"
+    folder.mkdir()
+    (folder / "train.ipynb").write_text("{}")
+    (folder / "notes.txt").write_text("keep me")
+    code, err = cli(capsys, train_args(tmp_path, folder))
+    assert code == 0, err
+    assert (folder / "train.ipynb").read_text() == "{}" and (folder / "notes.txt").read_text() == "keep me"
+    assert (folder / "checkpoints" / "last.pt").is_file()
 
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(earlier, tmp_path, monkeypatch):
@@ -614,7 +626,7 @@ def test_slic_on_an_empty_image():
 
 
 # The fault cases above (each parametrized case counts once); the README quotes this number.
-FAULT_CASES = 48
+FAULT_CASES = 49
 
 
 def test_fault_case_count_matches_the_readme(request):
