@@ -100,6 +100,20 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
 
 
+def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """[3,H,W] in [0,1] -> [3,S,S]: the antialiased bilinear resize of training and prediction.
+
+    Examples
+    --------
+    >>> resize_image(torch.rand(3, 40, 30), 16).shape
+    torch.Size([3, 16, 16])
+    """
+    if tuple(image.shape[-2:]) == (size, size):
+        return image.float()
+    return F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)[0].clamp(0, 1)
+
+
 def read_mask(path: str | os.PathLike, num_classes: int = NUM_CLASSES, ignore_index: int | None = None) -> torch.Tensor:
     """Read a single-channel label PNG (8-bit grey or palette indices) as int64 [H, W].
 

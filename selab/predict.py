@@ -34,7 +34,7 @@ from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
 from selab.classes import CLASS_COLORS, CLASS_NAMES
-from selab.data import read_image
+from selab.data import read_image, resize_image
 from selab.evolve import node_label_histogram
 from selab.superpixels import slic
 
@@ -50,14 +50,6 @@ class Prediction:
     superpixels: np.ndarray
     level_assignments: list
     hierarchy: dict
-
-
-def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
-    """[3,H,W] in [0,1] -> [3,S,S]: the antialiased bilinear resize of training (``PreparedSplit.resized``)."""
-    if tuple(image.shape[-2:]) == (size, size):
-        return image.float()
-    return F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True)[0].clamp(0, 1)
 
 
 def hierarchy_record(output, labels: torch.Tensor, image: int = 0) -> dict:

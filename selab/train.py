@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from selab.classes import CLASS_NAMES, NUM_CLASSES
-from selab.data import SuperpixelCache
+from selab.data import SuperpixelCache, resize_image
 from selab.evolve import combine_hierarchy_stats, hierarchy_stats
 from selab.metrics import PER_IMAGE_FILE, ConfusionMatrix, confusion_matrix, save_per_image
 from selab.model import ModelConfig, SELabModel, build_model
@@ -455,10 +455,8 @@ class PreparedSplit(torch.utils.data.Dataset):
         image, mask = sample["image"], sample["mask"]
         if tuple(image.shape[-2:]) == (self.size, self.size):
             return image.float(), mask.long()
-        image = F.interpolate(image[None].float(), size=(self.size, self.size), mode="bilinear",
-                              align_corners=False, antialias=True)[0].clamp(0, 1)
         mask = F.interpolate(mask[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
-        return image, mask
+        return resize_image(image, self.size), mask
 
     def fingerprint(self, index: int) -> str | None:
         """Changes when item ``index``'s image file is replaced (``None`` for generated data)."""
@@ -1132,12 +1130,10 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
             upsampled = F.interpolate(logits[b : b + 1], size=tuple(full_mask.shape), mode="bilinear",
                                       align_corners=False)
             prediction = upsampled[0].argmax(0)
-            if per_image is None:
-                matrix.update(prediction, full_mask.to(prediction.device))
-            else:
-                image_matrix = confusion_matrix(prediction, full_mask.to(prediction.device), model.config.num_classes,
-                                                ignore_index)
-                matrix.matrix += image_matrix
+            image_matrix = confusion_matrix(prediction, full_mask.to(prediction.device), model.config.num_classes,
+                                            ignore_index)
+            matrix.matrix += image_matrix
+            if per_image is not None:
                 per_image.append((batch["ids"][b], image_matrix))
             if len(examples) < num_examples:
                 examples.append((batch["full_images"][b].cpu(), full_mask.cpu(), prediction.cpu()))
