@@ -4,7 +4,7 @@ The PASCAL setting of ``make run``: 8 images of PASCAL-Person-Part resized to 32
 images without the data), SLIC with about 1000 superpixels each, the frozen EfficientNet-Lite0 run once
 at start for the stride-8/16/32 features (kept in float16 like the feature cache), hidden 64 and the
 default ModelConfig of each variant, AdamW. A step is what :func:`selab.train.run` does per batch:
-forward, :func:`selab.train.compute_loss`, zero_grad, backward, optimizer step. The variants take turns
+forward, :func:`selab.loss.compute_loss`, zero_grad, backward, optimizer step. The variants take turns
 in a new shuffled order every repeat (a slow spell of the shared machine hits all alike); the table
 gives medians and the ratios se_lstm / cnn and graph_lstm / cnn.
 
@@ -34,14 +34,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import selab.evolve
 import selab.graph
+import selab.loss
 import selab.model
 import selab.superpixels
 from selab.graph import graph_from_superpixels
 from selab.model import build_model
 from selab.superpixels import slic
-from selab.train import TrainConfig, build_optimizer, compute_loss
+from selab.loss import compute_loss
+from selab.train import TrainConfig, build_optimizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 PASCAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "pascal_person_part"
@@ -115,13 +116,14 @@ class Stages:
             self._wrap(selab.model, "upsample_and_pool", "pooling to nodes")
             self._wrap(model.node_input, "forward", "pooling to nodes")
             self._wrap(selab.graph, "graph_from_superpixels", "graph from superpixels")
-            self._wrap(model, "_order", "update order")
+            self._wrap(model, "update_rank", "update order")
             for index, layer in enumerate(model.layers):
                 self._wrap(layer, "forward", f"Graph LSTM layer {index}")
             for classifier in model.node_classifiers:
                 self._wrap(classifier, "forward", "node classifiers")
-            self._wrap(selab.evolve, "node_majority_labels", "majority labels + merge targets")
-            self._wrap(selab.evolve, "merge_target", "majority labels + merge targets")
+            for owner, name in ((selab.model, "node_label_histogram"), (selab.model, "level_majority_labels"),
+                                (selab.loss, "merge_targets")):
+                self._wrap(owner, name, "majority labels + merge targets")
             for evolution in getattr(model, "evolutions", []):
                 self._wrap(evolution, "forward", "coarsening")
                 self._wrap(evolution.merge_probability, "forward", "merge probabilities")
@@ -228,7 +230,7 @@ def main() -> None:
         generator = torch.Generator().manual_seed(0)
 
         def step(model=model, optimizer=optimizer, generator=generator, model_config=config.model_config()):
-            output = model(batch, generator=generator)
+            output = model(batch, generator=generator, energy_labels=batch["mask"])
             parts = compute_loss(output, batch, model_config)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
@@ -237,7 +239,7 @@ def main() -> None:
 
         def wrapped_step(step=step, model=model):
             # the loss and optimizer as stages of their own
-            output = model(batch, generator=model._bench_generator)
+            output = model(batch, generator=model._bench_generator, energy_labels=batch["mask"])
             with torch.autograd.profiler.record_function("stage: loss"):
                 parts = compute_loss(output, batch, model.config)
             with torch.autograd.profiler.record_function("stage: optimizer"):

@@ -32,6 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from selab.graph import check_edge_index, coarse_confidence, coarsen, scatter_mean
+from selab.loss import merge_loss, merge_target  # noqa: F401  (re-exported: notebooks use them from here)
+from selab.superpixels import node_label_histogram, node_majority_labels  # noqa: F401  (re-exported)
+
 __all__ = [
     "MergeProbability",
     "merge_target",
@@ -66,15 +70,6 @@ ENERGIES = ("ground_truth", "prediction", "mixed")
 # --------------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------------
-def _check_edge_index(edge_index: Tensor, name: str = "edge_index") -> None:
-    if not isinstance(edge_index, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(edge_index).__name__}")
-    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"{name} must have shape [2, E], got {tuple(edge_index.shape)}")
-    if edge_index.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name} must be an integer tensor, got {edge_index.dtype}")
-
-
 def _check_merge_prob(merge_prob: Tensor, num_edges: int) -> None:
     if not isinstance(merge_prob, Tensor):
         raise TypeError(f"merge_prob must be a torch.Tensor, got {type(merge_prob).__name__}")
@@ -84,14 +79,6 @@ def _check_merge_prob(merge_prob: Tensor, num_edges: int) -> None:
         )
     if merge_prob.numel() and (merge_prob.min() < 0 or merge_prob.max() > 1 or torch.isnan(merge_prob).any()):
         raise ValueError("merge_prob must hold probabilities in [0, 1]")
-
-
-def _num_nodes_of(edge_index: Tensor, num_nodes: Optional[int]) -> int:
-    if num_nodes is not None:
-        if edge_index.numel() and int(edge_index.max()) >= num_nodes:
-            raise ValueError(f"edge_index refers to node {int(edge_index.max())} but num_nodes={num_nodes}")
-        return int(num_nodes)
-    return int(edge_index.max()) + 1 if edge_index.numel() else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,62 +135,9 @@ class MergeProbability(nn.Module):
         else:
             if h is None or edge_index is None:
                 raise ValueError("h [N, H] and edge_index [2, E] are required when source='hidden'")
-            _check_edge_index(edge_index)
+            check_edge_index(edge_index)
             compat = (h[edge_index[0]] - h[edge_index[1]]).abs()
         return torch.sigmoid(self.linear(compat).squeeze(-1))
-
-
-def merge_target(edge_index: Tensor, node_labels: Tensor) -> Tensor:
-    """L2 target of the merge probabilities: 1.0 where both ends have the same (majority) label.
-
-    Example
-    -------
-    >>> merge_target(torch.tensor([[0, 1], [1, 2]]), torch.tensor([3, 3, 0]))
-    tensor([1., 0.])
-    """
-    _check_edge_index(edge_index)
-    if not isinstance(node_labels, Tensor) or node_labels.dim() != 1:
-        raise ValueError("node_labels must be a 1-D tensor [N] of class ids")
-    return (node_labels[edge_index[0]] == node_labels[edge_index[1]]).float()
-
-
-def merge_loss(merge_prob: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error between merge probabilities and targets (the paper's L2 loss)."""
-    if merge_prob.shape != target.shape:
-        raise ValueError(f"merge_prob {tuple(merge_prob.shape)} and target {tuple(target.shape)} differ")
-    if merge_prob.numel() == 0:
-        return merge_prob.sum()
-    return torch.mean((merge_prob - target.to(merge_prob.dtype)) ** 2)
-
-
-def node_label_histogram(mask: Tensor, assignment: Tensor, num_nodes: int, num_classes: int = 7) -> Tensor:
-    """Pixel count of every class in every node: ``[N, K]`` float.
-
-    ``mask`` and ``assignment`` are ``[B, H, W]`` (or ``[H, W]``) int64; ``assignment`` holds global
-    node ids of the level. Pixels with a label outside ``0..K-1`` (ignore values) are not counted.
-    """
-    if mask.shape != assignment.shape:
-        raise ValueError(f"mask {tuple(mask.shape)} and assignment {tuple(assignment.shape)} must match")
-    labels = mask.reshape(-1).long()
-    nodes = assignment.reshape(-1).long().to(labels.device)
-    if nodes.numel() and (nodes.min() < 0 or nodes.max() >= num_nodes):
-        raise ValueError(f"assignment must hold node ids in 0..{num_nodes - 1}")
-    valid = (labels >= 0) & (labels < num_classes)
-    flat = nodes[valid] * num_classes + labels[valid]
-    hist = torch.bincount(flat, minlength=num_nodes * num_classes)
-    return hist.reshape(num_nodes, num_classes).float()
-
-
-def node_majority_labels(mask: Tensor, assignment: Tensor, num_nodes: int, num_classes: int = 7) -> Tensor:
-    """Majority ground-truth label of every node: LongTensor ``[N]`` (ties: the smaller class id).
-
-    Example
-    -------
-    >>> mask = torch.tensor([[[0, 1, 1]]]); assignment = torch.tensor([[[0, 0, 1]]])
-    >>> node_majority_labels(mask, assignment, 2)
-    tensor([0, 1])
-    """
-    return node_label_histogram(mask, assignment, num_nodes, num_classes).argmax(dim=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,9 +259,9 @@ def propose(
     >>> propose(ei, torch.tensor([1.0, 0.0])).cluster
     tensor([0, 0, 1])
     """
-    _check_edge_index(edge_index)
+    check_edge_index(edge_index)
     _check_merge_prob(merge_prob, edge_index.shape[1])
-    num_nodes = _num_nodes_of(edge_index, num_nodes)
+    num_nodes = check_edge_index(edge_index, num_nodes)
     candidates = candidate_edges(merge_prob, merge_budget)
     edges_on = _draw_edges(merge_prob, candidates, 1, generator)[0]
     cluster = connected_components(edge_index, edges_on, num_nodes)
@@ -402,8 +336,8 @@ def connected_components(edge_index: Tensor, edges_on: Optional[Tensor] = None, 
     >>> connected_components(torch.tensor([[0, 2], [1, 3]]), torch.tensor([True, False]), 4)
     tensor([0, 0, 1, 2])
     """
-    _check_edge_index(edge_index)
-    num_nodes = _num_nodes_of(edge_index, num_nodes)
+    check_edge_index(edge_index)
+    num_nodes = check_edge_index(edge_index, num_nodes)
     if edges_on is None:
         edges_on = torch.ones(edge_index.shape[1], dtype=torch.bool, device=edge_index.device)
     if edges_on.shape != (edge_index.shape[1],) or edges_on.dtype != torch.bool:
@@ -876,7 +810,7 @@ def metropolis_hastings(
     >>> len(trace.steps)
     4
     """
-    _check_edge_index(edge_index)
+    check_edge_index(edge_index)
     _check_merge_prob(merge_prob, edge_index.shape[1])
     if not callable(energy):
         raise TypeError("energy must be a callable cluster [N] -> float")
@@ -884,7 +818,7 @@ def metropolis_hastings(
         raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    n = _num_nodes_of(edge_index, num_nodes)
+    n = check_edge_index(edge_index, num_nodes)
     _check_budget(merge_budget)
     if not isinstance(energy, PartitionEnergy):
         energy = _finite_energy(energy)
@@ -913,25 +847,12 @@ def greedy_merge(
     >>> greedy_merge(torch.tensor([[0, 1], [1, 2]]), torch.tensor([0.9, 0.2]))[0]
     tensor([0, 0, 1])
     """
-    _check_edge_index(edge_index)
+    check_edge_index(edge_index)
     _check_merge_prob(merge_prob, edge_index.shape[1])
-    n = _num_nodes_of(edge_index, num_nodes)
+    n = check_edge_index(edge_index, num_nodes)
     p = merge_prob.detach()
     edges_on = (p > threshold) & candidate_edges(p, merge_budget, edge_graph)
     return connected_components(edge_index, edges_on.to(edge_index.device), n), edges_on
-
-
-def coarse_confidence(node_class_prob: Tensor, size: Tensor, cluster: Tensor, num_clusters: Optional[int] = None) -> Tensor:
-    """Class confidences of the coarse nodes: the size-weighted mean over each clique ``[N', K]``.
-
-    The model computes the next level's update order from these.
-    """
-    if num_clusters is None:
-        num_clusters = int(cluster.max()) + 1 if cluster.numel() else 0
-    w = size.to(node_class_prob.dtype)
-    total = node_class_prob.new_zeros(num_clusters, node_class_prob.shape[1]).index_add_(0, cluster, w[:, None] * node_class_prob)
-    mass = node_class_prob.new_zeros(num_clusters).index_add_(0, cluster, w)
-    return total / mass.clamp(min=1e-12)[:, None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1142,8 +1063,6 @@ class StructureEvolution(nn.Module):
             ``x`` is the mean f), the clusters, the differentiable merge probabilities, the trace,
             the mean h and m, and the coarse (size-weighted mean) class confidences.
         """
-        from selab.graph import coarsen, scatter_mean
-
         edge_index, batch = graph.edge_index, graph.batch
         n = batch.numel()
         if node_class_prob.shape[0] != n:

@@ -23,7 +23,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from selab.superpixels import adjacency, check_labels, pool_to_nodes
+from selab.superpixels import adjacency, check_labels, node_label_histogram, pool_to_nodes
 
 __all__ = [
     "Graph",
@@ -35,6 +35,8 @@ __all__ = [
     "canonical_cluster",
     "check_cluster",
     "coarsen",
+    "coarse_confidence",
+    "level_majority_labels",
     "to_networkx",
 ]
 
@@ -122,6 +124,35 @@ class Graph:
         return (f"Graph({nodes} node{'s' * (nodes != 1)}, {edges} edge{'s' * (edges != 1)}, "
                 f"{images} image{'s' * (images != 1)}, {height}x{width}"
                 + "".join(f", {item}" for item in extras + device) + ")")
+
+
+def describe(value) -> str:
+    """An input as error messages name it: ``tensor torch.int64 of shape [2, 5]``, else its type name."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor {value.dtype} of shape {list(value.shape)}"
+    return type(value).__name__
+
+
+def check_edge_index(edge_index, num_nodes: int | None = None, name: str = "edge_index") -> int:
+    """Check an integer ``edge_index [2,E]`` with node ids in ``0..num_nodes-1``; return the number of nodes.
+
+    Without ``num_nodes`` the number of nodes is the largest id + 1 (0 without edges).
+
+    Examples
+    --------
+    >>> check_edge_index(torch.tensor([[0, 1], [1, 2]]))
+    3
+    """
+    if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2 \
+            or edge_index.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name}: expected an integer tensor [2, E], got {describe(edge_index)}")
+    if not edge_index.numel():
+        return 0 if num_nodes is None else int(num_nodes)
+    low, high = int(edge_index.min()), int(edge_index.max())
+    if low < 0 or (num_nodes is not None and high >= num_nodes):
+        raise ValueError(f"{name}: node ids must lie in [0, {num_nodes if num_nodes is not None else 'N'}), "
+                         f"got {low}..{high}")
+    return high + 1 if num_nodes is None else int(num_nodes)
 
 
 def _as_long_tensor(array, device=None, name: str = "labels") -> torch.Tensor:
@@ -414,6 +445,57 @@ def coarsen(graph: Graph, cluster, x: torch.Tensor | None = None) -> Graph:
         superpixel_assignment=(cluster[graph.superpixel_assignment]
                                if graph.superpixel_assignment is not None else None),
     )
+
+
+def coarse_confidence(node_class_prob: torch.Tensor, size: torch.Tensor, cluster: torch.Tensor,
+                      num_clusters: int | None = None) -> torch.Tensor:
+    """Class confidences of the coarse nodes: the size-weighted mean over each clique ``[N', K]``.
+
+    The model computes the next level's update order from these.
+
+    Examples
+    --------
+    >>> coarse_confidence(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3.0, 1.0]), torch.tensor([0, 0]))
+    tensor([[0.7500, 0.2500]])
+    """
+    if num_clusters is None:
+        num_clusters = int(cluster.max()) + 1 if cluster.numel() else 0
+    w = size.to(node_class_prob.dtype)
+    total = node_class_prob.new_zeros(num_clusters, node_class_prob.shape[1]).index_add_(0, cluster, w[:, None] * node_class_prob)
+    mass = node_class_prob.new_zeros(num_clusters).index_add_(0, cluster, w)
+    return total / mass.clamp(min=1e-12)[:, None]
+
+
+def level_majority_labels(graph: Graph, mask: torch.Tensor | None = None, num_classes: int = 7,
+                          superpixel_histogram: torch.Tensor | None = None) -> torch.Tensor:
+    """Majority ground-truth label of every node of a level: int64 ``[N]`` (ties: the smaller class id).
+
+    With ``superpixel_histogram [N0,K]`` (:func:`selab.superpixels.node_label_histogram` of the level-0
+    superpixels) the node's class counts are the sums of its superpixels' counts, through
+    ``superpixel_assignment``: the same counts as the node's pixels give, without a pass over the pixels
+    at every level (issue 18). Else the pixels of ``mask [B,H,W]`` are counted on ``assignment``.
+
+    Examples
+    --------
+    >>> from selab.superpixels import node_label_histogram
+    >>> g = graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]]))
+    >>> mask = torch.tensor([[[0, 0, 1], [1, 1, 0]]])
+    >>> level = coarsen(g, torch.tensor([0, 1, 0]))
+    >>> level_majority_labels(level, mask).tolist()
+    [0, 0]
+    >>> level_majority_labels(level, superpixel_histogram=node_label_histogram(mask, g.assignment, 3)).tolist()
+    [0, 0]
+    """
+    if superpixel_histogram is not None:
+        if graph.superpixel_assignment is None:
+            raise ValueError("superpixel_histogram: the graph has no superpixel_assignment to sum it through")
+        counts = superpixel_histogram.new_zeros(graph.num_nodes, superpixel_histogram.shape[1])
+        counts.index_add_(0, graph.superpixel_assignment.to(counts.device), superpixel_histogram)
+    elif mask is None:
+        raise ValueError("level_majority_labels: needs mask [B,H,W] or superpixel_histogram [N0,K]")
+    else:
+        counts = node_label_histogram(mask, graph.assignment.to(mask.device), graph.num_nodes, num_classes)
+    return counts.argmax(dim=1)
 
 
 def to_networkx(graph: Graph, image: int = 0, node_attrs: tuple[str, ...] = ()) -> nx.Graph:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selab.graph import check_edge_index, describe
 from selab.orders import (  # noqa: F401  (re-exported: the orders belong to the layer's API)
     bfs_order,
     confidence_order,
@@ -53,7 +54,7 @@ __all__ = [
     "GraphLSTM",
     "GraphLSTMOutput",
     "wavefront_levels",
-    "SCHEDULES",
+    "UPDATE_SCHEDULES",
     "confidence_order",
     "stochastic_order",
     "bfs_order",
@@ -64,7 +65,7 @@ __all__ = [
     "rank_from_order",
 ]
 
-SCHEDULES = ("wavefront", "sequential", "synchronous")
+UPDATE_SCHEDULES = ("wavefront", "sequential", "synchronous")
 GATES = ("input", "forget", "output", "candidate")  # order of the fused gate blocks: u, f, o, c
 
 
@@ -106,12 +107,6 @@ class GraphLSTMOutput:
         nodes, channels = self.h.shape[0], self.h.shape[-1]
         return (f"GraphLSTMOutput({nodes} nodes, {channels} channels, {self.edge_forget.shape[1]} edges, "
                 f"{self.num_levels} wavefront levels)")
-
-
-def _describe(value) -> str:
-    if isinstance(value, Tensor):
-        return f"tensor {value.dtype} of shape {list(value.shape)}"
-    return type(value).__name__
 
 
 def _oriented_edges(edge_index: Tensor, rank: Tensor) -> tuple[Tensor, Tensor]:
@@ -399,7 +394,7 @@ class GraphLSTM(nn.Module):
     # ------------------------------------------------------------------ checks
     def _check_inputs(self, x, edge_index, rank, schedule, h0, m0, batch):
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2:
-            raise ValueError(f"x: expected a float tensor [N, {self.in_channels}], got {_describe(x)}")
+            raise ValueError(f"x: expected a float tensor [N, {self.in_channels}], got {describe(x)}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]}")
         if x.dtype not in (torch.float32, torch.float64):
@@ -409,12 +404,10 @@ class GraphLSTM(nn.Module):
             raise ValueError(f"x: {x.dtype} features but the layer's parameters are {weight.dtype}; convert one "
                              f"of them (layer.double() for float64, or x.to({weight.dtype}))")
         N = x.shape[0]
-        if not isinstance(edge_index, Tensor) or edge_index.dtype != torch.long or edge_index.dim() != 2 \
-                or edge_index.shape[0] != 2:
-            raise ValueError(f"edge_index: expected an int64 tensor [2, E], got {_describe(edge_index)}")
+        check_edge_index(edge_index, N)
+        if edge_index.dtype != torch.long:
+            raise ValueError(f"edge_index: expected an int64 tensor [2, E], got {describe(edge_index)}")
         if edge_index.numel():
-            if int(edge_index.min()) < 0 or int(edge_index.max()) >= N:
-                raise ValueError(f"edge_index: node ids must lie in [0, {N})")
             if bool((edge_index[0] == edge_index[1]).any()):
                 raise ValueError("edge_index: self loops are not allowed")
             # Each undirected edge once: a repeated edge would count its neighbour twice in the gates.
@@ -426,22 +419,22 @@ class GraphLSTM(nn.Module):
                 raise ValueError(f"edge_index: the edge ({key // N}, {key % N}) appears more than once (in either "
                                  f"direction); each undirected edge must be listed once "
                                  f"(selab.superpixels.adjacency gives such a list)")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+        if schedule not in UPDATE_SCHEDULES:
+            raise ValueError(f"schedule: expected one of {UPDATE_SCHEDULES}, got {schedule!r}")
         if schedule != "synchronous" or rank is not None:
             if not isinstance(rank, Tensor) or rank.dtype not in (torch.int32, torch.int64) \
                     or rank.shape != (N,):
-                raise ValueError(f"rank: expected an integer tensor of shape [{N}], got {_describe(rank)}")
+                raise ValueError(f"rank: expected an integer tensor of shape [{N}], got {describe(rank)}")
             if edge_index.numel() and bool((rank[edge_index[0]] == rank[edge_index[1]]).any()):
                 raise ValueError("rank: two adjacent nodes have the same rank (the update order is ambiguous)")
         for name, state in (("h0", h0), ("m0", m0)):
             if state is not None and (not isinstance(state, Tensor) or state.shape != (N, self.hidden_channels)):
-                raise ValueError(f"{name}: expected a tensor [{N}, {self.hidden_channels}], got {_describe(state)}")
+                raise ValueError(f"{name}: expected a tensor [{N}, {self.hidden_channels}], got {describe(state)}")
             if state is not None and state.dtype != x.dtype:
                 raise ValueError(f"{name}: expected {x.dtype} like x, got {state.dtype}")
         if batch is not None:
             if not isinstance(batch, Tensor) or batch.shape != (N,):
-                raise ValueError(f"batch: expected an int64 tensor [{N}], got {_describe(batch)}")
+                raise ValueError(f"batch: expected an int64 tensor [{N}], got {describe(batch)}")
             if edge_index.numel() and bool((batch[edge_index[0]] != batch[edge_index[1]]).any()):
                 raise ValueError("edge_index: an edge joins nodes of two different images (see batch)")
 

@@ -36,7 +36,6 @@ Example
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -45,9 +44,13 @@ from torch import nn
 
 from selab.backbones import BACKBONES, build_backbone
 from selab.classes import NUM_CLASSES
+from selab.evolve import StructureEvolution
+from selab.graph import Graph, graph_from_superpixels, level_majority_labels, scatter_mean
+from selab.graph_lstm import GraphLSTM
+from selab.orders import ORDERS, update_rank
+from selab.superpixels import node_label_histogram, unpool_to_pixels, upsample_and_pool
 
 VARIANTS = ("cnn", "graph_lstm", "se_lstm")
-ORDERS = ("confidence", "stochastic", "random", "bfs", "dfs")
 NEXT_INPUTS = ("output", "input", "level0")
 NEXT_STATES = ("output", "hidden", "zero")
 
@@ -246,8 +249,9 @@ class ModelOutput:
         Node hidden states of each Graph LSTM layer (on the graph of the level it ran on).
     ranks : list of Tensor [N_l]
         The update order used in each layer.
-    merge_prob, merge_target : list of Tensor [E_l]
-        ``se_lstm``: merge probabilities of each layer's edges and their targets (when a mask is given).
+    merge_prob : list of Tensor [E_l]
+        ``se_lstm``: merge probabilities of the edges of every level but the last (their targets are
+        :func:`selab.loss.merge_targets`).
     traces : list
         ``se_lstm``: the Metropolis-Hastings trace of each layer.
     samples : list of ModelOutput
@@ -261,7 +265,6 @@ class ModelOutput:
     states: list = field(default_factory=list)
     ranks: list = field(default_factory=list)
     merge_prob: list = field(default_factory=list)
-    merge_target: list = field(default_factory=list)
     traces: list = field(default_factory=list)
     samples: list = field(default_factory=list)
 
@@ -294,144 +297,16 @@ class FeatureNeck(nn.Module):
         return self.refine(self.reduce(fused))
 
 
-def _bilinear_taps(out_size: int, in_size: int, device) -> tuple[torch.Tensor, ...]:
-    """Source indices and weights of ``F.interpolate(mode="bilinear", align_corners=False)`` on one axis."""
-    src = ((torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * (in_size / out_size) - 0.5)
-    src = src.clamp(min=0)
-    low = src.floor().long().clamp(max=in_size - 1)
-    high = (low + 1).clamp(max=in_size - 1)
-    w_high = src - low
-    return low, high, 1.0 - w_high, w_high
-
-
-def upsample_and_pool(features: torch.Tensor, labels: torch.Tensor, num_nodes: int, ptr: torch.Tensor) -> torch.Tensor:
-    """Mean over each superpixel of the bilinearly upsampled ``features``, without upsampling.
-
-    Equal (up to float rounding) to ``pool_to_nodes(F.interpolate(features, size=labels.shape[-2:],
-    mode="bilinear"), labels).x`` but costs O(S^2 + nnz*C) instead of O(C*S^2): the composition of the
-    two linear maps is a sparse [N, B*h*w] matrix (:func:`pooling_matrix`; a node touches about a dozen
-    feature cells), applied as one CSR matrix product (and its transpose in the backward).
-
-    Parameters
-    ----------
-    features : Tensor [B,C,h,w]
-    labels : LongTensor [B,S,S]
-        Global node ids (image b's nodes are ``ptr[b] .. ptr[b+1]-1``).
-    num_nodes : int
-    ptr : LongTensor [B+1]
-
-    Returns
-    -------
-    Tensor [N,C]
-
-    Examples
-    --------
-    >>> f = torch.rand(1, 3, 4, 4); lab = torch.zeros(1, 8, 8, dtype=torch.long)
-    >>> x = upsample_and_pool(f, lab, 1, torch.tensor([0, 1]))
-    >>> torch.allclose(x, F.interpolate(f, size=(8, 8), mode="bilinear").mean((2, 3)))
-    True
-    """
-    batch, channels, h, w = features.shape
-    rows, cols, weights = pooling_matrix(labels.to(features.device), num_nodes, ptr, (h, w), features.dtype)
-    cells = features.permute(0, 2, 3, 1).reshape(batch * h * w, channels)
-    return _SparseRows.apply(rows, cols, weights, (num_nodes, batch * h * w), cells)
-
-
-def _compressed(sorted_rows: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """CSR row pointers [num_rows + 1] of sorted COO row indices."""
-    counts = torch.bincount(sorted_rows, minlength=num_rows)
-    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-
-
-class _SparseRows(torch.autograd.Function):
-    """``M @ dense`` for a COO matrix with sorted rows, as a CSR product; the backward is ``M^T @ grad``."""
-
-    @staticmethod
-    def forward(ctx, rows, cols, weights, shape, dense):
-        ctx.save_for_backward(rows, cols, weights)
-        ctx.shape = shape
-        if rows.numel() == 0:
-            return dense.new_zeros(shape[0], dense.shape[1])
-        crow = _compressed(rows, shape[0])
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product itself is plain
-            warnings.simplefilter("ignore", UserWarning)
-            matrix = torch.sparse_csr_tensor(crow, cols, weights, shape, check_invariants=False)
-        return matrix @ dense.contiguous()
-
-    @staticmethod
-    def backward(ctx, grad):
-        if not ctx.needs_input_grad[4]:
-            return None, None, None, None, None
-        rows, cols, weights = ctx.saved_tensors
-        if rows.numel() == 0:
-            return None, None, None, None, grad.new_zeros(ctx.shape[1], grad.shape[1])
-        order = torch.argsort(cols, stable=True)
-        crow = _compressed(cols[order], ctx.shape[1])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            transposed = torch.sparse_csr_tensor(crow, rows[order], weights[order], ctx.shape[::-1],
-                                                 check_invariants=False)
-        return None, None, None, None, transposed @ grad.contiguous()
-
-
-def pooling_matrix(labels: torch.Tensor, num_nodes: int, ptr: torch.Tensor, feature_size: tuple[int, int],
-                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The sparse matrix of :func:`upsample_and_pool`: ``(rows, cols, weights)`` in COO form.
-
-    ``rows`` are global node ids, ``cols`` global feature cells ``b*h*w + i*w + j`` of a [B,C,h,w] map,
-    and ``weights`` the mean over the node's pixels of their bilinear weight on the cell
-    (``F.interpolate(mode="bilinear", align_corners=False)``); sorted by row, then col. It depends
-    only on the superpixels.
-
-    Examples
-    --------
-    >>> r, c, wt = pooling_matrix(torch.zeros(1, 4, 4, dtype=torch.long), 1, torch.tensor([0, 1]), (2, 2))
-    >>> r.tolist(), c.tolist(), wt.tolist()
-    ([0, 0, 0, 0], [0, 1, 2, 3], [0.25, 0.25, 0.25, 0.25])
-    """
-    h, w = feature_size
-    size_y, size_x = labels.shape[-2:]
-    device = labels.device
-    taps_y = _bilinear_taps(size_y, h, device)
-    taps_x = _bilinear_taps(size_x, w, device)
-    count = torch.bincount(labels.reshape(-1), minlength=num_nodes).to(dtype).clamp(min=1)
-    # The four (cell, weight) taps of every pixel of an [S,S] image, the same for all images.
-    taps = []
-    for r_index, r_weight in ((taps_y[0], taps_y[2]), (taps_y[1], taps_y[3])):
-        for c_index, c_weight in ((taps_x[0], taps_x[2]), (taps_x[1], taps_x[3])):
-            taps.append(((r_index[:, None] * w + c_index[None, :]).reshape(-1),
-                         (r_weight[:, None] * c_weight[None, :]).to(dtype).reshape(-1)))
-    ptr = ptr.tolist()
-    sizes = [stop - start for start, stop in zip(ptr[:-1], ptr[1:])]
-    # One dense scratch block of N_b x h*w, reused by every image and cleared only where it was written.
-    block = torch.zeros(max(sizes, default=0) * h * w, device=device, dtype=dtype)
-    rows, cols, weights = [], [], []
-    for b, (start, n) in enumerate(zip(ptr[:-1], sizes)):  # a loop over images, not pixels or nodes
-        local = (labels[b].reshape(-1) - start) * (h * w)
-        for cell, weight in taps:
-            block.index_add_(0, local + cell, weight)
-        key = block[: n * h * w].nonzero().squeeze(1)
-        node = torch.div(key, h * w, rounding_mode="floor")
-        rows.append(node + start)
-        cols.append(key - node * (h * w) + b * h * w)
-        weights.append(block[key] / count[start + node])
-        block[key] = 0
-    if not rows:
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        return empty, empty, torch.zeros(0, dtype=dtype, device=device)
-    return torch.cat(rows), torch.cat(cols), torch.cat(weights)
-
-
 class SELabModel(nn.Module):
     """The three variants of selab behind one forward.
 
     ``forward(batch)`` takes a dict with ``image`` [B,3,S,S] (values in [0,1]) or precomputed backbone
     ``features`` (a list of [B,C_i,h_i,w_i], from the feature cache) plus ``image`` for the output size;
-    the graph variants also need ``superpixels`` [B,S,S] (per-image ids from 0); ``se_lstm`` uses ``mask``
-    [B,S,S] in training for the merge targets. Returns a :class:`ModelOutput`.
+    the graph variants also need ``superpixels`` [B,S,S] (per-image ids from 0) or a level-0 ``graph``.
+    Returns a :class:`ModelOutput`: predictions only; their supervision is :func:`selab.loss.compute_loss`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> model = SELabModel(ModelConfig(variant="cnn", backbone="small", feature_channels=16))
     >>> model({"image": torch.rand(1, 3, 32, 32)}).logits.shape
     torch.Size([1, 7, 32, 32])
@@ -451,8 +326,6 @@ class SELabModel(nn.Module):
         # The CNN part of the final 1x1 classifier; for the graph variants its node part is `node_classifiers`.
         self.classifier = nn.Conv2d(C, K, 1)
         if config.uses_graph:
-            from selab.graph_lstm import GraphLSTM
-
             self.confidence = nn.Conv2d(C, K, 1)
             # selab decision: node features are the pooled CNN features and initial confidences, projected to
             # H channels so that residual connections between layers have matching sizes.
@@ -461,17 +334,42 @@ class SELabModel(nn.Module):
                 GraphLSTM(H, H, residual=config.residual, identical_forget_gates=config.identical_forget_gates)
                 for _ in range(config.num_layers)
             )
-            # One classifier slice per level whose states reach the pixels (graph_lstm: the last layer;
-            # se_lstm: every level).
-            levels_out = config.num_layers if config.variant == "se_lstm" else 1
-            self.node_classifiers = nn.ModuleList(nn.Linear(H, K, bias=False) for _ in range(levels_out))
+            # One classifier slice per layer whose states reach the pixels (classified_layers).
+            self.node_classifiers = nn.ModuleList(nn.Linear(H, K, bias=False) for _ in self.classified_layers)
             if config.variant == "se_lstm":
-                from selab.evolve import StructureEvolution
-
                 # One evolution (with its own merge-probability weights) after every layer but the last.
                 self.evolutions = nn.ModuleList(
                     StructureEvolution(H, **config.evolution_kwargs(index)) for index in range(config.num_layers - 1)
                 )
+
+    # -- what differs between the graph variants, as data ------------------------------------------------
+    @property
+    def classified_layers(self) -> list[int]:
+        """The layers whose node states reach the pixels, in the order of ``node_classifiers``.
+
+        ``graph_lstm``: the last layer (the paper's 1x1 conv after the stacked layers); ``se_lstm``: every
+        layer, each on its own level; ``cnn``: none.
+        """
+        if not self.config.uses_graph:
+            return []
+        if self.config.variant == "graph_lstm":
+            return [self.config.num_layers - 1]
+        return list(range(self.config.num_layers))
+
+    @property
+    def carry(self) -> tuple[str, str]:
+        """``(next_input, next_state)``: what the next layer reads and starts from.
+
+        ``graph_lstm`` stacks its layers on one graph: the next layer reads this layer's output and starts
+        from zero states. ``se_lstm`` follows ``ModelConfig.next_input`` / ``next_state`` (issue 19).
+        """
+        if self.config.variant == "graph_lstm":
+            return "output", "zero"
+        return self.config.next_input, self.config.next_state
+
+    def layer_level(self, index: int) -> int:
+        """The level layer ``index`` runs on: ``se_lstm``'s layer l on level l, ``graph_lstm``'s all on level 0."""
+        return index if self.config.variant == "se_lstm" else 0
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -488,8 +386,23 @@ class SELabModel(nn.Module):
                 return self.backbone(image)
         return self.backbone(image)
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None,
-                confidence_only: bool = False) -> ModelOutput:
+    def forward(self, batch: dict, generator: torch.Generator | None = None, confidence_only: bool = False,
+                energy_labels: torch.Tensor | None = None) -> ModelOutput:
+        """Logits of a batch (see the class docstring for ``batch``).
+
+        Parameters
+        ----------
+        batch : dict
+        generator : torch.Generator, optional
+            Draws the stochastic update orders and the Metropolis-Hastings chains.
+        confidence_only : bool
+            Only the initial confidence maps (step one of the paper's two-step training).
+        energy_labels : LongTensor [B,S,S], optional
+            ``se_lstm``: ground-truth labels the chains' energy may read (the batch's ``mask`` in
+            training). With them every evolution scores partitions with its ``energy`` option
+            (``"ground_truth"`` by default, ``"mixed"`` or ``"prediction"``); without them (test time)
+            with the predicted node classes.
+        """
         if not isinstance(batch, dict):
             raise TypeError(f"SELabModel.forward: batch must be a dict, got {type(batch).__name__}")
         if "image" not in batch:
@@ -509,28 +422,16 @@ class SELabModel(nn.Module):
         if confidence_only:  # step one of the paper's two-step training
             confidence = F.interpolate(self.confidence(fused), size=size, mode="bilinear", align_corners=False)
             return ModelOutput(logits=None, confidence_logits=confidence)
-        return self._graph_forward(batch, fused, cnn_logits, size, generator)
+        return self._graph_forward(batch, fused, cnn_logits, size, generator, energy_labels)
 
     # -- graph variants ---------------------------------------------------------------------------------
-    def _order(self, name, confidence, graph, generator):
-        from selab import graph_lstm as gl
+    def update_rank(self, order_name: str, confidence: torch.Tensor, graph: Graph,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rank ``[N]`` of every node of ``graph`` in the update order ``order_name`` (:func:`selab.orders.update_rank`)."""
+        return update_rank(order_name, graph.edge_index, graph.pos, graph.batch, confidence,
+                           noise=self.config.order_noise, generator=generator)
 
-        if name == "confidence":
-            return gl.confidence_order(confidence, graph.pos, graph.batch)
-        if name == "stochastic":
-            return gl.stochastic_order(confidence, graph.pos, graph.batch, noise=self.config.order_noise,
-                                       generator=generator)
-        if name == "random":
-            return gl.random_order(graph.batch, generator=generator)
-        start = gl.most_confident_node(confidence, graph.batch, graph.pos)
-        if name == "bfs":
-            return gl.bfs_order(graph.edge_index, start, graph.batch)
-        return gl.dfs_order(graph.edge_index, start, graph.batch)
-
-    def _graph_forward(self, batch, fused, cnn_logits, size, generator) -> ModelOutput:
-        from selab.graph import graph_from_superpixels
-        from selab.superpixels import unpool_to_pixels
-
+    def _graph_forward(self, batch, fused, cnn_logits, size, generator, energy_labels) -> ModelOutput:
         graph = batch.get("graph")
         if graph is None:
             if batch.get("superpixels") is None:
@@ -550,41 +451,36 @@ class SELabModel(nn.Module):
         # selab decision: a node's confidence is the softmax of its mean confidence logits.
         node_confidence = node_in[:, -self.config.num_classes:].detach().softmax(1)
         x = self.node_input(node_in)
-        order = self.config.effective_train_order if self.training else self.config.order
-        mask = batch.get("mask")
-        # Merge targets (and the ground-truth energy) need the labels: only in training (the explorer in
-        # selab.widgets sets the training flag alone to show the ground-truth energy at test time).
-        mask = mask.to(device) if mask is not None and self.training else None
+        order_name = self.config.effective_train_order if self.training else self.config.order
+        node_labels_of = None
+        if energy_labels is not None and self.config.variant == "se_lstm":
+            mask = energy_labels.to(device)
+            on_superpixels = _on_superpixels(graph)
+            histogram = (node_label_histogram(mask, graph.assignment, graph.num_nodes, self.config.num_classes)
+                         if on_superpixels else None)
+
+            def node_labels_of(level):  # each level's majority labels, from the superpixels' histograms
+                return level_majority_labels(level, mask, self.config.num_classes, histogram)
+
         out = ModelOutput(logits=None, levels=[graph], confidence_logits=F.interpolate(
             confidence_lowres, size=size, mode="bilinear", align_corners=False))
-        logits = F.interpolate(cnn_logits, size=size, mode="bilinear", align_corners=False)
-        # se_lstm: every level's node logits are gathered onto the level-0 superpixels and summed there, so
-        # that one unpooling to the pixels (the costly gather and its backward) serves all levels. Exact:
-        # each level's node covers its superpixels' pixels. Needs the level-0 nodes to be the superpixels.
-        sp0 = graph.superpixel_assignment
-        on_superpixels = sp0 is not None and torch.equal(sp0, torch.arange(graph.num_nodes, device=sp0.device))
+        cnn_logits = F.interpolate(cnn_logits, size=size, mode="bilinear", align_corners=False)
 
         num_samples = 1 if self.training else self.config.eval_samples
         if generator is None and not self.training and self._stochastic_at_test():
             generator = torch.Generator(device=device).manual_seed(self.config.eval_seed)
-        if num_samples == 1:
-            logits, superpixel_logits = self._graph_layers(out, graph, x, node_confidence, mask, order,
-                                                           generator, logits, on_superpixels)
-        else:
-            # selab decision (issue 19): K structures per image, the mean of their logits; the CNN part and
-            # the node features are computed once, only the Graph LSTM layers and evolutions repeat.
-            total, superpixel_logits = 0, 0
-            for k in range(num_samples):
-                record = out if k == 0 else ModelOutput(logits=None, levels=[graph],
-                                                        confidence_logits=out.confidence_logits)
-                sample_logits, sample_sp = self._graph_layers(record, graph, x, node_confidence, mask,
-                                                              order, generator, logits, on_superpixels)
-                total, superpixel_logits = total + sample_logits, superpixel_logits + sample_sp
+        # selab decision (issue 19): with eval_samples = K > 1, K structures per image and the mean of their
+        # logits; the CNN part and the node features are computed once, the Graph LSTM layers and
+        # evolutions K times.
+        sums = []
+        for k in range(num_samples):
+            record = out if k == 0 else ModelOutput(logits=None, levels=[graph],
+                                                    confidence_logits=out.confidence_logits)
+            sums.append(_PixelLogits(cnn_logits, graph))
+            self._graph_layers(record, x, node_confidence, order_name, generator, sums[-1], node_labels_of)
+            if num_samples > 1:
                 out.samples.append(record)
-            logits, superpixel_logits = total / num_samples, superpixel_logits / num_samples
-        if on_superpixels and self.config.variant == "se_lstm":
-            logits = logits + unpool_to_pixels(superpixel_logits, out.levels[0].assignment)
-        out.logits = logits
+        out.logits = _PixelLogits.mean(sums)
         return out
 
     def _stochastic_at_test(self) -> bool:
@@ -593,69 +489,97 @@ class SELabModel(nn.Module):
             return True
         return any(evo.current_mode() == "mh" for evo in getattr(self, "evolutions", []))
 
-    def _graph_layers(self, out, graph, x, node_confidence, mask, order, generator, logits, on_superpixels):
-        """The Graph LSTM layers (and evolutions) of one structure; records levels, states, ... in ``out``.
+    def _graph_layers(self, out, x, node_confidence, order_name, generator, pixels, node_labels_of) -> None:
+        """The Graph LSTM layers (and evolutions) of one structure, from the level-0 graph ``out.levels[0]``.
 
-        Returns ``(logits, superpixel_logits)``: ``logits`` plus every level's share that went to the pixels
-        directly, and the levels' node logits summed on the level-0 superpixels (``0`` when none).
+        Records levels, states, ranks, merge probabilities and traces in ``out``; adds the classified
+        layers' node logits to ``pixels``. ``node_labels_of(level)`` gives the energy's labels, if any.
         """
-        from selab.evolve import merge_target, node_majority_labels
-        from selab.graph import scatter_mean
-        from selab.superpixels import unpool_to_pixels
-
-        device = x.device
+        graph = out.levels[0]
         h = m = None
         last = len(self.layers) - 1
         x0, to_level = x, None  # level-0 node features; level-0 node -> node of the current level
-        next_input, next_state = self.config.next_input, self.config.next_state
-        superpixel_logits = 0
+        next_input, next_state = self.carry
+        classifiers = dict(zip(self.classified_layers, self.node_classifiers))
         for index, layer in enumerate(self.layers):
-            rank = self._order(order, node_confidence, graph, generator)
+            rank = self.update_rank(order_name, node_confidence, graph, generator)
             result = layer(x, graph.edge_index, rank, schedule=self.config.schedule, h0=h, m0=m)
             out.states.append(result.h)
             out.ranks.append(rank)
-            if self.config.variant == "graph_lstm":
-                # Stacked layers: the next layer reads this layer's output and starts from zero states.
-                x = result.h
-                if index == last:
-                    logits = logits + unpool_to_pixels(self.node_classifiers[0](result.h), graph.assignment)
-                continue
-            # se_lstm: this level's states reach the pixels, then (but after the last layer) the structure evolves.
-            node_logits = self.node_classifiers[index](result.h)
-            if on_superpixels:
-                superpixel_logits = superpixel_logits + node_logits.index_select(0, graph.superpixel_assignment.to(device))
-            else:
-                logits = logits + unpool_to_pixels(node_logits, graph.assignment)
+            if index in classifiers:
+                pixels.add(classifiers[index](result.h), graph)
             if index == last:
                 break
-            evolution = self.evolutions[index]
-            node_labels = None
-            if mask is not None:
-                node_labels = node_majority_labels(mask, graph.assignment, graph.num_nodes, self.config.num_classes)
-            # The energy source, explicit: the evolution's own option (ground truth or prediction) where the
-            # labels are known (training), the prediction (node_class_prob) at test time.
-            energy = evolution.energy if node_labels is not None else "prediction"
             # selab decision (issue 19): what the next level reads (next_input) and starts from (next_state);
             # the defaults ("output", "output") stack the layers and carry the layer output as h0.
             features = result.h if next_input == "output" else x
             state = result.hidden if next_state == "hidden" else result.h
-            evolved = evolution(graph, result, node_confidence, node_labels=node_labels, energy=energy,
-                                generator=generator, features=features, state=state)
-            out.merge_prob.append(evolved.merge_prob)
-            if node_labels is not None:
-                out.merge_target.append(merge_target(graph.edge_index, node_labels))
-            out.traces.append(evolved.trace)
-            graph, x, h, m = evolved.graph, evolved.graph.x, evolved.h, evolved.m
-            if next_input == "level0":
-                # the mean over the level-0 nodes the node covers, not a mean of the previous level's means
-                to_level = evolved.cluster if to_level is None else evolved.cluster[to_level]
-                x = scatter_mean(x0, to_level, graph.num_nodes)
-                graph = dataclasses.replace(graph, x=x)
+            x, h, m = features, state, result.m
+            if hasattr(self, "evolutions"):
+                evolution = self.evolutions[index]
+                node_labels = None if node_labels_of is None else node_labels_of(graph)
+                evolved = evolution(graph, result, node_confidence, node_labels=node_labels,
+                                    energy=evolution.energy if node_labels is not None else "prediction",
+                                    generator=generator, features=features, state=state)
+                out.merge_prob.append(evolved.merge_prob)
+                out.traces.append(evolved.trace)
+                graph, x, h, m = evolved.graph, evolved.graph.x, evolved.h, evolved.m
+                node_confidence = evolved.confidence
+                if next_input == "level0":
+                    # the mean over the level-0 nodes the node covers, not a mean of the previous level's means
+                    to_level = evolved.cluster if to_level is None else evolved.cluster[to_level]
+                    x = scatter_mean(x0, to_level, graph.num_nodes)
+                    graph = dataclasses.replace(graph, x=x)
+                out.levels.append(graph)
             if next_state == "zero":
                 h = m = None
-            node_confidence = evolved.confidence
-            out.levels.append(graph)
-        return logits, superpixel_logits
+
+    def level_logits(self, output: ModelOutput) -> list[tuple[torch.Tensor, Graph]]:
+        """The node logits that reach the pixels, with the level they are on: one pair per classified layer.
+
+        The model's logits are the CNN's logits plus these copied to the pixels of their level (for the
+        first structure of ``output``).
+        """
+        return [(classifier(output.states[index]), output.levels[self.layer_level(index)])
+                for index, classifier in zip(self.classified_layers, self.node_classifiers)]
+
+
+def _on_superpixels(level0: Graph) -> bool:
+    """Whether the level-0 nodes are the superpixels (then every level can be summed on them)."""
+    sp = level0.superpixel_assignment
+    return sp is not None and torch.equal(sp, torch.arange(level0.num_nodes, device=sp.device))
+
+
+class _PixelLogits:
+    """The logits of one structure: the CNN's logits plus every classified layer's node logits on the pixels.
+
+    Where the level-0 nodes are the superpixels, each level's node logits are gathered onto the
+    superpixels and summed there, so that one unpooling to the pixels (the costly gather and its
+    backward) serves all levels. Exact: each node covers its superpixels' pixels.
+    """
+
+    def __init__(self, cnn_logits: torch.Tensor, level0: Graph):
+        self.level0, self.on_superpixels = level0, _on_superpixels(level0)
+        self.direct = cnn_logits  # the CNN's logits plus the shares copied to the pixels directly
+        self.superpixels = 0  # the shares summed on the level-0 superpixels [N0, K]
+
+    def add(self, node_logits: torch.Tensor, graph: Graph) -> None:
+        if self.on_superpixels:
+            self.superpixels = self.superpixels + node_logits.index_select(0, graph.superpixel_assignment)
+        else:
+            self.direct = self.direct + unpool_to_pixels(node_logits, graph.assignment)
+
+    @staticmethod
+    def mean(sums: list) -> torch.Tensor:
+        """The mean logits ``[B,K,S,S]`` of one or more structures' sums (the superpixels unpooled once)."""
+        if len(sums) == 1:
+            direct, superpixels = sums[0].direct, sums[0].superpixels
+        else:
+            direct = sum(s.direct for s in sums) / len(sums)
+            superpixels = sum(s.superpixels for s in sums) / len(sums)
+        if isinstance(superpixels, torch.Tensor):
+            direct = direct + unpool_to_pixels(superpixels, sums[0].level0.assignment)
+        return direct
 
 
 def build_model(config: ModelConfig | dict) -> SELabModel:

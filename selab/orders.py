@@ -32,7 +32,11 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse import csgraph
 
+from selab.graph import check_edge_index, describe
+
 __all__ = [
+    "ORDERS",
+    "update_rank",
     "confidence_order",
     "bfs_order",
     "dfs_order",
@@ -44,25 +48,24 @@ __all__ = [
 ]
 
 
+#: The update orders by name: the paper's confidence-driven order, SE-LSTM's stochastic node updating
+#: (selab's reading), a random baseline and the BFS / DFS ablations.
+ORDERS = ("confidence", "stochastic", "random", "bfs", "dfs")
+
+
 def _check_batch(batch, num_nodes: int, device) -> torch.Tensor:
     if batch is None:
         return torch.zeros(num_nodes, dtype=torch.long, device=device)
     if not isinstance(batch, torch.Tensor) or batch.dtype != torch.long or batch.shape != (num_nodes,):
-        raise ValueError(f"batch: expected an int64 tensor of shape [{num_nodes}], got {_describe(batch)}")
+        raise ValueError(f"batch: expected an int64 tensor of shape [{num_nodes}], got {describe(batch)}")
     if num_nodes and bool((batch[1:] < batch[:-1]).any()):
         raise ValueError("batch: nodes of one image must be contiguous and images in order")
     return batch
 
 
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"tensor {value.dtype} of shape {list(value.shape)}"
-    return type(value).__name__
-
-
 def _check_float(name: str, value, ndim: int, num_nodes: int | None = None) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() != ndim:
-        raise ValueError(f"{name}: expected a float tensor with {ndim} dimensions, got {_describe(value)}")
+        raise ValueError(f"{name}: expected a float tensor with {ndim} dimensions, got {describe(value)}")
     if num_nodes is not None and value.shape[0] != num_nodes:
         raise ValueError(f"{name}: expected {num_nodes} rows, got {value.shape[0]}")
     return value
@@ -188,7 +191,7 @@ def random_order(batch: torch.Tensor, generator: torch.Generator | None = None) 
     tensor([0, 1, 2, 3])
     """
     if not isinstance(batch, torch.Tensor):
-        raise ValueError(f"batch: expected an int64 tensor [N], got {_describe(batch)}")
+        raise ValueError(f"batch: expected an int64 tensor [N], got {describe(batch)}")
     batch = _check_batch(batch, batch.numel(), batch.device)
     device = generator.device if generator is not None else batch.device
     keys = torch.rand(batch.numel(), generator=generator, device=device).to(batch.device)
@@ -243,13 +246,9 @@ def most_confident_node(
 
 
 def _traversal_order(edge_index, start, batch, num_nodes, depth_first: bool) -> torch.Tensor:
-    if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"edge_index: expected an int64 tensor [2, E], got {_describe(edge_index)}")
-    if num_nodes is None:
-        if batch is not None:
-            num_nodes = batch.numel()
-        else:
-            num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+    if num_nodes is None and isinstance(batch, torch.Tensor):
+        num_nodes = batch.numel()
+    num_nodes = check_edge_index(edge_index, num_nodes)
     batch = _check_batch(batch, num_nodes, edge_index.device)
     start = torch.as_tensor(start, dtype=torch.long, device=edge_index.device).reshape(-1)
     num_images = int(batch.max()) + 1 if num_nodes else 0
@@ -325,3 +324,38 @@ def dfs_order(
     tensor([0, 1, 2, 3])
     """
     return _traversal_order(edge_index, start, batch, num_nodes, depth_first=True)
+
+
+def update_rank(
+    name: str,
+    edge_index: torch.Tensor,
+    pos: torch.Tensor,
+    batch: torch.Tensor | None = None,
+    confidence: torch.Tensor | None = None,
+    noise: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Rank ``[N]`` of every node in the update order called ``name`` (one of :data:`ORDERS`).
+
+    ``confidence`` and ``stochastic`` need the node ``confidence [N, K]``; ``bfs`` and ``dfs`` start at
+    the most confident node when it is given (the paper's "BFS/DFS (confidence)"), else at the left-most
+    node ("location"); ``stochastic`` (``noise``) and ``random`` draw from ``generator``.
+
+    Examples
+    --------
+    >>> update_rank("bfs", torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0.0, 0], [0, 1], [0, 2]])).tolist()
+    [0, 1, 2]
+    """
+    if name not in ORDERS:
+        raise ValueError(f"name: expected one of {ORDERS}, got {name!r}")
+    if name in ("confidence", "stochastic"):
+        if confidence is None:
+            raise ValueError(f"confidence: the {name} order needs node confidences [N, K]")
+        if name == "confidence":
+            return confidence_order(confidence, pos, batch)
+        return stochastic_order(confidence, pos, batch, noise=noise, generator=generator)
+    if name == "random":
+        return random_order(_check_batch(batch, pos.shape[0], pos.device), generator=generator)
+    start = most_confident_node(confidence, batch, pos) if confidence is not None else leftmost_node(pos, batch)
+    traverse = bfs_order if name == "bfs" else dfs_order
+    return traverse(edge_index, start, batch, pos.shape[0])

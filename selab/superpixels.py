@@ -5,15 +5,19 @@ ECCV 2016) and of the Structure-evolving LSTM (Liang et al., CVPR 2017) has one 
 and an edge between every two superpixels that touch. A node's feature is the mean of the CNN features
 of its pixels, and node states are copied back to the pixels they cover before the final classifier.
 
-This module holds the four steps as plain array functions: :func:`slic` (scikit-image SLIC, labels
+This module holds these steps as plain array functions: :func:`slic` (scikit-image SLIC, labels
 renumbered ``0..N-1``), :func:`adjacency` (4-connected region adjacency with one ``np.unique`` over a
 1-D key per boundary pixel pair, instead of ``skimage.graph.rag_mean_color`` which loops over pixels),
-:func:`pool_to_nodes` and :func:`unpool_to_pixels` (differentiable ``index_add_`` / gather in torch).
+:func:`pool_to_nodes` and :func:`unpool_to_pixels` (differentiable ``index_add_`` / gather in torch),
+:func:`upsample_and_pool` (bilinear upsampling of a low-resolution feature map and pooling to the nodes
+as one sparse matrix product, :func:`pooling_matrix`) and :func:`node_label_histogram` (the pixel
+labels pooled to the nodes: class counts per node, and their majority, :func:`node_majority_labels`).
 The paper's configuration is about 1000 superpixels per image: ``slic(image, n_segments=1000)``.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -28,6 +32,10 @@ __all__ = [
     "NodePooling",
     "pool_to_nodes",
     "unpool_to_pixels",
+    "upsample_and_pool",
+    "pooling_matrix",
+    "node_label_histogram",
+    "node_majority_labels",
 ]
 
 
@@ -392,3 +400,164 @@ class _Unpool(torch.autograd.Function):
         for b in range(labels.shape[0]):
             total.index_add_(1, labels[b].reshape(-1), grad[b].reshape(channels, -1))
         return total.t(), None
+
+
+def node_label_histogram(mask: torch.Tensor, assignment: torch.Tensor, num_nodes: int,
+                         num_classes: int = 7) -> torch.Tensor:
+    """Pixel count of every class in every node: ``[N, K]`` float.
+
+    ``mask`` and ``assignment`` are ``[B, H, W]`` (or ``[H, W]``) int64; ``assignment`` holds global
+    node ids of the level. Pixels with a label outside ``0..K-1`` (ignore values) are not counted.
+    """
+    if mask.shape != assignment.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} and assignment {tuple(assignment.shape)} must match")
+    labels = mask.reshape(-1).long()
+    nodes = assignment.reshape(-1).long().to(labels.device)
+    if nodes.numel() and (nodes.min() < 0 or nodes.max() >= num_nodes):
+        raise ValueError(f"assignment must hold node ids in 0..{num_nodes - 1}")
+    valid = (labels >= 0) & (labels < num_classes)
+    flat = nodes[valid] * num_classes + labels[valid]
+    hist = torch.bincount(flat, minlength=num_nodes * num_classes)
+    return hist.reshape(num_nodes, num_classes).float()
+
+
+def node_majority_labels(mask: torch.Tensor, assignment: torch.Tensor, num_nodes: int,
+                         num_classes: int = 7) -> torch.Tensor:
+    """Majority ground-truth label of every node: LongTensor ``[N]`` (ties: the smaller class id).
+
+    Examples
+    --------
+    >>> mask = torch.tensor([[[0, 1, 1]]]); assignment = torch.tensor([[[0, 0, 1]]])
+    >>> node_majority_labels(mask, assignment, 2)
+    tensor([0, 1])
+    """
+    return node_label_histogram(mask, assignment, num_nodes, num_classes).argmax(dim=1)
+
+
+def _bilinear_taps(out_size: int, in_size: int, device) -> tuple[torch.Tensor, ...]:
+    """Source indices and weights of ``F.interpolate(mode="bilinear", align_corners=False)`` on one axis."""
+    src = ((torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * (in_size / out_size) - 0.5)
+    src = src.clamp(min=0)
+    low = src.floor().long().clamp(max=in_size - 1)
+    high = (low + 1).clamp(max=in_size - 1)
+    w_high = src - low
+    return low, high, 1.0 - w_high, w_high
+
+
+def upsample_and_pool(features: torch.Tensor, labels: torch.Tensor, num_nodes: int, ptr: torch.Tensor) -> torch.Tensor:
+    """Mean over each superpixel of the bilinearly upsampled ``features``, without upsampling.
+
+    Equal (up to float rounding) to ``pool_to_nodes(F.interpolate(features, size=labels.shape[-2:],
+    mode="bilinear"), labels).x`` but costs O(S^2 + nnz*C) instead of O(C*S^2): the composition of the
+    two linear maps is a sparse [N, B*h*w] matrix (:func:`pooling_matrix`; a node touches about a dozen
+    feature cells), applied as one CSR matrix product (and its transpose in the backward).
+
+    Parameters
+    ----------
+    features : Tensor [B,C,h,w]
+    labels : LongTensor [B,S,S]
+        Global node ids (image b's nodes are ``ptr[b] .. ptr[b+1]-1``).
+    num_nodes : int
+    ptr : LongTensor [B+1]
+
+    Returns
+    -------
+    Tensor [N,C]
+
+    Examples
+    --------
+    >>> import torch.nn.functional as F
+    >>> f = torch.rand(1, 3, 4, 4); lab = torch.zeros(1, 8, 8, dtype=torch.long)
+    >>> x = upsample_and_pool(f, lab, 1, torch.tensor([0, 1]))
+    >>> torch.allclose(x, F.interpolate(f, size=(8, 8), mode="bilinear").mean((2, 3)))
+    True
+    """
+    batch, channels, h, w = features.shape
+    rows, cols, weights = pooling_matrix(labels.to(features.device), num_nodes, ptr, (h, w), features.dtype)
+    cells = features.permute(0, 2, 3, 1).reshape(batch * h * w, channels)
+    return _SparseRows.apply(rows, cols, weights, (num_nodes, batch * h * w), cells)
+
+
+def _compressed(sorted_rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """CSR row pointers [num_rows + 1] of sorted COO row indices."""
+    counts = torch.bincount(sorted_rows, minlength=num_rows)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class _SparseRows(torch.autograd.Function):
+    """``M @ dense`` for a COO matrix with sorted rows, as a CSR product; the backward is ``M^T @ grad``."""
+
+    @staticmethod
+    def forward(ctx, rows, cols, weights, shape, dense):
+        ctx.save_for_backward(rows, cols, weights)
+        ctx.shape = shape
+        if rows.numel() == 0:
+            return dense.new_zeros(shape[0], dense.shape[1])
+        crow = _compressed(rows, shape[0])
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product itself is plain
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = torch.sparse_csr_tensor(crow, cols, weights, shape, check_invariants=False)
+        return matrix @ dense.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[4]:
+            return None, None, None, None, None
+        rows, cols, weights = ctx.saved_tensors
+        if rows.numel() == 0:
+            return None, None, None, None, grad.new_zeros(ctx.shape[1], grad.shape[1])
+        order = torch.argsort(cols, stable=True)
+        crow = _compressed(cols[order], ctx.shape[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            transposed = torch.sparse_csr_tensor(crow, rows[order], weights[order], ctx.shape[::-1],
+                                                 check_invariants=False)
+        return None, None, None, None, transposed @ grad.contiguous()
+
+
+def pooling_matrix(labels: torch.Tensor, num_nodes: int, ptr: torch.Tensor, feature_size: tuple[int, int],
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sparse matrix of :func:`upsample_and_pool`: ``(rows, cols, weights)`` in COO form.
+
+    ``rows`` are global node ids, ``cols`` global feature cells ``b*h*w + i*w + j`` of a [B,C,h,w] map,
+    and ``weights`` the mean over the node's pixels of their bilinear weight on the cell
+    (``F.interpolate(mode="bilinear", align_corners=False)``); sorted by row, then col. It depends
+    only on the superpixels.
+
+    Examples
+    --------
+    >>> r, c, wt = pooling_matrix(torch.zeros(1, 4, 4, dtype=torch.long), 1, torch.tensor([0, 1]), (2, 2))
+    >>> r.tolist(), c.tolist(), wt.tolist()
+    ([0, 0, 0, 0], [0, 1, 2, 3], [0.25, 0.25, 0.25, 0.25])
+    """
+    h, w = feature_size
+    size_y, size_x = labels.shape[-2:]
+    device = labels.device
+    taps_y = _bilinear_taps(size_y, h, device)
+    taps_x = _bilinear_taps(size_x, w, device)
+    count = torch.bincount(labels.reshape(-1), minlength=num_nodes).to(dtype).clamp(min=1)
+    # The four (cell, weight) taps of every pixel of an [S,S] image, the same for all images.
+    taps = []
+    for r_index, r_weight in ((taps_y[0], taps_y[2]), (taps_y[1], taps_y[3])):
+        for c_index, c_weight in ((taps_x[0], taps_x[2]), (taps_x[1], taps_x[3])):
+            taps.append(((r_index[:, None] * w + c_index[None, :]).reshape(-1),
+                         (r_weight[:, None] * c_weight[None, :]).to(dtype).reshape(-1)))
+    ptr = ptr.tolist()
+    sizes = [stop - start for start, stop in zip(ptr[:-1], ptr[1:])]
+    # One dense scratch block of N_b x h*w, reused by every image and cleared only where it was written.
+    block = torch.zeros(max(sizes, default=0) * h * w, device=device, dtype=dtype)
+    rows, cols, weights = [], [], []
+    for b, (start, n) in enumerate(zip(ptr[:-1], sizes)):  # a loop over images, not pixels or nodes
+        local = (labels[b].reshape(-1) - start) * (h * w)
+        for cell, weight in taps:
+            block.index_add_(0, local + cell, weight)
+        key = block[: n * h * w].nonzero().squeeze(1)
+        node = torch.div(key, h * w, rounding_mode="floor")
+        rows.append(node + start)
+        cols.append(key - node * (h * w) + b * h * w)
+        weights.append(block[key] / count[start + node])
+        block[key] = 0
+    if not rows:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty, torch.zeros(0, dtype=dtype, device=device)
+    return torch.cat(rows), torch.cat(cols), torch.cat(weights)

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from selab.classes import CLASS_NAMES, NUM_CLASSES
 from selab.data import SuperpixelCache, resize_image
 from selab.evolve import combine_hierarchy_stats, hierarchy_stats
+from selab.loss import _cross_entropy, compute_loss  # noqa: F401  (_cross_entropy: tests reach it here)
 from selab.metrics import PER_IMAGE_FILE, ConfusionMatrix, confusion_matrix, save_per_image
 from selab.model import ModelConfig, SELabModel, build_model
 
@@ -629,42 +630,6 @@ def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _cross_entropy(logits, mask, ignore_index: int | None):
-    if ignore_index is None:
-        return F.cross_entropy(logits, mask)
-    # The mean over the labelled pixels only; 0 (not NaN) for a batch without any.
-    total = F.cross_entropy(logits, mask, ignore_index=ignore_index, reduction="sum")
-    return total / (mask != ignore_index).sum().clamp(min=1)
-
-
-def compute_loss(output, batch: dict, model_config: ModelConfig, confidence_only: bool = False,
-                 ignore_index: int | None = None) -> dict:
-    """Pixel cross-entropy + weighted confidence-map cross-entropy + weighted merge-probability L2.
-
-    Pixels labelled ``ignore_index`` count in neither cross-entropy (nor in the merge targets, whose
-    label histograms skip values outside the classes). Returns a dict of scalar tensors: ``loss``
-    (the total) and its parts.
-    """
-    mask = batch["mask"].to(output.confidence_logits.device if output.logits is None else output.logits.device)
-    parts = {}
-    if confidence_only:
-        parts["confidence"] = _cross_entropy(output.confidence_logits, mask, ignore_index)
-        parts["loss"] = parts["confidence"]
-        return parts
-    parts["pixel"] = _cross_entropy(output.logits, mask, ignore_index)
-    total = parts["pixel"]
-    if output.confidence_logits is not None and model_config.confidence_loss_weight > 0:
-        parts["confidence"] = _cross_entropy(output.confidence_logits, mask, ignore_index)
-        total = total + model_config.confidence_loss_weight * parts["confidence"]
-    if output.merge_target:
-        from selab.evolve import merge_loss
-
-        parts["merge"] = torch.stack([merge_loss(p, t) for p, t in zip(output.merge_prob, output.merge_target)]).mean()
-        total = total + model_config.merge_loss_weight * parts["merge"]
-    parts["loss"] = total
-    return parts
-
-
 # ---------------------------------------------------------------------------------------------------
 # checkpoints and run folders
 # ---------------------------------------------------------------------------------------------------
@@ -1005,7 +970,7 @@ def _replay_step(model, batch, mh_state, confidence_only):
     def replay():
         generator = torch.Generator(device=mh_state.device if mh_state.device.type != "cpu" else "cpu")
         generator.set_state(mh_state)
-        model(batch, generator=generator, confidence_only=confidence_only)
+        model(batch, generator=generator, confidence_only=confidence_only, energy_labels=batch.get("mask"))
     return replay
 
 
@@ -1335,7 +1300,8 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                     buffers = [b.clone() for b in model.buffers()]
                     batch = to_device(batch, device)
                     try:
-                        output = model(batch, generator=mh_generator, confidence_only=confidence_only)
+                        output = model(batch, generator=mh_generator, confidence_only=confidence_only,
+                                       energy_labels=batch.get("mask"))
                         parts = compute_loss(output, batch, model_config, confidence_only, config.ignore_index)
                     except Exception as error:
                         culprit = _non_finite_culprit(model, _replay_step(model, batch, mh_state, confidence_only))

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from selab import viz
+from selab import orders, viz
 from selab.classes import CLASS_COLORS
+from selab.superpixels import unpool_to_pixels
 
 __all__ = ["ORDERS", "update_order", "FigureApp", "SuperpixelExplorer", "UpdateOrderExplorer", "mh_table", "MHChainExplorer",
            "as_batch", "evolution_forward", "level_contributions", "level_predictions", "EvolutionExplorer"]
@@ -57,38 +58,24 @@ def update_order(
 ) -> "torch.Tensor":
     """Rank ``[N]`` of every node in the update order called ``name`` (one of :data:`ORDERS`).
 
-    ``confidence`` is the paper's confidence-driven order (foreground first, most confident first);
-    ``bfs`` and ``dfs`` start at the most confident node when ``confidence`` is given (the paper's
-    "BFS/DFS (confidence)"), else at the left-most node ("location"); ``random`` uses ``seed``.
+    The model's own orders (:func:`selab.orders.update_rank`) on array-like inputs: ``confidence`` is
+    the paper's confidence-driven order (foreground first, most confident first); ``bfs`` and ``dfs``
+    start at the most confident node when ``confidence`` is given (the paper's "BFS/DFS (confidence)"),
+    else at the left-most node ("location"); ``random`` uses ``seed``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> update_order("bfs", torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0.0, 0], [0, 1], [0, 2]])).tolist()
     [0, 1, 2]
     """
-    import torch
-
-    from selab import orders
-
-    edge_index = torch.as_tensor(edge_index, dtype=torch.long)
-    pos = torch.as_tensor(pos, dtype=torch.float32)
-    num_nodes = pos.shape[0]
-    batch = torch.zeros(num_nodes, dtype=torch.long) if batch is None else torch.as_tensor(batch)
-    if confidence is not None:
-        confidence = torch.as_tensor(confidence, dtype=torch.float32)
-    if name == "confidence":
-        if confidence is None:
-            raise ValueError("confidence: the confidence order needs node confidences [N, K]")
-        return orders.confidence_order(confidence, pos, batch)
-    if name in ("bfs", "dfs"):
-        start = (orders.most_confident_node(confidence, batch, pos) if confidence is not None
-                 else orders.leftmost_node(pos, batch))
-        traverse = orders.bfs_order if name == "bfs" else orders.dfs_order
-        return traverse(edge_index, start, batch, num_nodes)
-    if name == "random":
-        return orders.random_order(batch, generator=torch.Generator().manual_seed(seed))
-    raise ValueError(f"name: expected one of {ORDERS}, got {name!r}")
+    if name not in ORDERS:
+        raise ValueError(f"name: expected one of {ORDERS}, got {name!r}")
+    return orders.update_rank(
+        name, torch.as_tensor(edge_index, dtype=torch.long), torch.as_tensor(pos, dtype=torch.float32),
+        batch=None if batch is None else torch.as_tensor(batch),
+        confidence=None if confidence is None else torch.as_tensor(confidence, dtype=torch.float32),
+        generator=torch.Generator().manual_seed(seed) if name == "random" else None)
 
 
 class FigureApp:
@@ -595,8 +582,6 @@ def evolution_forward(model: Any, batch: dict, structure: str = "mh", energy: st
     selab decision: the ground-truth energy at test time is an inspection tool, not an evaluation: it
     lets the explorer show how the chain would structure an image under the training energy.
     """
-    import torch
-
     if structure not in ("mh", "greedy", "none"):
         raise ValueError(f"structure: expected 'mh', 'greedy' or 'none', got {structure!r}")
     if energy not in ("ground_truth", "prediction"):
@@ -604,40 +589,30 @@ def evolution_forward(model: Any, batch: dict, structure: str = "mh", energy: st
     if energy == "ground_truth" and batch.get("mask") is None:
         raise ValueError("energy: 'ground_truth' needs the batch's 'mask'")
     evolutions = list(getattr(model, "evolutions", []))
-    saved = (model.training, model.config.train_order, [(evo.eval_mode, evo.training) for evo in evolutions])
+    saved = (model.training, [evo.eval_mode for evo in evolutions])
     try:
         model.eval()
         for evo in evolutions:
             evo.eval_mode = structure
-        if energy == "ground_truth":
-            # The model reads node labels from the mask only when its own training flag is set; set
-            # that flag alone (submodules stay in eval) and keep the test-time order.
-            model.training = True
-            model.config.train_order = model.config.order
         with torch.no_grad():
-            return model(batch, generator=torch.Generator().manual_seed(seed))
+            return model(batch, generator=torch.Generator().manual_seed(seed),
+                         energy_labels=batch["mask"] if energy == "ground_truth" else None)
     finally:
-        model.training, model.config.train_order = saved[0], saved[1]
-        for evo, (eval_mode, training) in zip(evolutions, saved[2]):
-            evo.eval_mode, evo.training = eval_mode, training
+        model.train(saved[0])
+        for evo, eval_mode in zip(evolutions, saved[1]):
+            evo.eval_mode = eval_mode
 
 
 def level_contributions(model: Any, output: Any) -> list:
     """Each level's additive share of the logits: ``[B,K,S,S]`` per level whose states reach the pixels.
 
-    The model's logits are the CNN's logits plus one node-classifier term per level copied back to the
-    pixels (``se_lstm``: every level; ``graph_lstm``: the last layer on level 0; ``cnn``: none).
+    The model's logits are the CNN's logits plus one node-classifier term per classified layer copied back
+    to the pixels of its level (:meth:`selab.model.SELabModel.level_logits`: ``se_lstm``: every level;
+    ``graph_lstm``: the last layer on level 0; ``cnn``: none).
     """
-    from selab.superpixels import unpool_to_pixels
-
-    variant = model.config.variant
-    if variant == "cnn":
+    if not model.config.uses_graph:
         return []
-    if variant == "graph_lstm":
-        pairs = [(model.node_classifiers[0], output.states[-1], output.levels[0])]
-    else:
-        pairs = list(zip(model.node_classifiers, output.states, output.levels))
-    return [unpool_to_pixels(classifier(states), level.assignment) for classifier, states, level in pairs]
+    return [unpool_to_pixels(logits, level.assignment) for logits, level in model.level_logits(output)]
 
 
 def level_predictions(model: Any, output: Any) -> list:

@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selab.model import ModelConfig, SELabModel, build_model, upsample_and_pool
-from selab.superpixels import pool_to_nodes, slic
+from selab.loss import merge_targets
+from selab.model import ModelConfig, SELabModel, build_model
+from selab.superpixels import pool_to_nodes, slic, upsample_and_pool
 from selab.synthetic import SyntheticPersonParts
 
 
@@ -34,7 +35,7 @@ def test_variants_forward_backward(variant, tiny_batch):
     model = build_model({"variant": variant, "backbone": "small", "feature_channels": 16, "hidden_channels": 8,
                          "num_layers": 3 if variant == "se_lstm" else 2, "n_segments": 40})
     model.train()
-    out = model(tiny_batch, generator=torch.Generator().manual_seed(0))
+    out = model(tiny_batch, generator=torch.Generator().manual_seed(0), energy_labels=tiny_batch["mask"])
     assert out.logits.shape == (2, 7, 48, 48)
     F.cross_entropy(out.logits, tiny_batch["mask"]).backward()
     assert model.classifier.weight.grad is not None
@@ -43,9 +44,10 @@ def test_variants_forward_backward(variant, tiny_batch):
         assert out.levels[0].num_nodes == int(tiny_batch["superpixels"][0].max() + tiny_batch["superpixels"][1].max() + 2)
         assert model.layers[0].input_proj.weight.grad.abs().sum() > 0
     if variant == "se_lstm":
-        assert len(out.merge_prob) == len(out.merge_target) == 2
+        targets = merge_targets(out.levels[:2], tiny_batch["mask"], 7)
+        assert len(out.merge_prob) == len(targets) == 2
         assert len(out.levels) == 3 and out.levels[1].num_nodes <= out.levels[0].num_nodes
-        assert all(p.shape == t.shape for p, t in zip(out.merge_prob, out.merge_target))
+        assert all(p.shape == t.shape for p, t in zip(out.merge_prob, targets))
     model.eval()
     with torch.no_grad():
         first = model(tiny_batch).logits
@@ -69,7 +71,8 @@ def test_se_lstm_unpools_all_levels_through_the_superpixels_exactly(training, ti
     outputs = []
     for g in (graph, per_level):
         torch.manual_seed(1)
-        outputs.append(model(dict(tiny_batch, graph=g), generator=torch.Generator().manual_seed(0)))
+        outputs.append(model(dict(tiny_batch, graph=g), generator=torch.Generator().manual_seed(0),
+                             energy_labels=tiny_batch["mask"] if training else None))
     fast, slow = outputs
     assert [lvl.num_nodes for lvl in fast.levels] == [lvl.num_nodes for lvl in slow.levels]
     assert fast.levels[-1].num_nodes < fast.levels[0].num_nodes  # the structure did evolve
@@ -80,8 +83,27 @@ def test_se_lstm_unpools_all_levels_through_the_superpixels_exactly(training, ti
 def test_orders(order, tiny_batch):
     model = build_model({"variant": "graph_lstm", "feature_channels": 8, "hidden_channels": 8, "order": order})
     out = model.eval()(tiny_batch, generator=torch.Generator().manual_seed(1))
-    n = out.levels[0].num_nodes
-    assert out.ranks[0].shape == (n,)
+    graph = out.levels[0]
+    for rank in out.ranks:  # each image's ranks are a permutation of 0..n_b-1
+        for b, (lo, hi) in enumerate(zip(graph.ptr[:-1].tolist(), graph.ptr[1:].tolist())):
+            assert sorted(rank[lo:hi].tolist()) == list(range(hi - lo)), b
+    first, second = out.ranks
+    if order == "random":  # a new draw per layer, the same draws for the same seed
+        assert not torch.equal(first, second)
+        again = model(tiny_batch, generator=torch.Generator().manual_seed(1))
+        assert all(torch.equal(a, b) for a, b in zip(out.ranks, again.ranks))
+    else:  # deterministic: both layers read the same node confidences
+        assert torch.equal(first, second)
+    if order in ("bfs", "dfs"):  # a traversal: every node but each image's first has an earlier neighbour
+        src, dst = graph.edge_index
+        earlier = torch.zeros(graph.num_nodes, dtype=torch.bool)
+        earlier[dst[first[src] < first[dst]]] = True
+        earlier[src[first[dst] < first[src]]] = True
+        assert torch.equal(earlier, first != 0)
+    if order == "confidence":  # the rank of a node's confidence order differs from a traversal's
+        bfs = build_model({"variant": "graph_lstm", "feature_channels": 8, "hidden_channels": 8, "order": "bfs"})
+        bfs.load_state_dict(model.state_dict())
+        assert not torch.equal(first, bfs.eval()(tiny_batch).ranks[0])
 
 
 def test_graph_variant_needs_superpixels(tiny_batch):
@@ -159,7 +181,8 @@ def test_default_config_outputs_are_unchanged(variant, batch64):
         model.train(training)
         torch.manual_seed(1)  # dropout
         with torch.no_grad():
-            out = model(batch64, generator=torch.Generator().manual_seed(2))
+            out = model(batch64, generator=torch.Generator().manual_seed(2),
+                        energy_labels=batch64["mask"] if training else None)
         total, first, nodes = DEFAULT_OUTPUTS[(variant, training)]
         assert [g.num_nodes for g in out.levels] == nodes
         assert float(out.logits.double().sum()) == pytest.approx(total, rel=1e-6, abs=1e-6)
@@ -282,7 +305,8 @@ def test_se_lstm_mode_none_is_the_same_network_as_merging_nothing(no_merge, batc
         for model in (plain, merging):
             model.train(training)
             torch.manual_seed(1)  # dropout
-            outputs.append(model(batch64, generator=torch.Generator().manual_seed(2)))
+            outputs.append(model(batch64, generator=torch.Generator().manual_seed(2),
+                                 energy_labels=batch64["mask"] if training else None))
         none, identity = outputs
         assert [e.current_mode() for e in plain.evolutions] == ["none", "none"]  # also at test time
         assert all(torch.equal(t.cluster, torch.arange(t.cluster.numel())) for t in identity.traces)
@@ -316,9 +340,8 @@ def test_prediction_energy_in_training_ignores_the_labels(batch64):
     for energy in ("ground_truth", "prediction"):
         model = _se_lstm(evolution={"energy": energy}).train()
         for name, batch in (("mask", batch64), ("permuted", permuted)):
-            out = model(batch, generator=torch.Generator().manual_seed(0))
+            out = model(batch, generator=torch.Generator().manual_seed(0), energy_labels=batch["mask"])
             assert [t.energy for t in out.traces] == [energy] * 2
-            assert len(out.merge_target) == 2  # the merge loss still reads the labels
             clusters[energy, name] = [t.cluster for t in out.traces]
     assert all(torch.equal(a, b) for a, b in zip(clusters["prediction", "mask"], clusters["prediction", "permuted"]))
     assert not all(torch.equal(a, b) for a, b in zip(clusters["ground_truth", "mask"],

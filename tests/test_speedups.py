@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from selab.model import _bilinear_taps, pooling_matrix, upsample_and_pool
-from selab.superpixels import pool_to_nodes, slic
+from selab.superpixels import _bilinear_taps, pool_to_nodes, pooling_matrix, slic, upsample_and_pool
 
 
 @pytest.fixture(scope="module")
