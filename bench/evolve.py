@@ -11,7 +11,7 @@ layer in a training step). Then reports the fraction of nodes merged per layer w
 energy on PASCAL-Person-Part images in ground-truth mode (skipped without the data). Run:
 ``.venv/bin/python bench/evolve.py [--device cuda] [--repeats 7] [--threads 1] [--baseline REV]``;
 prints tables and writes bench/results/evolve.json. ``--baseline REV`` adds the MH step of
-``selab/evolve.py`` as it was at git revision REV, timed in the same run.
+``selab/evolve.py`` as it was at git revision REV (one before the sampler moved to selab/mh.py), timed in the same run.
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ def load_baseline(revision: str):
                               capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError) as error:
         raise SystemExit(f"--baseline {revision}: cannot read selab/evolve.py at that revision ({error})")
+    if "from selab.mh import" in text:
+        raise SystemExit(f"--baseline {revision}: selab/evolve.py there imports the sampler from selab/mh.py (the split "
+                         f"of issue 12); a baseline must be a revision before it, where evolve.py holds it all")
     path = Path(tempfile.mkdtemp()) / f"evolve_{revision}.py"
     path.write_text(text)
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -168,7 +171,7 @@ def timing(args, device):
     results = list(zip([name for name, _ in rows], timed_interleaved([fn for _, fn in rows], args.repeats, device)))
     reference, training_reference = results[0][1], results[1][1]
     print(f"\nbatch: {graph.num_graphs} graphs, {graph.num_nodes} nodes, {graph.edge_index.shape[1]} edges, "
-          f"{int(out.levels.max()) + 1} wavefront levels, hidden {args.hidden}, device {device}, "
+          f"{out.num_wavefronts} wavefront levels, hidden {args.hidden}, device {device}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'variant':50s} {'ms':>9s} {'/ layer fwd':>12s} {'/ layer fwd+bwd':>16s}")
     for name, ms in results:

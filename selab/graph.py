@@ -12,7 +12,9 @@ every pixel to its node at this level, so every level can be drawn on its image,
 ``superpixel_assignment [N0]`` maps every level-0 superpixel to its node at this level.
 :func:`coarsen` composes both maps, so a stack of coarsenings always points back to pixels.
 Mean merging of node states (``scatter_mean``) is the paper's rule; size-weighted centroids are a
-selab decision for drawing.
+selab decision for drawing. Per level, :func:`coarse_confidence` gives the merged nodes' class
+confidences (they drive the next update order) and :func:`level_majority_labels` their majority
+ground-truth labels; :func:`check_edge_index` is the one check of an ``edge_index`` the other modules use.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ class Graph:
     superpixel_assignment : torch.Tensor, optional
         [N0] int64 node id (of this level) of every level-0 superpixel (global ids); identity at level 0.
 
-    Example
-    -------
+    Examples
+    --------
     >>> g = graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]]))
     >>> g.num_nodes, g.num_graphs, g.edge_index.tolist()
     (3, 1, [[0, 0, 1], [1, 2, 2]])
@@ -109,8 +111,8 @@ class Graph:
 
         The tensors stay reachable as attributes; printing them all would bury a notebook in numbers.
 
-        Example
-        -------
+        Examples
+        --------
         >>> graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]]))
         Graph(3 nodes, 3 edges, 1 image, 2x3)
         """
@@ -184,8 +186,8 @@ def graph_from_superpixels(labels, x: torch.Tensor | None = None) -> Graph:
         Global node ids (image b's ids offset by the node counts of images before it), on the device
         of ``labels`` if it is a tensor, else of ``x``, else CPU.
 
-    Example
-    -------
+    Examples
+    --------
     >>> labels = np.array([[0, 0, 1], [2, 2, 1]])
     >>> g = graph_from_superpixels(np.stack([labels, labels]))
     >>> g.ptr.tolist(), g.edge_index[:, -1].tolist()
@@ -232,8 +234,8 @@ def graph_from_superpixels(labels, x: torch.Tensor | None = None) -> Graph:
 def batch_graphs(graphs: list[Graph]) -> Graph:
     """Join graphs (each of one or more images of the same size) into one disjoint graph.
 
-    Example
-    -------
+    Examples
+    --------
     >>> g = graph_from_superpixels(np.array([[0, 1]]))
     >>> batch_graphs([g, g]).edge_index.tolist()
     [[0, 2], [1, 3]]
@@ -264,8 +266,8 @@ def batch_graphs(graphs: list[Graph]) -> Graph:
 def unbatch(graph: Graph) -> list[Graph]:
     """Split a batched graph into one Graph per image (node ids from 0 again).
 
-    Example
-    -------
+    Examples
+    --------
     >>> g = graph_from_superpixels(np.stack([np.array([[0, 1]]), np.array([[0, 0]])]))
     >>> [part.num_nodes for part in unbatch(g)]
     [2, 1]
@@ -306,8 +308,8 @@ def scatter_mean(src: torch.Tensor, cluster: torch.Tensor, num_clusters: int | N
     torch.Tensor
         [N', ...] on ``src.device``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> scatter_mean(torch.tensor([[1.0], [3.0], [5.0]]), torch.tensor([0, 0, 1]))
     tensor([[2.],
             [5.]])
@@ -329,8 +331,8 @@ def coarsen_edge_index(edge_index: torch.Tensor, cluster: torch.Tensor, num_clus
     Both ends go through ``cluster``; pairs inside one cluster are dropped, each pair is ordered
     ``i < j`` and one ``unique`` over the 1-D key ``i * N' + j`` removes duplicates and sorts.
 
-    Example
-    -------
+    Examples
+    --------
     >>> coarsen_edge_index(torch.tensor([[0, 0, 1], [1, 2, 2]]), torch.tensor([0, 0, 1])).tolist()
     [[0], [1]]
     """
@@ -350,8 +352,8 @@ def canonical_cluster(cluster: torch.Tensor) -> torch.Tensor:
     Any partition that keeps images apart then satisfies the batching convention (clusters of one
     image contiguous, images in order), which :func:`coarsen` requires.
 
-    Example
-    -------
+    Examples
+    --------
     >>> canonical_cluster(torch.tensor([5, 2, 5, 9])).tolist()
     [0, 1, 0, 2]
     """
@@ -418,8 +420,8 @@ def coarsen(graph: Graph, cluster, x: torch.Tensor | None = None) -> Graph:
         between clusters (no self loops or duplicates), ``assignment = cluster[assignment]`` and
         ``superpixel_assignment = cluster[superpixel_assignment]``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> g = graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]]))
     >>> h = coarsen(g, torch.tensor([0, 1, 0]))
     >>> h.num_nodes, h.edge_index.tolist(), h.assignment.tolist()
@@ -505,8 +507,8 @@ def to_networkx(graph: Graph, image: int = 0, node_attrs: tuple[str, ...] = ()) 
     ``nx.draw(g, pos=nx.get_node_attributes(g, "pos"))`` overlays on ``plt.imshow(image)``,
     ``size`` (pixels), ``global_id`` and any extra ``node_attrs`` named (e.g. ``("x",)``).
 
-    Example
-    -------
+    Examples
+    --------
     >>> g = to_networkx(graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]])))
     >>> sorted(g.edges()), g.nodes[1]["pos"], g.nodes[1]["size"]
     ([(0, 1), (0, 2), (1, 2)], (2.0, 0.5), 2.0)

@@ -83,8 +83,9 @@ class GraphLSTMOutput:
         Adaptive forget gates per undirected edge: row 0 is ḡ^f_ij at node i = edge_index[0] for
         neighbour j = edge_index[1], row 1 the reverse (with ``identical_forget_gates`` the node forget
         gate g^f of either end point; selab decision).
-    levels : LongTensor [N]
-        Wavefront level of each node (all zeros for the synchronous schedule).
+    wavefront : LongTensor [N]
+        Wavefront level of each node (all zeros for the synchronous schedule); not a level of the
+        structure-evolving hierarchy (``ModelOutput.levels``).
     hidden : Tensor [N, H]
         The new hidden state tanh(g^o ⊙ m) before the residual connection.
     gates : dict[str, Tensor [N, H]]
@@ -94,19 +95,20 @@ class GraphLSTMOutput:
     h: Tensor
     m: Tensor
     edge_forget: Tensor
-    levels: Tensor
+    wavefront: Tensor
     hidden: Tensor
     gates: dict[str, Tensor] = field(default_factory=dict)
 
     @property
-    def num_levels(self) -> int:
-        return int(self.levels.max()) + 1 if self.levels.numel() else 0
+    def num_wavefronts(self) -> int:
+        """The number of wavefront levels (sequential steps of the layer)."""
+        return int(self.wavefront.max()) + 1 if self.wavefront.numel() else 0
 
     def __repr__(self) -> str:
         """One line: ``GraphLSTMOutput(293 nodes, 16 channels, 803 edges, 14 wavefront levels)``."""
         nodes, channels = self.h.shape[0], self.h.shape[-1]
         return (f"GraphLSTMOutput({nodes} nodes, {channels} channels, {self.edge_forget.shape[1]} edges, "
-                f"{self.num_levels} wavefront levels)")
+                f"{self.num_wavefronts} wavefront levels)")
 
 
 def _oriented_edges(edge_index: Tensor, rank: Tensor) -> tuple[Tensor, Tensor]:
@@ -122,8 +124,8 @@ def wavefront_levels(edge_index: Tensor, rank: Tensor, num_nodes: int | None = N
     A longest-path layering of the DAG that orients each edge from the earlier to the later node;
     computed by a vectorised fixed-point iteration (one scatter-max over the edges per level).
 
-    Example
-    -------
+    Examples
+    --------
     >>> wavefront_levels(torch.tensor([[0, 1], [1, 2]]), torch.tensor([1, 0, 2]))
     tensor([1, 0, 1])
     """
@@ -324,13 +326,13 @@ class GraphLSTM(nn.Module):
     per-gate views): ``input_proj`` (W, b), ``self_proj`` (U), ``neighbour_proj`` (U^un, U^on, U^cn),
     ``neighbour_forget_proj`` (U^fn). W^f, b^f serve both forget gates.
 
-    Example
-    -------
+    Examples
+    --------
     >>> layer = GraphLSTM(8, 16)
     >>> x = torch.randn(3, 8)
     >>> edge_index = torch.tensor([[0, 1], [1, 2]])
     >>> out = layer(x, edge_index, rank=torch.tensor([1, 0, 2]))
-    >>> out.h.shape, out.edge_forget.shape, out.levels.tolist()
+    >>> out.h.shape, out.edge_forget.shape, out.wavefront.tolist()
     (torch.Size([3, 16]), torch.Size([2, 2, 16]), [1, 0, 1])
     """
 
@@ -495,7 +497,7 @@ class GraphLSTM(nn.Module):
         h = hidden
         if self.residual:
             h = hidden + (self.residual_proj(x) if self.residual_proj is not None else x)
-        return GraphLSTMOutput(h=h, m=m, edge_forget=edge_forget, levels=levels, hidden=hidden, gates=gates)
+        return GraphLSTMOutput(h=h, m=m, edge_forget=edge_forget, wavefront=levels, hidden=hidden, gates=gates)
 
     def _parallel(self, x, edge_index, rank, h0, m0, schedule):
         """Wavefront (exact) or synchronous schedule: one batched step per level (one level in all

@@ -24,8 +24,8 @@ matrix product per image instead of materialising [B,C,S,S]; and the final 1x1 c
 so it is applied at the feature resolution and on the nodes, and only the K-channel logits are
 upsampled / copied back to pixels.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> model = SELabModel(ModelConfig(variant="cnn", backbone="small"))
 >>> out = model({"image": torch.rand(2, 3, 64, 64)})
@@ -225,8 +225,8 @@ class ModelConfig:
     def evolution_kwargs(self, index: int) -> dict:
         """Keyword arguments of evolution ``index`` (0-based): list values of ``evolution`` picked per index.
 
-        Example
-        -------
+        Examples
+        --------
         >>> ModelConfig(variant="se_lstm", evolution={"merge_budget": [0.25, 0.5], "mode": "greedy"}).evolution_kwargs(1)
         {'merge_budget': 0.5, 'mode': 'greedy'}
         """
@@ -300,8 +300,9 @@ class FeatureNeck(nn.Module):
 class SELabModel(nn.Module):
     """The three variants of selab behind one forward.
 
-    ``forward(batch)`` takes a dict with ``image`` [B,3,S,S] (values in [0,1]) or precomputed backbone
-    ``features`` (a list of [B,C_i,h_i,w_i], from the feature cache) plus ``image`` for the output size;
+    ``forward(inputs)`` takes a dict (a batch of the data loader) with ``image`` [B,3,S,S] (values in [0,1])
+    or precomputed backbone ``features`` (a list of [B,C_i,h_i,w_i], from the feature cache) plus ``image``
+    for the output size;
     the graph variants also need ``superpixels`` [B,S,S] (per-image ids from 0) or a level-0 ``graph``.
     Returns a :class:`ModelOutput`: predictions only; their supervision is :func:`selab.loss.compute_loss`.
 
@@ -386,13 +387,13 @@ class SELabModel(nn.Module):
                 return self.backbone(image)
         return self.backbone(image)
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None, confidence_only: bool = False,
+    def forward(self, inputs: dict, generator: torch.Generator | None = None, confidence_only: bool = False,
                 energy_labels: torch.Tensor | None = None) -> ModelOutput:
-        """Logits of a batch (see the class docstring for ``batch``).
+        """Logits of a batch of images (see the class docstring for ``inputs``).
 
         Parameters
         ----------
-        batch : dict
+        inputs : dict
         generator : torch.Generator, optional
             Draws the stochastic update orders and the Metropolis-Hastings chains.
         confidence_only : bool
@@ -403,14 +404,14 @@ class SELabModel(nn.Module):
             (``"ground_truth"`` by default, ``"mixed"`` or ``"prediction"``); without them (test time)
             with the predicted node classes.
         """
-        if not isinstance(batch, dict):
-            raise TypeError(f"SELabModel.forward: batch must be a dict, got {type(batch).__name__}")
-        if "image" not in batch:
-            raise ValueError("SELabModel.forward: batch needs 'image' [B,3,S,S]")
-        image = batch["image"]
+        if not isinstance(inputs, dict):
+            raise TypeError(f"SELabModel.forward: inputs must be a dict, got {type(inputs).__name__}")
+        if "image" not in inputs:
+            raise ValueError("SELabModel.forward: inputs needs 'image' [B,3,S,S]")
+        image = inputs["image"]
         device = next(self.parameters()).device
         size = tuple(image.shape[-2:])
-        features = batch.get("features")
+        features = inputs.get("features")
         if features is None:
             features = self.backbone_features(image.to(device))
         else:
@@ -422,7 +423,7 @@ class SELabModel(nn.Module):
         if confidence_only:  # step one of the paper's two-step training
             confidence = F.interpolate(self.confidence(fused), size=size, mode="bilinear", align_corners=False)
             return ModelOutput(logits=None, confidence_logits=confidence)
-        return self._graph_forward(batch, fused, cnn_logits, size, generator, energy_labels)
+        return self._graph_forward(inputs, fused, cnn_logits, size, generator, energy_labels)
 
     # -- graph variants ---------------------------------------------------------------------------------
     def update_rank(self, order_name: str, confidence: torch.Tensor, graph: Graph,
@@ -431,14 +432,14 @@ class SELabModel(nn.Module):
         return update_rank(order_name, graph.edge_index, graph.pos, graph.batch, confidence,
                            noise=self.config.order_noise, generator=generator)
 
-    def _graph_forward(self, batch, fused, cnn_logits, size, generator, energy_labels) -> ModelOutput:
-        graph = batch.get("graph")
+    def _graph_forward(self, inputs, fused, cnn_logits, size, generator, energy_labels) -> ModelOutput:
+        graph = inputs.get("graph")
         if graph is None:
-            if batch.get("superpixels") is None:
+            if inputs.get("superpixels") is None:
                 raise ValueError(
-                    f"SELabModel.forward: variant {self.config.variant!r} needs batch['superpixels'] [B,S,S]"
+                    f"SELabModel.forward: variant {self.config.variant!r} needs inputs['superpixels'] [B,S,S]"
                 )
-            graph = graph_from_superpixels(torch.as_tensor(batch["superpixels"]))
+            graph = graph_from_superpixels(torch.as_tensor(inputs["superpixels"]))
         if tuple(graph.assignment.shape[-2:]) != size:
             raise ValueError(
                 f"SELabModel.forward: superpixels {tuple(graph.assignment.shape)} must match the image size {size}"
@@ -585,8 +586,8 @@ class _PixelLogits:
 def build_model(config: ModelConfig | dict) -> SELabModel:
     """A model from a :class:`ModelConfig` or its dict (as saved in ``config.json``).
 
-    Example
-    -------
+    Examples
+    --------
     >>> build_model({"variant": "cnn", "backbone": "small"}).config.variant
     'cnn'
     """

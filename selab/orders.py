@@ -16,8 +16,8 @@ is a baseline; :func:`stochastic_order` is selab's reading of SE-LSTM's stochast
 Conventions: ``pos [N, 2]`` is the (row, col) centroid of a node, so "left-most" means the smallest
 column; ``batch [N]`` holds the image index of each node (``None`` means one image).
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> conf = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]])
 >>> pos = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
@@ -95,8 +95,8 @@ def rank_from_order(order: torch.Tensor, batch: torch.Tensor | None = None) -> t
     LongTensor [N]
         ``rank[i]`` = position of node ``i`` among the nodes of its image in ``order``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> rank_from_order(torch.tensor([2, 0, 1]))
     tensor([1, 2, 0])
     """
@@ -134,8 +134,8 @@ def confidence_order(
     -------
     LongTensor [N] rank per image.
 
-    Example
-    -------
+    Examples
+    --------
     >>> conf = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
     >>> confidence_order(conf, torch.zeros(2, 2))   # node 1 is foreground
     tensor([1, 0])
@@ -164,8 +164,8 @@ def stochastic_order(
     ``confidence_order(confidence + noise * N(0, 1), pos, batch)``; ``noise=0`` gives the test-time
     order.
 
-    Example
-    -------
+    Examples
+    --------
     >>> g = torch.Generator().manual_seed(0)
     >>> stochastic_order(torch.rand(5, 3, generator=g), torch.rand(5, 2, generator=g), generator=g).sort().values
     tensor([0, 1, 2, 3, 4])
@@ -185,8 +185,8 @@ def _randn(shape, generator, like: torch.Tensor) -> torch.Tensor:
 def random_order(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A uniformly random update order per image (seed it with ``generator``).
 
-    Example
-    -------
+    Examples
+    --------
     >>> random_order(torch.zeros(4, dtype=torch.long), torch.Generator().manual_seed(0)).sort().values
     tensor([0, 1, 2, 3])
     """
@@ -208,8 +208,8 @@ def _first_per_image(order: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
 def leftmost_node(pos: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
     """The left-most node of each image (smallest column; ties: top-most, then lowest id) -> [B].
 
-    Example
-    -------
+    Examples
+    --------
     >>> leftmost_node(torch.tensor([[0.0, 5.0], [3.0, 1.0], [1.0, 1.0]]))
     tensor([2])
     """
@@ -230,8 +230,8 @@ def most_confident_node(
     selab decision: the most confident *foreground* node (background only if an image has no
     foreground node), ties left-most when ``pos`` is given, else lowest id.
 
-    Example
-    -------
+    Examples
+    --------
     >>> most_confident_node(torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]]))
     tensor([2])
     """
@@ -300,8 +300,8 @@ def bfs_order(
     num_nodes : int, optional
         Needed only without ``batch`` when the last nodes are isolated.
 
-    Example
-    -------
+    Examples
+    --------
     >>> edge_index = torch.tensor([[0, 1, 1], [1, 2, 3]])
     >>> bfs_order(edge_index, torch.tensor([0]))
     tensor([0, 1, 2, 3])
@@ -317,8 +317,8 @@ def dfs_order(
 ) -> torch.Tensor:
     """Depth-first (pre-)order from ``start[b]`` in every image; see :func:`bfs_order`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> edge_index = torch.tensor([[0, 0, 1], [1, 3, 2]])
     >>> dfs_order(edge_index, torch.tensor([0]))
     tensor([0, 1, 2, 3])

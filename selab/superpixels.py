@@ -75,8 +75,8 @@ def relabel(labels):
     np.ndarray or torch.Tensor
         int64 labels of the same shape and type (torch output stays on the input's device).
 
-    Example
-    -------
+    Examples
+    --------
     >>> relabel(np.array([[3, 3, 7], [9, 7, 7]]))
     array([[0, 0, 1],
            [2, 1, 1]])
@@ -103,8 +103,8 @@ def check_labels(labels, name: str = "labels") -> int:
     ValueError
         If it is empty, negative, or skips an id (run :func:`relabel` first).
 
-    Example
-    -------
+    Examples
+    --------
     >>> check_labels(np.array([[0, 1], [1, 2]]))
     3
     """
@@ -156,8 +156,8 @@ def slic(image, n_segments: int = 1000, compactness: float = 10.0, **skimage_kwa
     np.ndarray
         int64 labels [H,W], ids ``0..N-1``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> from skimage import data
     >>> labels = slic(data.astronaut(), n_segments=250)
     >>> labels.dtype, int(labels.min()), bool(labels.max() + 1 == len(np.unique(labels)))
@@ -209,8 +209,8 @@ def adjacency(labels):
         Same type as ``labels``; a torch result stays on the input's device.
         Equals the edge set of ``skimage.graph.RAG(labels, connectivity=1)``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> adjacency(np.array([[0, 0, 1], [2, 2, 1]]))
     array([[0, 0, 1],
            [1, 2, 2]])
@@ -299,8 +299,8 @@ def pool_to_nodes(features: torch.Tensor, labels, num_nodes: int | None = None) 
     NodePooling
         ``x [N,C]``, ``count [N]``, ``pos [N,2]`` (row, col).
 
-    Example
-    -------
+    Examples
+    --------
     >>> feats = torch.arange(4.0).reshape(1, 2, 2)
     >>> pool_to_nodes(feats, np.array([[0, 0], [1, 1]])).x
     tensor([[0.5000],
@@ -355,8 +355,8 @@ def unpool_to_pixels(x: torch.Tensor, labels) -> torch.Tensor:
     torch.Tensor
         [C,H,W] or [B,C,H,W] on ``x.device``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> unpool_to_pixels(torch.tensor([[1.0], [2.0]]), np.array([[0, 1], [1, 0]]))
     tensor([[[1., 2.],
              [2., 1.]]])

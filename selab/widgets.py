@@ -338,17 +338,17 @@ class UpdateOrderExplorer(FigureApp):
         neighbour_forget = out.edge_forget[row, incident].mean(dim=1)
         return {
             "order": order,
-            "num_levels": out.num_levels,
+            "num_levels": out.num_wavefronts,
             "node": node,
             "node_rank": int(rank[node]),
-            "node_level": int(out.levels[node]),
+            "node_level": int(out.wavefront[node]),
             "degree": int(neighbours.numel()),
             "neighbours_before": int((rank[neighbours] < rank[node]).sum()),
             "input_gate": float(out.gates["input"][node].mean()),
             "forget_gate": float(out.gates["forget"][node].mean()),
             "output_gate": float(out.gates["output"][node].mean()),
             "rank": rank.numpy(),
-            "levels": out.levels.numpy(),
+            "levels": out.wavefront.numpy(),
             "neighbours": neighbours.numpy(),
             "neighbour_forget": neighbour_forget.numpy(),
         }

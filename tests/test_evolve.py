@@ -1,4 +1,5 @@
-"""Tests for selab.evolve: merge probabilities, proposals, energy, the MH sampler, structure evolution."""
+"""Tests for structure evolution: merge probabilities and proposals (selab.merge), the energy (selab.energy),
+the MH sampler (selab.mh) and StructureEvolution (selab.evolve)."""
 import itertools
 import math
 
@@ -8,23 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selab.evolve import (
-    MergeProbability,
-    PartitionEnergy,
-    StructureEvolution,
-    _acceptance,
-    candidate_edges,
-    coarse_confidence,
-    connected_components,
-    greedy_merge,
-    merge_loss,
-    merge_target,
-    metropolis_hastings,
-    node_majority_labels,
-    proposal_log_prob,
-    propose,
-    smallest_members,
-)
+from selab.energy import PartitionEnergy
+from selab.evolve import StructureEvolution
+from selab.graph import coarse_confidence
+from selab.loss import merge_loss, merge_target
+from selab.merge import (MergeProbability, candidate_edges, connected_components, greedy_merge, proposal_log_prob,
+                         propose, smallest_members)
+from selab.mh import _acceptance, metropolis_hastings
+from selab.superpixels import node_majority_labels
 
 
 # ------------------------------------------------------------------ brute-force oracles (test only)
@@ -448,6 +440,10 @@ def test_structure_evolution_coarsens_states(mode):
     if mode == "mh":
         assert len(trace.chains) == graph.num_graphs
         # ground-truth energy with beta < 1: an accepted structure never mixes labels of two equal halves
+        low = torch.full((k,), 9).scatter_reduce(0, cluster, labels, reduce="amin")
+        high = torch.full((k,), -1).scatter_reduce(0, cluster, labels, reduce="amax")
+        assert torch.equal(low, high)
+        assert k < n  # and it does merge
         merge_loss(merge_prob, merge_target(graph.edge_index, labels)).backward()
         assert evo.merge_probability.linear.weight.grad is not None
 
@@ -458,9 +454,16 @@ def test_structure_evolution_eval_is_deterministic():
     lstm = _FakeLSTM(n, e, 6)
     prob = torch.softmax(torch.randn(n, 3), 1)
     evo = StructureEvolution(6).eval()
+    with torch.no_grad():
+        evo.merge_probability.linear.bias.fill_(1.0)  # p > 0.5 on most edges: greedy merges the budget's edges
     a = evo(graph, lstm, prob, generator=torch.Generator().manual_seed(0))
     b = evo(graph, lstm, prob, generator=torch.Generator().manual_seed(1))
     assert a.trace.mode == "greedy" and torch.equal(a.cluster, b.cluster)
+    # the structure is greedy_merge's: p > threshold within each image's merge budget
+    edge_graph = graph.batch[graph.edge_index[0]]
+    expected, on = greedy_merge(graph.edge_index, a.merge_prob, n, 0.5, 0.25, edge_graph)
+    assert torch.equal(a.cluster, expected) and torch.equal(a.trace.edges_on, on)
+    assert a.graph.num_nodes < n  # it merged something
 
 
 def test_candidate_edges_break_ties_by_edge_id_like_a_stable_sort():

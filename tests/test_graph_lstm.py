@@ -234,7 +234,7 @@ def test_three_node_example_by_hand():
         edge_forget = out.edge_forget.detach().numpy()  # row 0: gate at edge_index[0] for edge_index[1]
         np.testing.assert_allclose(edge_forget[0], np.stack([adaptive(0, 1), adaptive(1, 2)]), atol=1e-12)
         np.testing.assert_allclose(edge_forget[1], np.stack([adaptive(1, 0), adaptive(2, 1)]), atol=1e-12)
-        assert out.levels.tolist() == [1, 0, 1]
+        assert out.wavefront.tolist() == [1, 0, 1]
 
     # Synchronous ablation: node 0 sees node 1's OLD state.
     sync = layer(torch.tensor(f), edge_index, torch.tensor([1, 0, 2]), schedule="synchronous",
@@ -242,7 +242,7 @@ def test_three_node_example_by_hand():
     u, g_f, o, c = gates(0, h_old[1])
     m_sync = adaptive(0, 1) * m_old[1] + g_f * m_old[0] + u * c
     np.testing.assert_allclose(sync.h[0].detach().numpy(), np.tanh(o * m_sync), atol=1e-12)
-    assert sync.levels.tolist() == [0, 0, 0]
+    assert sync.wavefront.tolist() == [0, 0, 0]
 
 
 def test_identical_forget_gates_by_hand():
@@ -293,7 +293,7 @@ def test_defaults_initialisation_and_isolated_nodes():
     x = torch.randn(3, 4)
     out = layer(x, torch.empty(2, 0, dtype=torch.long), torch.tensor([0, 1, 2]))
     assert out.h.shape == (3, 8) and out.edge_forget.shape == (2, 0, 8)
-    assert out.levels.tolist() == [0, 0, 0]
+    assert out.wavefront.tolist() == [0, 0, 0]
     # No neighbours and zero initial states: only the input gate, candidate and output gate act.
     P = layer.gate_parameters()
     m = torch.sigmoid(x @ P["W_u"].T + P["b_u"]) * torch.tanh(x @ P["W_c"].T + P["b_c"])
