@@ -33,39 +33,18 @@ from torch import Tensor, nn
 from selab.energy import ENERGIES, PartitionEnergy
 from selab.graph import coarse_confidence, coarsen, scatter_mean
 from selab.loss import merge_loss, merge_target
+from selab.merge import __all__ as merge_all
 from selab.merge import (Budget, MergeProbability, Proposal, _check_budget, candidate_edges, connected_components,
                          greedy_merge, proposal_log_prob, propose, smallest_members)
+from selab.mh import __all__ as mh_all
 from selab.mh import Chains, MHStep, MHTrace, _run_chains, metropolis_hastings
 from selab.superpixels import node_label_histogram, node_majority_labels
 
-__all__ = [
-    "StructureEvolution",
-    "EvolutionTrace",
-    "EvolutionOutput",
-    "evolve",
-    "hierarchy_stats",
-    "combine_hierarchy_stats",
-    "MODES",
-    # re-exported
-    "MergeProbability",
-    "candidate_edges",
-    "proposal_log_prob",
-    "propose",
-    "Proposal",
-    "connected_components",
-    "smallest_members",
-    "greedy_merge",
-    "PartitionEnergy",
-    "metropolis_hastings",
-    "MHStep",
-    "MHTrace",
-    "Chains",
-    "coarse_confidence",
-    "merge_target",
-    "merge_loss",
-    "node_label_histogram",
-    "node_majority_labels",
-]
+__all__ = ["StructureEvolution", "EvolutionTrace", "EvolutionOutput", "hierarchy_stats", "combine_hierarchy_stats",
+           "MODES"]
+# re-exported, where the notebooks import them
+__all__ += merge_all + ["PartitionEnergy"] + mh_all + ["coarse_confidence", "merge_target", "merge_loss",
+                                                         "node_label_histogram", "node_majority_labels"]
 
 MODES = ("mh", "greedy", "none")
 
@@ -317,11 +296,6 @@ class StructureEvolution(nn.Module):
         trace = EvolutionTrace(mode, merge_prob.detach(), edge_index, edges_on, cluster, before, after, chains,
                                energy if mode == "mh" else None)
         return EvolutionOutput(next_graph, cluster, merge_prob, trace, h, m, confidence)
-
-
-def evolve(graph, lstm_output, node_class_prob, module: StructureEvolution, **kwargs) -> EvolutionOutput:
-    """Functional shorthand for ``module(graph, lstm_output, node_class_prob, **kwargs)``."""
-    return module(graph, lstm_output, node_class_prob, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------

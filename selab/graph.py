@@ -25,7 +25,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from selab.superpixels import adjacency, check_labels, node_label_histogram, pool_to_nodes
+from selab.superpixels import _check_integer, adjacency, check_labels, node_label_histogram, pool_to_nodes
 
 __all__ = [
     "Graph",
@@ -158,14 +158,9 @@ def check_edge_index(edge_index, num_nodes: int | None = None, name: str = "edge
 
 
 def _as_long_tensor(array, device=None, name: str = "labels") -> torch.Tensor:
+    _check_integer(array, name)
     if isinstance(array, np.ndarray):
-        if not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(f"{name}: expected integer values, got {array.dtype}")
         array = torch.from_numpy(array.astype(np.int64, copy=False))
-    if not isinstance(array, torch.Tensor):
-        raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(array).__name__}")
-    if array.is_floating_point() or array.is_complex() or array.dtype == torch.bool:
-        raise TypeError(f"{name}: expected integer values, got {array.dtype}")
     return array.to(device=device if device is not None else array.device, dtype=torch.int64)
 
 

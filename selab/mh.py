@@ -8,16 +8,6 @@ its merge probability (:mod:`selab.merge`), the target is :math:`\pi(z) \propto 
 Because the proposal does not depend on the chain's state, all proposals of a layer are drawn,
 clustered and scored at once; only the scalar accept/reject loop is sequential. :class:`MHTrace`
 records every step for the notebooks.
-
-Examples
---------
->>> from selab.energy import PartitionEnergy
->>> ei = torch.tensor([[0, 1], [1, 2]])
->>> energy = PartitionEnergy(node_labels=torch.tensor([0, 0, 1]))
->>> cluster, trace = metropolis_hastings(ei, torch.tensor([0.9, 0.1]), energy, 4,
-...                                      generator=torch.Generator().manual_seed(0))
->>> len(trace.steps), cluster.shape
-(4, torch.Size([3]))
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from skimage.segmentation import relabel_sequential
 from skimage.segmentation import slic as _skimage_slic
 
 __all__ = [
@@ -81,16 +82,14 @@ def relabel(labels):
     array([[0, 0, 1],
            [2, 1, 1]])
     """
+    labels = labels if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    _check_integer(labels)
     if isinstance(labels, torch.Tensor):
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"labels: expected an integer tensor, got {labels.dtype}")
         _, inverse = torch.unique(labels, return_inverse=True)
         return inverse.to(torch.int64).reshape(labels.shape)
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels: expected an integer array, got {labels.dtype}")
-    _, inverse = np.unique(labels, return_inverse=True)
-    return inverse.astype(np.int64).reshape(labels.shape)
+    labels = labels.astype(np.int64, copy=False)
+    # relabel_sequential keeps the order of the ids and maps 0 to itself: shift the smallest id to 1 first
+    return (relabel_sequential(labels - labels.min() + 1)[0] - 1).astype(np.int64) if labels.size else labels
 
 
 def check_labels(labels, name: str = "labels") -> int:
@@ -108,9 +107,8 @@ def check_labels(labels, name: str = "labels") -> int:
     >>> check_labels(np.array([[0, 1], [1, 2]]))
     3
     """
+    _check_integer(labels, name)
     if isinstance(labels, torch.Tensor):
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"{name}: expected integer labels, got {labels.dtype}")
         flat = labels.reshape(-1)
         if flat.numel() == 0:
             raise ValueError(f"{name}: empty label map")
@@ -120,10 +118,6 @@ def check_labels(labels, name: str = "labels") -> int:
         n = present.numel()
         missing = int((~present).sum())
     else:
-        if not isinstance(labels, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(labels).__name__}")
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"{name}: expected integer labels, got {labels.dtype}")
         if labels.size == 0:
             raise ValueError(f"{name}: empty label map")
         if labels.min() < 0:
@@ -174,15 +168,20 @@ def slic(image, n_segments: int = 1000, compactness: float = 10.0, **skimage_kwa
     return relabel(labels)
 
 
-def _check_label_map(labels, name: str = "labels"):
+def _check_integer(labels, name: str = "labels") -> None:
+    """The one check that ``labels`` is an integer numpy array or torch tensor (TypeError otherwise)."""
     if isinstance(labels, torch.Tensor):
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"{name}: expected integer labels, got {labels.dtype}")
+        integer = not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool)
     elif isinstance(labels, np.ndarray):
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"{name}: expected integer labels, got {labels.dtype}")
+        integer = np.issubdtype(labels.dtype, np.integer)
     else:
         raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(labels).__name__}")
+    if not integer:
+        raise TypeError(f"{name}: expected integer labels, got {labels.dtype}")
+
+
+def _check_label_map(labels, name: str = "labels"):
+    _check_integer(labels, name)
     if labels.ndim not in (2, 3):
         raise ValueError(f"{name}: expected shape [H,W] or [B,H,W], got {tuple(labels.shape)}")
     if labels.numel() if isinstance(labels, torch.Tensor) else labels.size:
