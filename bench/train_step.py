@@ -34,14 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import selab.graph
 import selab.loss
 import selab.model
-import selab.superpixels
 from selab.graph import graph_from_superpixels
+from selab.loss import compute_loss
 from selab.model import build_model
 from selab.superpixels import slic
-from selab.loss import compute_loss
 from selab.train import TrainConfig, build_optimizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
@@ -111,11 +109,11 @@ class Stages:
             if hasattr(model, part):
                 self._wrap(getattr(model, part), "forward", NECK)
         self._wrap(F, "interpolate", "upsampling + unpooling to pixels", skip_inside=(NECK,))
-        self._wrap(selab.superpixels, "unpool_to_pixels", "upsampling + unpooling to pixels")
+        self._wrap(selab.model, "unpool_to_pixels", "upsampling + unpooling to pixels")
         if model.config.uses_graph:
             self._wrap(selab.model, "upsample_and_pool", "pooling to nodes")
             self._wrap(model.node_input, "forward", "pooling to nodes")
-            self._wrap(selab.graph, "graph_from_superpixels", "graph from superpixels")
+            self._wrap(selab.model, "graph_from_superpixels", "graph from superpixels")
             self._wrap(model, "update_rank", "update order")
             for index, layer in enumerate(model.layers):
                 self._wrap(layer, "forward", f"Graph LSTM layer {index}")

@@ -173,7 +173,7 @@ class PartitionEnergy:
         """Energies of S partitions at once, per image: ``[S, B]`` float64.
 
         Cluster ids of each row are in ``0..N-1``; a cluster is counted in the image of its members
-        (partitions from :func:`connected_components` of a batch never cross images).
+        (partitions from :func:`selab.merge.connected_components` of a batch never cross images).
         """
         num_states, n = clusters.shape
         if n != self.prob.shape[0]:

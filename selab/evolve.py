@@ -56,7 +56,7 @@ MODES = ("mh", "greedy", "none")
 class EvolutionTrace:
     """What one evolution step did, per image (detached, for the notebooks).
 
-    ``chains[b]`` is the :class:`MHTrace` of image b (``None`` in greedy / none mode); ``edges_on`` the
+    ``chains[b]`` is the :class:`~selab.mh.MHTrace` of image b (``None`` in greedy / none mode); ``edges_on`` the
     final switched-on edges of the whole batch; node counts before/after per image.
     """
 
@@ -116,7 +116,7 @@ class StructureEvolution(nn.Module):
     threshold : float
         Greedy mode: merge edges with ``p > threshold``.
     beta, energy_scale : float
-        Merge reward and energy unit of the default energy (see :class:`PartitionEnergy`).
+        Merge reward and energy unit of the default energy (see :class:`~selab.energy.PartitionEnergy`).
     distance : {"tv", "sq"}
     eval_mode : {"auto", "greedy", "mh", "none", None}
         Mode in ``eval()``. ``"auto"`` (default) follows the family of ``mode``: ``"mh"`` and ``"greedy"``
@@ -124,7 +124,7 @@ class StructureEvolution(nn.Module):
         ``"none"`` -> ``"none"`` (a model trained without merging is not merged at test time either);
         ``None`` uses ``mode`` itself (MH at test time for an MH-trained model).
     source : {"forget_gates", "hidden"}
-        Input of :class:`MergeProbability`.
+        Input of :class:`~selab.merge.MergeProbability`.
     energy : {"ground_truth", "prediction"}
         Energy of the MH chains in training (selab decision, issue 19): ``"ground_truth"`` (default)
         scores partitions with the nodes' majority ground-truth labels, so training cliques are nearly

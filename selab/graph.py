@@ -36,6 +36,7 @@ __all__ = [
     "coarsen_edge_index",
     "canonical_cluster",
     "check_cluster",
+    "check_edge_index",
     "coarsen",
     "coarse_confidence",
     "level_majority_labels",

@@ -265,7 +265,7 @@ def metropolis_hastings(
     :math:`\alpha = \min(1, \pi(z') q(z) / (\pi(z) q(z')))`. The chain starts from "nothing on" and
     runs ``num_steps`` proposals. With ``merge_budget`` only the top-k edges can be switched on (others
     always off, and q is computed over the candidates only). Works on one graph or a disjoint batch
-    (as one chain; :class:`StructureEvolution` runs one chain per image).
+    (as one chain; :class:`~selab.evolve.StructureEvolution` runs one chain per image).
 
     Parameters
     ----------

@@ -388,7 +388,7 @@ class UpdateOrderExplorer(FigureApp):
 
 
 def mh_table(trace: Any) -> dict[str, np.ndarray]:
-    """A Metropolis-Hastings trace (:class:`selab.evolve.MHTrace`) as columns, one row per proposal.
+    """A Metropolis-Hastings trace (:class:`selab.mh.MHTrace`) as columns, one row per proposal.
 
     Columns: ``energy``, ``log_q``, ``alpha``, ``accepted``, ``num_clusters`` of each proposal, and
     ``state_energy``: the energy of the chain's state after the step.
@@ -432,8 +432,8 @@ class MHChainExplorer(FigureApp):
     merge_prob : float tensor [E]
         Merge probability of every edge of ``graph_from_superpixels(labels)``.
     energy : callable
-        ``energy(cluster [N]) -> float``, e.g. :class:`selab.evolve.PartitionEnergy`.
-    num_steps, merge_budget, seed : the chain's settings (see :func:`selab.evolve.metropolis_hastings`).
+        ``energy(cluster [N]) -> float``, e.g. :class:`selab.energy.PartitionEnergy`.
+    num_steps, merge_budget, seed : the chain's settings (see :func:`selab.mh.metropolis_hastings`).
 
     Example
     -------
