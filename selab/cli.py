@@ -1,4 +1,8 @@
-"""The ``selab`` command: ``selab train``, ``selab evaluate`` (thin wrappers of :mod:`selab.train`), ``selab sweep`` (:mod:`selab.sweep`).
+"""The ``selab`` command: ``train`` and ``evaluate`` (:mod:`selab.train`), ``predict`` (:mod:`selab.predict`),
+``export-model`` (:mod:`selab.pretrained`), ``check-data`` (:mod:`selab.data`) and ``sweep`` (:mod:`selab.sweep`).
+
+``selab train`` has one flag per :class:`~selab.train.TrainConfig` field, derived from the dataclass
+(type, default) and its docstring (help), so the command line cannot drift from the config.
 
 Exit status: 0 done; 2 bad input (a parameter, a data file, a run folder or a checkpoint; one line on
 stderr naming it, no traceback); 3 training diverged (non-finite loss, gradient or weights; the last
@@ -37,14 +41,14 @@ from selab.classes import NUM_CLASSES
 from selab.data import DATASETS, check_dataset
 from selab.model import ORDERS, VARIANTS, ModelConfig
 from selab.predict import predict_files
-from selab.train import (LR_SCHEDULES, OPTIMIZERS, TrainConfig, TrainingDiverged, evaluate, load_checkpoint,
-                         load_model, run)
+from selab.train import (LR_SCHEDULES, OPTIMIZERS, PRECISIONS, TrainConfig, TrainingDiverged, evaluate,
+                         load_checkpoint, load_model, run)
 
 # ``selab train`` has one flag per TrainConfig field: its type and default from the dataclass, its help from
 # the docstring's Parameters section, so that the command line cannot drift from the config. What the
 # dataclass cannot say is here: the allowed values, and the flags that keep their historical names.
 TRAIN_CHOICES = {"variant": VARIANTS, "backbone": BACKBONES, "dataset": DATASETS, "optimizer": OPTIMIZERS,
-                 "schedule": LR_SCHEDULES}
+                 "schedule": LR_SCHEDULES, "precision": PRECISIONS}
 TRAIN_FLAGS = {"out_dir": ("--out", "--out-dir"), "progress": ("--quiet", "--no-progress")}
 # ModelConfig fields with a flag of their own (TrainConfig.model); any other one via --model-option KEY=JSON.
 MODEL_FLAGS = ("hidden_channels", "num_layers", "order", "merge_loss_weight")

@@ -554,19 +554,12 @@ def _pair_class_counts(image_path: Path, mask_path: Path, num_classes: int) -> t
     except (UnidentifiedImageError, OSError, ValueError) as error:
         return None, f"cannot decode image {image_path}: {error}"
     try:
-        with Image.open(mask_path) as im:
-            mode, labels = im.mode, np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        return None, f"cannot decode mask {mask_path}: {error}"
-    if labels.ndim != 2 or mode not in ("L", "P", "I", "I;16", "1"):
-        return None, f"mask {mask_path}: mode {mode} shape {labels.shape}, expected one channel (mode L or P)"
+        labels = read_mask(mask_path, num_classes).numpy()  # one channel, labels in range
+    except ValueError as error:
+        return None, str(error)
     if labels.shape != (image_size[1], image_size[0]):
         return None, (f"mask {mask_path} is {labels.shape} (H, W) but its image {image_path} is "
                       f"{(image_size[1], image_size[0])}")
-    labels = labels.astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        found = sorted(set(np.unique(labels).tolist()) - set(range(num_classes)))
-        return None, f"mask {mask_path}: labels {found[:5]} out of range, expected 0..{num_classes - 1}"
     return np.bincount(labels.ravel(), minlength=num_classes), None
 
 

@@ -11,7 +11,7 @@ arm share one colour and texture (a sleeve), and so do its upper and lower leg (
 the position along the limb tells "upper" from "lower"; background distractor shapes (capsules
 included) reuse the figures' own colours and textures; lighting gradients, colour casts, blur and
 noise vary per image. Everything is drawn with numpy on pixel grids (distance to a segment for
-limbs, an ellipse equation for head and torso), a few milliseconds per 128x128 image.
+limbs, an ellipse equation for head and torso), with no Python loop over pixels.
 
 selab decision: the whole generator (shapes, proportions, palette, ranges of pose and noise) is
 selab's; it is not from the papers. An image depends only on ``(seed, index, image_size)``.

@@ -62,6 +62,7 @@ from selab.seeds import MODEL, epoch_generator, rng_state, seed_everything, set_
 
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("poly", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -139,6 +140,10 @@ class TrainConfig:
         every mask value must be a class id.
     device : str
         ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...
+    precision : {"fp32", "bf16"}
+        ``bf16``: the forward pass and the loss (in training and validation) run under ``torch.autocast``
+        in bfloat16, on the CPU or CUDA; weights, gradients and optimizer state stay float32 (selab
+        decision: no loss scaling, which bfloat16's exponent range does not need).
     num_workers : int
         DataLoader workers.
     num_figures : int
@@ -179,6 +184,7 @@ class TrainConfig:
     overwrite: bool = False
     ignore_index: int | None = None
     device: str = "auto"
+    precision: str = "fp32"
     num_workers: int = 0
     num_figures: int = 4
     val_every: int = 1
@@ -221,6 +227,8 @@ class TrainConfig:
             bad("optimizer", f"one of {OPTIMIZERS}")
         if self.schedule not in LR_SCHEDULES:
             bad("schedule", f"one of {LR_SCHEDULES}")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"one of {PRECISIONS}")
         if not isinstance(self.model, dict):
             bad("model", "a dict of ModelConfig fields")
         for key in ("variant", "backbone", "freeze_backbone", "n_segments"):
@@ -323,18 +331,32 @@ def build_optimizer(model: SELabModel, config: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+def load_schedule(scheduler, state: dict) -> None:
+    """Continue a saved schedule, over this run's length (a resumed run may be given more epochs).
+
+    The same length continues bit for bit. Another length (or a schedule saved by an earlier selab, a
+    ``LambdaLR``) sets the learning rates from the schedule's closed form at the saved step: the
+    chained per-step updates alone would continue from the current rate, which the old length may
+    already have brought to 0.
+    """
+    length = {k: v for k, v in scheduler.state_dict().items() if k in ("total_iters", "T_max")}
+    changed = any(state.get(k) != v for k, v in length.items())
+    scheduler.load_state_dict({**state, **length})
+    if changed:
+        rates = scheduler._get_closed_form_lr()
+        for group, rate in zip(scheduler.optimizer.param_groups, rates):
+            group["lr"] = rate
+        scheduler._last_lr = rates
+
+
+def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step learning-rate schedule over ``epochs * steps_per_epoch`` steps (see :data:`LR_SCHEDULES`)."""
     total = max(1, config.epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        t = min(step, total) / total
-        if config.schedule == "poly":
-            return (1.0 - t) ** 0.9
-        if config.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * t))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if config.schedule == "poly":  # DeepLab's lr * (1 - t/T)^0.9
+        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=0.9)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 def _cross_entropy(logits, mask, ignore_index: int | None):
@@ -706,12 +728,24 @@ def _non_finite_culprit(model: SELabModel, replay) -> str | None:
     return f"the output of layer {found[0]}" if found else None
 
 
-def _replay_step(model, batch, mh_state, confidence_only):
+def _replay_step(model, data, generator, mh_state, confidence_only, precision):
+    """Repeats a failed step's forward pass with the same draws (a copy of ``generator`` at ``mh_state``)."""
     def replay():
-        generator = torch.Generator(device=mh_state.device if mh_state.device.type != "cpu" else "cpu")
-        generator.set_state(mh_state)
-        model(batch, generator=generator, confidence_only=confidence_only)
+        again = torch.Generator(device=generator.device)
+        again.set_state(mh_state)
+        with autocast(precision, generator.device):
+            model(data, generator=again, confidence_only=confidence_only)
     return replay
+
+
+def _restore_generator(generator: torch.Generator, state: torch.Tensor, path: Path) -> None:
+    """A mid-epoch checkpoint's model generator state, or a clear error when it is another device kind's."""
+    try:
+        generator.set_state(state)
+    except RuntimeError:
+        raise ValueError(f"run: {path} was interrupted mid-epoch on another kind of device than "
+                         f"{generator.device.type!r} (its random-number state does not fit); resume it there, "
+                         f"or from an epoch boundary") from None
 
 
 def _first_non_finite(named) -> str:
@@ -803,27 +837,33 @@ def plot_predictions(run_dir: Path, examples: list) -> Path | None:
 # ---------------------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------------------
+def autocast(precision: str, device) -> torch.autocast:
+    """The autocast context of ``precision`` (see :data:`PRECISIONS`) on ``device``'s kind; off for fp32."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.no_grad()
 def evaluate_model(model: SELabModel, loader, device, progress: bool = False, num_examples: int = 0,
                    description: str = "evaluate", per_image: list | None = None,
-                   ignore_index: int | None = None) -> tuple[dict, list]:
+                   ignore_index: int | None = None, precision: str = "fp32") -> tuple[dict, list]:
     """Scores over a loader of evaluation batches (each holds the full-resolution ``full_masks``).
 
     Logits [B,K,S,S] are upsampled (bilinear) to each mask's own size before the argmax, and the
     confusion matrix accumulates over the whole split (pixels labelled ``ignore_index`` left out).
     ``per_image``, a list, receives one ``(id, confusion [K,K])`` pair per image (for paired
-    comparisons of runs, :mod:`selab.compare`).
+    comparisons of runs, :mod:`selab.compare`). ``precision="bf16"``: the forward pass under autocast.
     """
     model.eval()
     matrix = ConfusionMatrix(model.config.num_classes, ignore_index=ignore_index)
     examples, hierarchy = [], []
-    for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
-        batch = to_device(batch, device)
-        output = model(batch)
-        logits = output.logits
-        if output.levels and "mask" in batch:
-            hierarchy.append(hierarchy_stats(output.levels, batch["mask"], model.config.num_classes))
-        for b, full_mask in enumerate(batch["full_masks"]):
+    for data in tqdm(loader, desc=description, disable=not progress, leave=False):
+        data = to_device(data, device)
+        with autocast(precision, device):
+            output = model(data)
+        logits = output.logits.float()
+        if output.levels and "mask" in data:
+            hierarchy.append(hierarchy_stats(output.levels, data["mask"], model.config.num_classes))
+        for b, full_mask in enumerate(data["full_masks"]):
             upsampled = F.interpolate(logits[b : b + 1], size=tuple(full_mask.shape), mode="bilinear",
                                       align_corners=False)
             prediction = upsampled[0].argmax(0)
@@ -831,9 +871,9 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
                                             ignore_index)
             matrix.matrix += image_matrix
             if per_image is not None:
-                per_image.append((batch["ids"][b], image_matrix))
+                per_image.append((data["ids"][b], image_matrix))
             if len(examples) < num_examples:
-                examples.append((batch["full_images"][b].cpu(), full_mask.cpu(), prediction.cpu()))
+                examples.append((data["full_images"][b].cpu(), full_mask.cpu(), prediction.cpu()))
     scores = matrix.compute()
     if hierarchy:
         # The evolved hierarchy at test time, per level: nodes per image and clique label purity
@@ -887,7 +927,7 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
     loader = evaluation_loader(config, model)
     per_image = [] if per_image_out else None
     scores, _ = evaluate_model(model, loader, torch_device, progress=progress, per_image=per_image,
-                               ignore_index=config.ignore_index)
+                               ignore_index=config.ignore_index, precision=config.precision)
     if per_image_out:
         save_per_image(Path(per_image_out), per_image)
     result = dict(scores)
@@ -992,7 +1032,7 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                              f"({last_path})")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        load_schedule(scheduler, checkpoint["scheduler"])
         history, best = checkpoint["history"], checkpoint["best"]
         start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
         accumulators = checkpoint.get("accumulators") or {}
@@ -1015,9 +1055,9 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
             confidence_only = epoch < config.two_step_epochs and model_config.uses_graph
             model.train()
             order = train_loader_factory.order(epoch)
-            mh_generator = epoch_generator(config.seed, epoch, MODEL)
+            mh_generator = epoch_generator(config.seed, epoch, MODEL, device)  # the model draws on its device
             if start_step:
-                mh_generator.set_state(accumulators["mh_generator"])
+                _restore_generator(mh_generator, accumulators["mh_generator"], last_path)
             loss_sum, count = accumulators.get("loss_sum", 0.0), accumulators.get("count", 0)
             batches = train_loader_factory.loader(epoch, order, start_step)
             bar = tqdm(batches, total=steps_per_epoch, initial=start_step, disable=not config.progress,
@@ -1025,17 +1065,19 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
             step, consistent, ids = start_step, True, None
             mh_state, rng_before = mh_generator.get_state(), rng_state()
             try:
-                for batch in bar:
-                    ids = batch["ids"]
+                for data in bar:
+                    ids = data["ids"]
                     # A failing step must count neither its random draws nor its batch-norm statistics.
                     mh_state, rng_before = mh_generator.get_state(), rng_state()
                     buffers = [b.clone() for b in model.buffers()]
-                    batch = to_device(batch, device)
+                    data = to_device(data, device)
                     try:
-                        output = model(batch, generator=mh_generator, confidence_only=confidence_only)
-                        parts = compute_loss(output, batch, model_config, confidence_only, config.ignore_index)
+                        with autocast(config.precision, device):
+                            output = model(data, generator=mh_generator, confidence_only=confidence_only)
+                            parts = compute_loss(output, data, model_config, confidence_only, config.ignore_index)
                     except Exception as error:
-                        culprit = _non_finite_culprit(model, _replay_step(model, batch, mh_state, confidence_only))
+                        culprit = _non_finite_culprit(model, _replay_step(model, data, mh_generator, mh_state,
+                                                                          confidence_only, config.precision))
                         torch._foreach_copy_(list(model.buffers()), buffers)
                         if culprit:
                             raise _divergence(config, epoch, step, f"non-finite values in {culprit} ({error})",
@@ -1054,8 +1096,8 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                     optimizer.step()
                     scheduler.step()
                     step += 1
-                    loss_sum += float(parts["loss"].detach()) * len(batch["ids"])
-                    count += len(batch["ids"])
+                    loss_sum += float(parts["loss"].detach()) * len(data["ids"])
+                    count += len(data["ids"])
                     consistent = True
                     bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}")
                     if interrupt.requested and step < steps_per_epoch:
@@ -1099,9 +1141,11 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                 try:
                     scores, examples = evaluate_model(model, val_loader, device, progress=config.progress,
                                                       num_examples=config.num_figures, description="validate",
-                                                      per_image=per_image, ignore_index=config.ignore_index)
+                                                      per_image=per_image, ignore_index=config.ignore_index,
+                                                      precision=config.precision)
                 except Exception as error:
-                    culprit = _non_finite_culprit(model, lambda: evaluate_model(model, val_loader, device))
+                    culprit = _non_finite_culprit(model, lambda: evaluate_model(model, val_loader, device,
+                                                                                precision=config.precision))
                     if culprit:
                         raise _divergence(config, epoch, None, f"validation met non-finite values "
                                           f"in {culprit} ({error})", last_path) from error

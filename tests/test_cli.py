@@ -1,12 +1,13 @@
 """Tests for selab.cli: the commands end to end, and the train flags derived from TrainConfig."""
 
+import dataclasses
 import inspect
 import json
 import re
 
 import pytest
 
-from selab.cli import build_parser, main
+from selab.cli import TRAIN_CHOICES, build_parser, main, parameter_docs, train_config
 from selab.train import TrainConfig
 
 
@@ -58,11 +59,6 @@ def test_check_data_prints_the_histogram_and_fails_on_problems(tmp_path, capsys)
 
 def test_every_train_config_field_has_a_documented_flag():
     """The command line is derived from TrainConfig: a new field gets its flag and help without a CLI edit."""
-    import dataclasses
-
-    from selab.cli import TRAIN_CHOICES, parameter_docs
-    from selab.train import TrainConfig
-
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     by_dest = {action.dest: action for action in train._actions}
     docs = parameter_docs(TrainConfig)
@@ -78,8 +74,6 @@ def test_every_train_config_field_has_a_documented_flag():
 
 
 def test_train_flags_reach_the_config():
-    from selab.cli import train_config
-
     args = build_parser().parse_args([
         "train", "--out", "runs/x", "--momentum", "0.5", "--backbone-lr-scale", "0.2", "--num-figures", "1",
         "--val-split", "none", "--no-augment", "--quiet", "--freeze-backbone", "false", "--limit", "3",

@@ -210,7 +210,7 @@ def test_check_dataset_reports_every_problem(tmp_path):
     report = data.check_dataset(tmp_path, progress=False)
     assert not report.ok
     text = "\n".join(report.problems)
-    for expected in ("'nomask': mask file missing", "'small'", "(10, 16)", "'label9'", "labels [9]",
+    for expected in ("'nomask': mask file missing", "'small'", "(10, 16)", "'label9'", "labels 9 out of range",
                      "'broken': cannot decode image", "'missing': image file missing", "listed twice",
                      "also in split 'train'"):
         assert expected in text, (expected, text)
