@@ -220,3 +220,9 @@ def test_se_lstm_trains_and_resumes_on_cuda(tmp_path, monkeypatch, precision):
     resumed = run(tiny(tmp_path, "split", resume=True, **options))
     assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx(
         [e["train_loss"] for e in straight["epochs"]], rel=1e-5)  # CUDA kernels need not be deterministic
+
+
+def test_a_mid_epoch_state_of_another_device_kind_is_a_clear_error(tmp_path):
+    cuda_like_state = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state is 16 bytes, a CPU one's 5056
+    with pytest.raises(ValueError, match="another kind of device"):
+        selab.train._restore_generator(torch.Generator(), cuda_like_state, tmp_path / "last.pt")
