@@ -17,6 +17,11 @@ Example
 
 ``selab check-data`` checks a dataset folder (:func:`selab.data.check_dataset`); ``SELAB_PASCAL_ROOT``
 stands for your copy of PASCAL-Person-Part (docs/data.md says how to get one).
+
+In N processes (PyTorch DistributedDataParallel, :mod:`selab.distributed`; ``--batch-size`` is the global
+batch)::
+
+    torchrun --nproc_per_node 2 -m selab train --variant cnn --batch-size 8 --out runs/ddp
 """
 
 from __future__ import annotations
@@ -217,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                 num_workers=args.num_workers, progress=not args.quiet,
             )
             result = run(config)
-            print(json.dumps({"final": result["final"], "paths": result["paths"]}, indent=2))
+            from selab import distributed
+
+            if distributed.is_main():  # under torchrun, one report (rank 0's)
+                print(json.dumps({"final": result["final"], "paths": result["paths"]}, indent=2))
         elif args.command == "predict":
             print(json.dumps(_predict(args), indent=2))
         elif args.command == "export-model":
