@@ -139,24 +139,31 @@ def test_two_processes_train_the_global_batch_of_one_process(tmp_path, variant):
     assert confusion_two.sum() == confusion_one.sum()
 
 
+SE_LSTM = dict(variant="se_lstm", schedule="constant")
+
+
 @pytest.fixture(scope="module")
 def straight_se_lstm(tmp_path_factory):
-    """A 2-process se_lstm run of 2 epochs (dropout and per-process BatchNorm on, as by default)."""
+    """A 2-process se_lstm run of 2 epochs (dropout and per-process BatchNorm on, as by default).
+
+    A constant learning rate, so that a run of 1 epoch is the first half of it (the poly schedule
+    depends on the number of epochs).
+    """
     folder = tmp_path_factory.mktemp("straight")
-    results = run_processes(tiny(folder, "run", variant="se_lstm", epochs=2))
+    results = run_processes(tiny(folder, "run", **SE_LSTM, epochs=2))
     assert_all_ok(results)
     return folder / "run", results[0][1]
 
 
 def test_a_two_process_run_resumes_at_an_epoch_boundary(tmp_path, straight_se_lstm):
     folder, straight = straight_se_lstm
-    first = run_processes(tiny(tmp_path, "split", variant="se_lstm", epochs=1))
+    first = run_processes(tiny(tmp_path, "split", **SE_LSTM, epochs=1))
     assert_all_ok(first)
     written = sorted(p.name for p in (tmp_path / "split").iterdir())
     assert written == ["checkpoints", "config.json", "figures", "metrics.csv", "metrics.json", "val_per_image.npz"]
     saved = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
     assert len(saved["accumulators"]["ranks"]) == 2  # both processes' RNG states
-    resumed = run_processes(tiny(tmp_path, "split", variant="se_lstm", epochs=2, resume=True))
+    resumed = run_processes(tiny(tmp_path, "split", **SE_LSTM, epochs=2, resume=True))
     assert_all_ok(resumed)
     assert records(resumed[0][1]) == records(straight) == records(resumed[1][1])
     a, b = weights(folder), weights(tmp_path / "split")
@@ -167,14 +174,14 @@ def test_a_two_process_run_resumes_at_an_epoch_boundary(tmp_path, straight_se_ls
 def test_ctrl_c_in_one_process_stops_both_and_the_run_resumes(tmp_path, straight_se_lstm):
     folder, straight = straight_se_lstm
     # SIGINT reaches rank 1 only, during the first step: both processes stop after that step.
-    stopped = run_processes(tiny(tmp_path, "split", variant="se_lstm", epochs=2), interrupt={"rank": 1, "at": 1})
+    stopped = run_processes(tiny(tmp_path, "split", **SE_LSTM, epochs=2), interrupt={"rank": 1, "at": 1})
     assert [stopped[r][0] for r in (0, 1)] == ["interrupted", "interrupted"], stopped
     checkpoint = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["step"]) == (0, 1)
     # a mid-epoch checkpoint of 2 processes does not continue in 1
     with pytest.raises(ValueError, match="mid-epoch by 2 process"):
-        run(tiny(tmp_path, "split", variant="se_lstm", epochs=2, resume=True))
-    resumed = run_processes(tiny(tmp_path, "split", variant="se_lstm", epochs=2, resume=True))
+        run(tiny(tmp_path, "split", **SE_LSTM, epochs=2, resume=True))
+    resumed = run_processes(tiny(tmp_path, "split", **SE_LSTM, epochs=2, resume=True))
     assert_all_ok(resumed)
     assert records(resumed[0][1]) == records(straight)
     assert resumed[0][1]["final"] == straight["final"]
