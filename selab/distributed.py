@@ -237,11 +237,12 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
     The wrapper only runs the training forward; checkpoints, evaluation and the optimizer keep using
     ``model`` itself (SyncBatchNorm takes over the same parameter and buffer tensors, so an optimizer
-    built before stays valid and the state dict keeps its keys). The graph variants leave parameters
-    without a gradient in every step (the first Graph LSTM layer's recurrent weights act on a zero
-    initial state; in two-step training the confidence-only epochs use no graph layer), so DDP looks for
-    unused parameters there (``find_unused_parameters``); ``cnn`` uses all of them. Globally unused
-    parameters keep no gradient, as in one process.
+    built before stays valid and the state dict keeps its keys). Some parameters get no gradient in a
+    step: the first Graph LSTM layer's recurrent weights act on a zero initial state, the confidence-only
+    epochs of two-step training use no graph layer, and a trained EfficientNet-Lite0 holds its ImageNet
+    classifier head, which the features never reach. DDP then looks for unused parameters
+    (``find_unused_parameters``); only ``cnn`` on a frozen or ``small`` backbone uses all of them.
+    Globally unused parameters keep no gradient, as in one process.
     """
     if not is_distributed():
         return model
@@ -249,7 +250,7 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if config is not None and config.batchnorm == "sync":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None
-    find_unused = config is None or config.uses_graph
+    find_unused = config is None or config.uses_graph or not (config.freeze_backbone or config.backbone == "small")
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
 
 
