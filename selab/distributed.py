@@ -138,7 +138,7 @@ def setup(config) -> torch.device:
         raise ValueError("ModelConfig.batchnorm: 'sync' (SyncBatchNorm) runs on GPUs only in torch; on a CPU use "
                          "'batch' (statistics per process) or 'frozen' (running statistics)")
     if device.type == "cuda":
-        if device.index is not None and config.device != "auto":
+        if device.index is not None:
             raise ValueError(f"TrainConfig.device: {config.device!r} names one GPU, but each of the {size} processes "
                              f"takes its own (cuda:LOCAL_RANK): pass --device cuda")
         if local_rank() >= torch.cuda.device_count():
