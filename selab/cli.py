@@ -21,7 +21,7 @@ stands for your copy of PASCAL-Person-Part (docs/data.md says how to get one).
 In N processes (PyTorch DistributedDataParallel, :mod:`selab.distributed`; ``--batch-size`` is the global
 batch)::
 
-    torchrun --nproc_per_node 2 -m selab train --variant cnn --batch-size 8 --out runs/ddp
+    torchrun --standalone --nproc_per_node 2 -m selab train --variant cnn --batch-size 8 --out runs/ddp
 """
 
 from __future__ import annotations

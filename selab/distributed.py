@@ -43,11 +43,11 @@ selab decisions (the papers train on one GPU; none of this is theirs):
 * **Ctrl-C**: torchrun forwards SIGINT to every process; they agree (``all_reduce``) to stop after the
   same step and rank 0 writes ``last.pt``.
 
-Example
--------
+Examples
+--------
 ::
 
-    torchrun --nproc_per_node 2 -m selab train --variant cnn --batch-size 8 --out runs/ddp
+    torchrun --standalone --nproc_per_node 2 -m selab train --variant cnn --batch-size 8 --out runs/ddp
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def setup(config) -> torch.device:
     process k of a machine takes GPU ``cuda:k`` (``--device cuda`` or ``auto``). Checks first that the
     global ``batch_size`` splits over the processes and that ``batchnorm="sync"`` has a GPU.
 
-    Example
-    -------
+    Examples
+    --------
     >>> from selab.train import TrainConfig
     >>> setup(TrainConfig(device="cpu"))  # without torchrun: nothing to join
     device(type='cpu')
