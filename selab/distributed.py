@@ -1,7 +1,7 @@
 r"""Data-parallel training over several processes: PyTorch's ``DistributedDataParallel``, started by ``torchrun``.
 
-``torchrun --nproc_per_node N -m selab train ...`` starts N processes on one machine (add ``--nnodes M
---node-rank K --rdzv-endpoint HOST:PORT`` on each of M machines); each one runs :func:`selab.train.run`,
+``torchrun --nproc_per_node N -m selab train ...`` starts N processes on one machine (on each of M
+machines add ``--nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id JOB``); each one runs :func:`selab.train.run`,
 which calls the hooks of this module. Without torchrun (no ``WORLD_SIZE`` > 1 in the environment) every
 hook is a no-op and a run is exactly the one-process run. Nothing here replaces PyTorch's own machinery:
 the process group, ``DistributedSampler``, ``DistributedDataParallel`` (gradient all-reduce) and
@@ -9,7 +9,7 @@ the process group, ``DistributedSampler``, ``DistributedDataParallel`` (gradient
 
 selab decisions (the papers train on one GPU; none of this is theirs):
 
-* **``batch_size`` is the global batch.** With W processes each one takes ``batch_size / W`` images of
+* **The batch size is the global batch.** With W processes each one takes ``batch_size / W`` images of
   every step (``batch_size`` must be a multiple of W). The epoch's order and flips come from (seed, epoch),
   the same in every process, and ``DistributedSampler`` (no shuffling of its own) deals each global batch
   out, so W processes step through the same global batches as one process, with the same learning-rate
@@ -21,8 +21,8 @@ selab decisions (the papers train on one GPU; none of this is theirs):
     processes (torch implements it on GPUs only), ``"frozen"`` normalises with the running statistics:
     both then equal the one-process computation.
   - random draws: dropout masks and the Metropolis-Hastings chains of ``se_lstm`` (and a stochastic
-    update order) are drawn per process, from generators seeded by (seed, epoch, rank); rank 0 draws
-    what a one-process run draws. The chains of different processes are independent.
+    update order) are drawn per process, from seeds derived from the seed and the rank (the chains'
+    also from the epoch); rank 0 draws what a one-process run draws. The chains of different processes are independent.
   - losses that average over a varying count: ``ignore_index`` pixels, the merge-probability L2 over
     each process's edges.
   - a last partial batch: ``DistributedSampler`` pads the epoch by repeating its first images so that
