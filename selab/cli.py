@@ -21,6 +21,11 @@ Examples
 
 ``selab check-data`` checks a dataset folder (:func:`selab.data.check_dataset`); ``SELAB_PASCAL_ROOT``
 stands for your copy of PASCAL-Person-Part (docs/data.md says how to get one).
+
+In N processes (PyTorch DistributedDataParallel, :mod:`selab.distributed`; ``--batch-size`` is the global
+batch)::
+
+    torchrun --standalone --nproc_per_node 2 -m selab train --variant cnn --batch-size 8 --out runs/ddp
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import types
 import typing
 from pathlib import Path
 
-from selab import pretrained, sweep
+from selab import distributed, pretrained, sweep
 from selab.backbones import BACKBONES
 from selab.classes import NUM_CLASSES
 from selab.data import DATASETS, check_dataset
@@ -266,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             result = run(train_config(args))
-            print(json.dumps({"final": result["final"], "paths": result["paths"]}, indent=2))
+            if distributed.is_main():  # under torchrun, one report (rank 0's)
+                print(json.dumps({"final": result["final"], "paths": result["paths"]}, indent=2))
         elif args.command == "predict":
             print(json.dumps(_predict(args), indent=2))
         elif args.command == "export-model":

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from selab import superpixels
+from selab import distributed, superpixels
 from selab.data import check_files, make_dataset, resize_image
 from selab.files import atomic_save, atomic_write
 from selab.seeds import FLIPS, SHUFFLE, epoch_generator
@@ -337,9 +337,10 @@ class TrainingData:
         """Epoch ``epoch``'s batches in ``order``, from batch ``start_step`` on (a resumed epoch)."""
         flips = torch.rand(len(self.dataset), generator=epoch_generator(self.config.seed, epoch, FLIPS)) < 0.5
         self.dataset.flips = flips if self.config.augment else None
-        remaining = order[start_step * self.config.batch_size :].tolist()
-        return _loader(torch.utils.data.Subset(self.dataset, remaining), self.config.batch_size,
-                       self.config.num_workers)
+        # distributed: batch_size is the global batch; this process takes its share of each (selab.distributed)
+        local_batch = distributed.local_batch_size(self.config.batch_size)
+        remaining = distributed.shard(order.tolist())[start_step * local_batch :]
+        return _loader(torch.utils.data.Subset(self.dataset, remaining), local_batch, self.config.num_workers)
 
 
 def evaluation_loader(config: TrainConfig, model: SELabModel) -> torch.utils.data.DataLoader:
@@ -348,4 +349,5 @@ def evaluation_loader(config: TrainConfig, model: SELabModel) -> torch.utils.dat
     if len(dataset) == 0:
         raise ValueError(f"TrainConfig.val_split: split {config.val_split!r} of {config.dataset!r} holds no images")
     dataset.prepare(model, config.resolved_device(), config.batch_size, config.num_workers, config.progress)
+    dataset = distributed.shard_for_evaluation(dataset)  # distributed: this process's images of the split
     return _loader(dataset, config.batch_size, config.num_workers)

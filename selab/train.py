@@ -50,6 +50,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from tqdm.auto import tqdm
 
+from selab import distributed
 from selab.classes import CLASS_COLORS, CLASS_NAMES, colorize
 from selab.data import DATASETS
 from selab.evolve import StructureEvolution, combine_hierarchy_stats, hierarchy_stats
@@ -854,6 +855,7 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
     comparisons of runs, :mod:`selab.compare`). ``precision="bf16"``: the forward pass under autocast.
     """
     model.eval()
+    distributed.broadcast_buffers(model)  # distributed: every process evaluates rank 0's model
     matrix = ConfusionMatrix(model.config.num_classes, ignore_index=ignore_index)
     examples, hierarchy = [], []
     for data in tqdm(loader, desc=description, disable=not progress, leave=False):
@@ -874,6 +876,11 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
                 per_image.append((data["ids"][b], image_matrix))
             if len(examples) < num_examples:
                 examples.append((data["full_images"][b].cpu(), full_mask.cpu(), prediction.cpu()))
+    # distributed: each process scored its shard of the split; sum and gather them (one process: as is)
+    matrix.matrix = distributed.all_reduce_sum(matrix.matrix)
+    hierarchy, examples = distributed.gather_shards(hierarchy), distributed.gather_shards(examples)[:num_examples]
+    if per_image is not None:
+        per_image[:] = distributed.gather_shards(per_image)
     scores = matrix.compute()
     if hierarchy:
         # The evolved hierarchy at test time, per level: nodes per image and clique label purity
@@ -998,15 +1005,19 @@ def run(config: TrainConfig | dict) -> dict:
         config = TrainConfig.from_dict(config)
     if not isinstance(config, TrainConfig):
         raise TypeError(f"run: config must be a TrainConfig or dict, got {type(config).__name__}")
-    device = config.resolved_device()
+    device = distributed.setup(config)  # torchrun: join the process group, take this process's device
+    if not distributed.is_main():
+        config = dataclasses.replace(config, progress=False)  # one set of progress bars, rank 0's
     if config.dataset != "synthetic" or config.model_config().uses_graph or config.use_feature_cache:
         writable_folder(config.cache_root, "TrainConfig.cache_dir")
-    folder = RunFolder(config)
+    folder = distributed.run_folder(RunFolder, config)  # rank 0 alone inspects and writes out_dir
     try:
         return _train(config, folder, device)
     except BaseException:
         folder.abandon()
         raise
+    finally:
+        distributed.cleanup()
 
 
 def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
@@ -1016,16 +1027,18 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
     seed_everything(config.seed)
     model_config = config.model_config()
     model = SELabModel(model_config).to(device)
+    distributed.seed_rank(config.seed)  # distributed: own dropout draws per process (rank 0: the one-process ones)
 
-    train_loader_factory = TrainingData(config, model)
-    val_loader = evaluation_loader(config, model) if config.val_split else None
+    with distributed.main_first():  # distributed: one process per machine fills the caches, then the others
+        train_loader_factory = TrainingData(config, model)
+        val_loader = evaluation_loader(config, model) if config.val_split else None
     steps_per_epoch = train_loader_factory.steps_per_epoch
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
 
     history, start_epoch, start_step, accumulators, best = [], 0, 0, {}, None
     if folder.resuming:
-        checkpoint = load_checkpoint(last_path)
+        checkpoint = distributed.from_main(load_checkpoint, last_path)  # distributed: rank 0 reads, sends it
         changed = changed_fields(dict(checkpoint["train_config"]), config)
         if changed:
             raise ValueError(f"run: resume=True but the config differs from the saved run in {changed} "
@@ -1037,14 +1050,20 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
         start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
         accumulators = checkpoint.get("accumulators") or {}
         set_rng_state(checkpoint["rng"])
-    atomic_write_text(json.dumps({"train": config.to_dict(), "model": model_config.to_dict()}, indent=2),
-                      run_dir / "config.json")
+        # distributed: each process takes its own RNG and sampler state back (one process: as is)
+        accumulators = distributed.restore_rank_state(accumulators, start_step > 0, config.seed, start_epoch)
+    if distributed.is_main():
+        atomic_write_text(json.dumps({"train": config.to_dict(), "model": model_config.to_dict()}, indent=2),
+                          run_dir / "config.json")
     trained = [p for p in model.parameters() if p.requires_grad]
+    network = distributed.wrap_model(model, device)  # distributed: DDP runs the training forward; else `model`
 
     def saved(epoch, step, state, rng=None):
         """Write last.pt (and, with overwrite, put the new run in place); returns the run folder."""
         nonlocal run_dir, last_path, best_path
-        save_checkpoint(last_path, model, optimizer, scheduler, config, epoch, step, history, state, best, rng)
+        state = distributed.with_rank_states(state, rng)  # distributed: every process's RNG and sampler state
+        if distributed.is_main():
+            save_checkpoint(last_path, model, optimizer, scheduler, config, epoch, step, history, state, best, rng)
         run_dir = folder.commit()
         last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
         return run_dir
@@ -1055,7 +1074,7 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
             confidence_only = epoch < config.two_step_epochs and model_config.uses_graph
             model.train()
             order = train_loader_factory.order(epoch)
-            mh_generator = epoch_generator(config.seed, epoch, MODEL, device)  # the model draws on its device
+            mh_generator = distributed.per_rank(epoch_generator(config.seed, epoch, MODEL, device))  # independent chains per rank, drawn on the model's device
             if start_step:
                 _restore_generator(mh_generator, accumulators["mh_generator"], last_path)
             loss_sum, count = accumulators.get("loss_sum", 0.0), accumulators.get("count", 0)
@@ -1073,7 +1092,7 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                     data = to_device(data, device)
                     try:
                         with autocast(config.precision, device):
-                            output = model(data, generator=mh_generator, confidence_only=confidence_only)
+                            output = network(data, generator=mh_generator, confidence_only=confidence_only)
                             parts = compute_loss(output, data, model_config, confidence_only, config.ignore_index)
                     except Exception as error:
                         culprit = _non_finite_culprit(model, _replay_step(model, data, mh_generator, mh_state,
@@ -1100,13 +1119,15 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                     count += len(data["ids"])
                     consistent = True
                     bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}")
-                    if interrupt.requested and step < steps_per_epoch:
+                    # distributed: a Ctrl-C seen by any process stops all of them after this same step
+                    if distributed.any_rank(interrupt.requested) and step < steps_per_epoch:
                         state = {"loss_sum": loss_sum, "count": count, "seconds": time.time() - started,
                                  "mh_generator": mh_generator.get_state()}
                         saved(epoch, step, state)
-                        write_metrics(run_dir, history, None)
-                        print(f"\ninterrupted: checkpoint saved to {last_path} (epoch {epoch + 1}, step {step}); "
-                              f"continue with resume=True / --resume")
+                        if distributed.is_main():
+                            write_metrics(run_dir, history, None)
+                            print(f"\ninterrupted: checkpoint saved to {last_path} (epoch {epoch + 1}, step {step}); "
+                                  f"continue with resume=True / --resume")
                         raise KeyboardInterrupt
             except (KeyboardInterrupt, TrainingDiverged):
                 raise
@@ -1114,7 +1135,8 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                 where = f"epoch {epoch + 1}, step {step + 1} of {steps_per_epoch}"
                 if ids is not None:
                     where += f" (last batch loaded: ids {ids})"
-                if consistent and step > start_step:
+                # distributed: no mid-epoch save, the other processes are not at a collective to gather their state
+                if consistent and step > start_step and not distributed.is_distributed():
                     state = {"loss_sum": loss_sum, "count": count, "seconds": time.time() - started,
                              "mh_generator": mh_state}
                     saved(epoch, step, state, rng_before)
@@ -1128,6 +1150,7 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                 print(f"\nrun: {type(error).__name__} at {where}: {error}\nrun: {kept}", file=sys.stderr)
                 raise
             bar.close()
+            loss_sum, count = distributed.sum_numbers(loss_sum, count)  # distributed: the global batch's mean loss
             start_step, accumulators = 0, {}
             record = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
                       "lr": optimizer.param_groups[0]["lr"], "stage": "confidence" if confidence_only else "all"}
@@ -1150,7 +1173,7 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                         raise _divergence(config, epoch, None, f"validation met non-finite values "
                                           f"in {culprit} ({error})", last_path) from error
                     raise
-                if per_image is not None:
+                if per_image is not None and distributed.is_main():
                     save_per_image(run_dir / PER_IMAGE_FILE, per_image)
                 record.update({"val_mean_iou": scores["mean_iou"], "val_pixel_accuracy": scores["pixel_accuracy"],
                                "val_per_class_iou": scores["per_class_iou"]})
@@ -1163,21 +1186,24 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
             if improved:
                 best = score
             saved(epoch + 1, 0, None)
-            if improved:
-                save_checkpoint(best_path, model, None, None, config, epoch + 1, 0, history, None, best)
-            write_metrics(run_dir, history, None)
-            plot_curves(run_dir, history)
-            plot_predictions(run_dir, examples)
-            if interrupt.requested and epoch + 1 < config.epochs:
-                print(f"\ninterrupted: checkpoint saved to {last_path} (end of epoch {epoch + 1}); "
-                      f"continue with resume=True / --resume")
+            if distributed.is_main():  # distributed: rank 0 alone writes the run folder
+                if improved:
+                    save_checkpoint(best_path, model, None, None, config, epoch + 1, 0, history, None, best)
+                write_metrics(run_dir, history, None)
+                plot_curves(run_dir, history)
+                plot_predictions(run_dir, examples)
+            if distributed.any_rank(interrupt.requested) and epoch + 1 < config.epochs:
+                if distributed.is_main():
+                    print(f"\ninterrupted: checkpoint saved to {last_path} (end of epoch {epoch + 1}); "
+                          f"continue with resume=True / --resume")
                 raise KeyboardInterrupt
             # One line per epoch, also without progress bars: papermill's --log-output shows it while a
             # notebook trains (make run), and a sweep cell's log keeps it.
             shown = f", val mIoU {score:.2f}" if score is not None else ""
             line = (f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}{shown} "
                     f"({record['seconds']:.0f} s)")
-            tqdm.write(line) if config.progress else print(line, flush=True)
+            if distributed.is_main():
+                tqdm.write(line) if config.progress else print(line, flush=True)
 
     final = None
     if history and "val_mean_iou" in history[-1]:
@@ -1185,7 +1211,8 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                  "pixel_accuracy": history[-1]["val_pixel_accuracy"]}
         if "val_hierarchy" in history[-1]:
             final["hierarchy"] = history[-1]["val_hierarchy"]
-    write_metrics(run_dir, history, final)
+    if distributed.is_main():
+        write_metrics(run_dir, history, final)
     paths = {"run_dir": str(run_dir), "config": str(run_dir / "config.json"), "last": str(last_path),
              "best": str(best_path) if best_path.is_file() else None,
              "metrics_json": str(run_dir / "metrics.json"), "metrics_csv": str(run_dir / "metrics.csv"),
