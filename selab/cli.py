@@ -1,12 +1,16 @@
-"""The ``selab`` command: ``selab train``, ``selab evaluate`` (thin wrappers of :mod:`selab.train`), ``selab sweep`` (:mod:`selab.sweep`).
+"""The ``selab`` command: ``train`` and ``evaluate`` (:mod:`selab.train`), ``predict`` (:mod:`selab.predict`),
+``export-model`` (:mod:`selab.pretrained`), ``check-data`` (:mod:`selab.data`) and ``sweep`` (:mod:`selab.sweep`).
+
+``selab train`` has one flag per :class:`~selab.train.TrainConfig` field, derived from the dataclass
+(type, default) and its docstring (help), so the command line cannot drift from the config.
 
 Exit status: 0 done; 2 bad input (a parameter, a data file, a run folder or a checkpoint; one line on
 stderr naming it, no traceback); 3 training diverged (non-finite loss, gradient or weights; the last
 good checkpoint is kept); 1 an operating-system error (e.g. a failing write); 130 interrupted (Ctrl-C,
 after saving a checkpoint).
 
-Example
--------
+Examples
+--------
 ::
 
     selab train --variant graph_lstm --dataset synthetic --epochs 5 --image-size 96 --out runs/quick
@@ -17,17 +21,43 @@ Example
 
 ``selab check-data`` checks a dataset folder (:func:`selab.data.check_dataset`); ``SELAB_PASCAL_ROOT``
 stands for your copy of PASCAL-Person-Part (docs/data.md says how to get one).
+
+In N processes (PyTorch DistributedDataParallel, :mod:`selab.distributed`; ``--batch-size`` is the global
+batch)::
+
+    torchrun --standalone --nproc_per_node 2 -m selab train --variant cnn --batch-size 8 --out runs/ddp
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import re
 import sys
+import types
+import typing
+from pathlib import Path
 
+from selab import distributed, pretrained, sweep
 from selab.backbones import BACKBONES
-from selab.model import ORDERS, VARIANTS
-from selab.train import DATASETS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingDiverged
+from selab.classes import NUM_CLASSES
+from selab.data import DATASETS, check_dataset
+from selab.model import ORDERS, VARIANTS, ModelConfig
+from selab.predict import predict_files
+from selab.train import (LR_SCHEDULES, OPTIMIZERS, PRECISIONS, TrainConfig, TrainingDiverged, evaluate,
+                         load_checkpoint, load_model, run)
+
+# ``selab train`` has one flag per TrainConfig field: its type and default from the dataclass, its help from
+# the docstring's Parameters section, so that the command line cannot drift from the config. What the
+# dataclass cannot say is here: the allowed values, and the flags that keep their historical names.
+TRAIN_CHOICES = {"variant": VARIANTS, "backbone": BACKBONES, "dataset": DATASETS, "optimizer": OPTIMIZERS,
+                 "schedule": LR_SCHEDULES, "precision": PRECISIONS}
+TRAIN_FLAGS = {"out_dir": ("--out", "--out-dir"), "progress": ("--quiet", "--no-progress")}
+# ModelConfig fields with a flag of their own (TrainConfig.model); any other one via --model-option KEY=JSON.
+MODEL_FLAGS = ("hidden_channels", "num_layers", "order", "merge_loss_weight")
+MODEL_CHOICES = {"order": ORDERS}
 
 
 def _bool(text: str) -> bool:
@@ -39,51 +69,94 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def parameter_docs(cls) -> dict[str, str]:
+    """Each parameter's description in ``cls``'s numpydoc Parameters section, as plain one-line text.
+
+    An entry naming several parameters (``a, b : text``) gives each of them its text.
+    """
+    doc = inspect.getdoc(cls) or ""
+    section = re.search(r"^Parameters\n-+\n(.*?)(?:^\S[^\n]*\n-+\n|\Z)", doc, flags=re.M | re.S)
+    docs, names = {}, []
+    for line in (section.group(1) if section else "").splitlines():
+        if line and not line.startswith(" "):  # "name : type" or "a, b : description"
+            head, _, rest = line.partition(" : ")
+            names = [name.strip() for name in head.split(",")]
+            inline = rest if len(names) > 1 else ""
+            for name in names:
+                docs[name] = inline
+        elif line.strip():
+            for name in names:
+                docs[name] = f"{docs[name]} {line.strip()}".strip()
+    return {name: _plain(text) for name, text in docs.items()}
+
+
+def _plain(text: str) -> str:
+    """RST markup out (``x`` and :role:`~a.b.c`), ``%`` escaped for argparse."""
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1] if "~" in m.group(0) else m.group(1),
+                  text)
+    return text.replace("``", "").replace("%", "%%")
+
+
+def _field_type(hint) -> tuple[type, bool]:
+    """(the value type, whether ``None`` is allowed) of a dataclass field's annotation."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(hint))
+    return hint, False
+
+
+def _optional(kind: type):
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
+def add_dataclass_arguments(parser, cls, names, choices: dict, flags: dict, use_defaults: bool = True) -> None:
+    """One flag per field of ``cls`` in ``names``: ``--field-name``, typed and documented from the dataclass.
+
+    A bool field that defaults to False is a switch (``--resume``), one that defaults to True is turned
+    off by ``--no-field`` (``--no-augment``), an optional bool takes ``true``/``false``; an optional
+    value takes ``none``. ``use_defaults=False`` leaves a flag that is not given out of the parsed
+    arguments (the dataclass default applies, and the help says it).
+    """
+    hints, docs = typing.get_type_hints(cls), parameter_docs(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        kind, optional = _field_type(hints[name])
+        default = fields[name].default if use_defaults else argparse.SUPPRESS
+        flag = f"--{name.replace('_', '-')}"
+        options = {"dest": name, "help": docs.get(name) or None}
+        if not use_defaults:
+            options["help"] = f"{options['help'] or ''} ({cls.__name__} default: {fields[name].default})".lstrip()
+        if kind is bool and not optional and use_defaults:
+            switch = flags.get(name, (flag,) if not default else (f"--no-{flag[2:]}",))
+            if default and options["help"]:
+                options["help"] = f"turn off: {options['help']}"
+            parser.add_argument(*switch, action="store_false" if default else "store_true", default=default,
+                                **options)
+            continue
+        parse = _bool if kind is bool else kind
+        parser.add_argument(*flags.get(name, (flag,)), type=_optional(parse) if optional else parse,
+                            choices=choices.get(name), default=default,
+                            metavar="{true,false}" if kind is bool else None, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selab", description="Train and evaluate Graph LSTM / SE-LSTM parsers.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("sweep", help="run a grid of papermill training runs (selab sweep -h)", add_help=False)
 
-    train = commands.add_parser("train", help="train a model into a run folder")
-    defaults = TrainConfig()
-    train.add_argument("--variant", choices=VARIANTS, default=defaults.variant)
-    train.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
-    train.add_argument("--data-root", default=None, help="dataset folder (not needed for synthetic)")
-    train.add_argument("--split", default=defaults.split)
-    train.add_argument("--val-split", default=defaults.val_split, help="'none' skips validation")
-    train.add_argument("--limit", type=int, default=None, help="use the first N images of the split")
-    train.add_argument("--val-limit", type=int, default=None)
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--image-size", type=int, default=defaults.image_size)
-    train.add_argument("--backbone", choices=BACKBONES, default=defaults.backbone)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--lr", type=float, default=defaults.lr)
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    train.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule)
-    train.add_argument("--two-step-epochs", type=int, default=defaults.two_step_epochs,
-                       help="paper's two-step training: epochs of the confidence layer alone first")
-    train.add_argument("--freeze-backbone", type=_bool, default=None)
-    train.add_argument("--cache-features", type=_bool, default=None)
-    train.add_argument("--cache-dir", default=None)
-    train.add_argument("--n-segments", type=int, default=None, help="SLIC superpixels per image")
-    train.add_argument("--hidden-channels", type=int, default=None)
-    train.add_argument("--num-layers", type=int, default=None)
-    train.add_argument("--order", choices=ORDERS, default=None)
-    train.add_argument("--merge-loss-weight", type=float, default=None)
-    train.add_argument("--model-option", action="append", default=[], metavar="KEY=JSON",
+    train = commands.add_parser("train", help="train a model into a run folder",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"]
+    add_dataclass_arguments(train, TrainConfig, fields, TRAIN_CHOICES, TRAIN_FLAGS)
+    out = train._option_string_actions["--out"]
+    out.required, out.default = True, argparse.SUPPRESS  # no default run folder on the command line
+    model = train.add_argument_group("model options (TrainConfig.model, ModelConfig fields)")
+    add_dataclass_arguments(model, ModelConfig, MODEL_FLAGS, MODEL_CHOICES, {}, use_defaults=False)
+    model.add_argument("--model-option", action="append", default=[], metavar="KEY=JSON",
                        help="any other ModelConfig field, e.g. --model-option 'evolution={\"mode\": \"greedy\"}'")
-    train.add_argument("--no-augment", action="store_true")
-    train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--device", default=defaults.device)
-    train.add_argument("--num-workers", type=int, default=defaults.num_workers)
-    train.add_argument("--out", required=True, help="run folder")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--overwrite", action="store_true",
-                       help="replace the previous run in --out (only once the new run has written its first checkpoint)")
-    train.add_argument("--ignore-index", type=int, default=None,
-                       help="mask value left out of the loss and the metrics (e.g. 255 for PASCAL VOC masks)")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run folder or checkpoint on a split")
     evaluate.add_argument("checkpoint", help="run folder (uses best.pt, else last.pt) or a .pt file")
@@ -134,12 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _predict(args) -> dict:
-    from pathlib import Path
-
-    from selab import pretrained
-    from selab.predict import predict_files
-    from selab.train import load_model
-
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: expected a positive int, got {args.batch_size}")
     if Path(args.model).exists():
@@ -154,17 +221,12 @@ def _predict(args) -> dict:
 
 
 def _export(args) -> dict:
-    from pathlib import Path
-
-    from selab import pretrained
-    from selab.train import load_checkpoint
-
-    run = Path(args.run)
-    metrics = json.loads((run / "metrics.json").read_text()).get("final") if (run / "metrics.json").is_file() else None
+    folder = Path(args.run)
+    metrics = json.loads((folder / "metrics.json").read_text()).get("final") if (folder / "metrics.json").is_file() else None
     if not metrics:
-        raise ValueError(f"export-model: {run} has no final validation metrics (metrics.json); finish the run first")
-    checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
-    cell = run / "sweep_cell.json"
+        raise ValueError(f"export-model: {folder} has no final validation metrics (metrics.json); finish the run first")
+    checkpoint = load_checkpoint(folder / "checkpoints" / "last.pt")
+    cell = folder / "sweep_cell.json"
     commit = json.loads(cell.read_text()).get("commit") if cell.is_file() else None
     path = pretrained.export(checkpoint, args.name, metrics, commit, args.reproduce, args.folder)
     return {"written": str(path), "mean_iou": metrics["mean_iou"], "commit": commit}
@@ -186,53 +248,41 @@ def _key_json_options(items: list[str]) -> dict:
 
 
 def _model_options(args) -> dict:
+    """TrainConfig.model from the model flags (those given) and every --model-option."""
     options = {}
-    for key in ("hidden_channels", "num_layers", "order", "merge_loss_weight"):
-        if getattr(args, key) is not None:
+    for key in MODEL_FLAGS:
+        if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
     options.update(_key_json_options(args.model_option))
     return options
 
 
+def train_config(args) -> TrainConfig:
+    """The TrainConfig of parsed ``selab train`` arguments."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "model"}
+    return TrainConfig(**values, model=_model_options(args))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["sweep"]:  # its own parser (selab.sweep), so that `selab sweep -h` shows its options
-        from selab import sweep
-
         return sweep.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            from selab.train import run
-
-            config = TrainConfig(
-                variant=args.variant, backbone=args.backbone, dataset=args.dataset, data_root=args.data_root,
-                split=args.split, val_split=None if str(args.val_split).lower() == "none" else args.val_split,
-                limit=args.limit, val_limit=args.val_limit, image_size=args.image_size, epochs=args.epochs,
-                batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                schedule=args.schedule, two_step_epochs=args.two_step_epochs, freeze_backbone=args.freeze_backbone,
-                cache_features=args.cache_features, cache_dir=args.cache_dir, n_segments=args.n_segments,
-                augment=not args.no_augment, model=_model_options(args), seed=args.seed, out_dir=args.out,
-                resume=args.resume, overwrite=args.overwrite, ignore_index=args.ignore_index, device=args.device,
-                num_workers=args.num_workers, progress=not args.quiet,
-            )
-            result = run(config)
-            print(json.dumps({"final": result["final"], "paths": result["paths"]}, indent=2))
+            result = run(train_config(args))
+            if distributed.is_main():  # under torchrun, one report (rank 0's)
+                print(json.dumps({"final": result["final"], "paths": result["paths"]}, indent=2))
         elif args.command == "predict":
             print(json.dumps(_predict(args), indent=2))
         elif args.command == "export-model":
             print(json.dumps(_export(args), indent=2))
         elif args.command == "check-data":
-            from selab.classes import NUM_CLASSES
-            from selab.data import check_dataset
-
             report = check_dataset(args.root, dataset=args.dataset, splits=args.splits,
                                    num_classes=args.num_classes or NUM_CLASSES, progress=not args.quiet)
             print(report.format())
             return 0 if report.ok else 1
         else:
-            from selab.train import evaluate
-
             result = evaluate(args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
                               image_size=args.image_size, limit=args.limit, out=args.out, device=args.device,
                               batch_size=args.batch_size, progress=not args.quiet, cache_dir=args.cache_dir,

@@ -1,31 +1,25 @@
-"""Datasets, augmentation, cached superpixels and collation for semantic part parsing.
+"""Part-parsing datasets: reading and checking image/mask files, PASCAL-Person-Part and folder loaders.
 
-The data side of the Graph LSTM (Liang et al., ECCV 2016) and Structure-evolving LSTM (Liang et al.,
+The data of the Graph LSTM (Liang et al., ECCV 2016) and Structure-evolving LSTM (Liang et al.,
 CVPR 2017) experiments on PASCAL-Person-Part (Xia et al.): every dataset yields one sample format,
 a dict with ``image`` float32 [3, H, W] in [0, 1], ``mask`` int64 [H, W] (class ids 0..6) and ``id``
-str, and every transform takes and returns that dict. SLIC superpixels are computed once per image,
-size and SLIC setting, cached on disk, and then cropped, scaled, flipped and rotated together with the
-image (nearest neighbour, renumbered) instead of being recomputed for each augmented sample.
+str, at the files' own sizes. :func:`make_dataset` picks one by name (the built-in synthetic data
+included, :mod:`selab.synthetic`); :func:`check_files` and :func:`check_dataset` (``selab check-data``)
+report every bad file at once. What training reads (resized, with cached superpixels and features) is
+built from these in :mod:`selab.prepare`.
 
-The paper's configuration: ``train_transform(321)`` (random crops around the people, flips, scaling,
-colour-intensity scaling; ``rotation=10`` adds the small rotation) for training, ``eval_transform(321)``
-for evaluation, about 1000 superpixels (``SuperpixelCache(n_segments=1000)``).
-
-Example
--------
+Examples
+--------
 >>> ds = make_dataset("synthetic", split="train", limit=4, image_size=64)
->>> batch = collate([ds[0], ds[1]])
->>> batch["image"].shape, batch["mask"].shape, batch["id"]
-(torch.Size([2, 3, 64, 64]), torch.Size([2, 64, 64]), ['0000000', '0000001'])
+>>> sample = ds[0]
+>>> sample["image"].shape, sample["mask"].shape, sample["id"]
+(torch.Size([3, 64, 64]), torch.Size([64, 64]), '0000000')
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -34,41 +28,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
-from selab.classes import NUM_CLASSES
+from selab.classes import CLASS_NAMES, NUM_CLASSES
 from selab.synthetic import SyntheticPersonParts
 
 __all__ = [
-    "LABEL_KEYS",
+    "DATASETS",
     "read_image",
+    "resize_image",
     "read_mask",
     "check_files",
     "PascalPersonParts",
     "ImageMaskFolder",
     "SyntheticPersonParts",
-    "Compose",
-    "Resize",
-    "RandomPersonCrop",
-    "RandomScale",
-    "RandomHorizontalFlip",
-    "RandomRotation",
-    "ColorJitter",
-    "train_transform",
-    "eval_transform",
-    "default_cache_dir",
-    "SuperpixelCache",
-    "WithSuperpixels",
-    "collate",
     "make_dataset",
     "check_dataset",
     "DatasetReport",
 ]
 
-# Label maps that move with the image: nearest neighbour, never interpolated.
-LABEL_KEYS = ("mask", "superpixels")
-# Label maps whose ids are arbitrary and are renumbered 0..N-1 after a geometric transform.
-RENUMBERED_KEYS = ("superpixels",)
-
+DATASETS = ("synthetic", "pascal_person_part", "folder")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 Sample = dict
@@ -83,8 +62,8 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
 
     Raises ``FileNotFoundError`` or ``ValueError`` naming the file when it is missing or unreadable.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile; p = Path(tempfile.mkdtemp()) / "a.png"
     >>> Image.new("L", (5, 4)).save(p); read_image(p).shape
     torch.Size([3, 4, 5])
@@ -200,13 +179,11 @@ def check_files(dataset, progress: bool = False, description: str = "checking fi
     list of str
         One line per bad pair, naming the file and what is wrong; empty when all are fine.
 
-    Example
-    -------
+    Examples
+    --------
     >>> check_files(PascalPersonParts("data/pascal_person_part", "val"))  # doctest: +SKIP
     []
     """
-    from tqdm.auto import tqdm
-
     problems = []
     for _, image_path, mask_path in tqdm(dataset.files(), desc=description, disable=not progress, leave=False):
         problem = _check_pair(image_path, mask_path, dataset.num_classes, getattr(dataset, "ignore_index", None))
@@ -279,8 +256,8 @@ class PascalPersonParts(torch.utils.data.Dataset):
     ignore_index : int, optional
         A mask value allowed besides the class ids (e.g. 255), left out of training and scoring.
 
-    Example
-    -------
+    Examples
+    --------
     >>> ds = PascalPersonParts(os.environ["SELAB_PASCAL_ROOT"], "val", limit=2)  # doctest: +SKIP
     >>> ds[0]["image"].shape  # doctest: +SKIP
     torch.Size([3, 213, 320])
@@ -357,8 +334,8 @@ class ImageMaskFolder(torch.utils.data.Dataset):
     ignore_index : int, optional
         A mask value allowed besides those (e.g. 255), left out of training and scoring.
 
-    Example
-    -------
+    Examples
+    --------
     >>> ds = ImageMaskFolder("photos/", "labels/")  # doctest: +SKIP
     """
 
@@ -428,440 +405,14 @@ class ImageMaskFolder(torch.utils.data.Dataset):
         return self.transform(sample) if self.transform is not None else sample
 
 
-# ---------------------------------------------------------------------------------------------------
-# transforms: each takes and returns a sample dict; label maps move with the image
-# ---------------------------------------------------------------------------------------------------
-def _relabel(labels: torch.Tensor) -> torch.Tensor:
-    """Renumber ids to 0..N-1 keeping their order, as :func:`selab.superpixels.relabel` does.
-
-    A lookup table over 0..max id (a bincount and a cumsum) instead of a sort: linear time, which
-    matters because every crop, resize and rotation renumbers.
-    """
-    if labels.numel() == 0:
-        return labels.long()
-    labels = labels.long()
-    present = torch.bincount(labels.flatten(), minlength=int(labels.max()) + 1) > 0
-    new_ids = torch.cumsum(present, 0) - 1
-    return new_ids[labels]
-
-
-def _renumber(sample: Sample) -> Sample:
-    for key in RENUMBERED_KEYS:
-        if key in sample:
-            sample[key] = _relabel(sample[key])
-    return sample
-
-
-def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
-
-
-def _resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize by index arithmetic: exact for any integer ids, on any device."""
-    H, W = labels.shape[-2:]
-    rows = ((torch.arange(size[0], device=labels.device) + 0.5) * (H / size[0])).long().clamp_(max=H - 1)
-    cols = ((torch.arange(size[1], device=labels.device) + 0.5) * (W / size[1])).long().clamp_(max=W - 1)
-    return labels[..., rows[:, None], cols[None, :]]
-
-
-def _resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
-    out = dict(sample)
-    image = sample["image"]
-    if tuple(image.shape[-2:]) != tuple(size):
-        down = size[0] < image.shape[-2] or size[1] < image.shape[-1]
-        out["image"] = F.interpolate(
-            image[None], size=size, mode="bilinear", align_corners=False, antialias=down
-        )[0].clamp_(0, 1)
-        for key in LABEL_KEYS:
-            if key in sample:
-                out[key] = _resize_labels(sample[key], size)
-    return _renumber(out)
-
-
-def _crop_sample(sample: Sample, top: int, left: int, height: int, width: int) -> Sample:
-    out = dict(sample)
-    out["image"] = sample["image"][:, top : top + height, left : left + width]
-    for key in LABEL_KEYS:
-        if key in sample:
-            out[key] = sample[key][top : top + height, left : left + width]
-    return _renumber(out)
-
-
-def _pair(size) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size: expected an int or (height, width) >= 1, got {size!r}")
-    return size  # type: ignore[return-value]
-
-
-class Compose:
-    """Apply transforms in order. Example: ``Compose([RandomHorizontalFlip(), Resize(321)])``."""
-
-    def __init__(self, transforms: Sequence[Transform]):
-        self.transforms = list(transforms)
-
-    def __call__(self, sample: Sample) -> Sample:
-        for transform in self.transforms:
-            sample = transform(sample)
-        return sample
-
-    def __repr__(self) -> str:
-        return f"Compose({self.transforms!r})"
-
-
-class Resize:
-    """Deterministic resize to ``size`` (S x S or (H, W)): bilinear image, nearest label maps.
-
-    The evaluation transform. Example: ``Resize(321)(sample)["image"].shape == (3, 321, 321)``.
-    """
-
-    def __init__(self, size):
-        self.size = _pair(size)
-
-    def __call__(self, sample: Sample) -> Sample:
-        return _resize_sample(sample, self.size)
-
-    def __repr__(self) -> str:
-        return f"Resize({self.size})"
-
-
-class RandomPersonCrop:
-    """A random crop around the people: the box of non-background pixels, grown by a random margin.
-
-    The crop is square (clipped to the image) with side ``context * max(box height, box width)``,
-    ``context`` drawn from ``context_range``, centred on the box centre shifted by up to ``jitter`` of
-    the side. An image with no person gets a random crop of 50-100% of its shorter side.
-    selab decision: the paper says "random object crops"; margins and jitter are selab's.
-    """
-
-    def __init__(self, context_range=(1.1, 1.8), jitter: float = 0.2, generator: torch.Generator | None = None):
-        if not 0 < context_range[0] <= context_range[1]:
-            raise ValueError(f"context_range: expected 0 < low <= high, got {context_range}")
-        self.context_range, self.jitter, self.generator = tuple(context_range), float(jitter), generator
-
-    def __call__(self, sample: Sample) -> Sample:
-        mask = sample["mask"]
-        H, W = mask.shape
-        g = self.generator
-        rows = torch.nonzero((mask > 0).any(dim=1)).flatten()
-        cols = torch.nonzero((mask > 0).any(dim=0)).flatten()
-        if rows.numel() == 0:
-            side = min(H, W) * _uniform(0.5, 1.0, g)
-            cy, cx = _uniform(side / 2, H - side / 2, g), _uniform(side / 2, W - side / 2, g)
-        else:
-            y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-            side = max(y1 - y0, x1 - x0) * _uniform(*self.context_range, g)
-            cy = (y0 + y1) / 2 + self.jitter * side * _uniform(-1, 1, g)
-            cx = (x0 + x1) / 2 + self.jitter * side * _uniform(-1, 1, g)
-        height, width = min(max(int(round(side)), 8), H), min(max(int(round(side)), 8), W)
-        top = int(min(max(round(cy - height / 2), 0), H - height))
-        left = int(min(max(round(cx - width / 2), 0), W - width))
-        return _crop_sample(sample, top, left, height, width)
-
-
-class RandomScale:
-    """Rescale the sample by a factor drawn from ``scale_range`` (image bilinear, labels nearest)."""
-
-    def __init__(self, scale_range=(0.75, 1.25), generator: torch.Generator | None = None):
-        if not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"scale_range: expected 0 < low <= high, got {scale_range}")
-        self.scale_range, self.generator = tuple(scale_range), generator
-
-    def __call__(self, sample: Sample) -> Sample:
-        factor = _uniform(*self.scale_range, self.generator)
-        H, W = sample["image"].shape[-2:]
-        return _resize_sample(sample, (max(1, round(H * factor)), max(1, round(W * factor))))
-
-
-class RandomHorizontalFlip:
-    """Mirror left-right with probability ``p`` (PASCAL-Person-Part has no left/right classes)."""
-
-    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None):
-        self.p, self.generator = float(p), generator
-
-    def __call__(self, sample: Sample) -> Sample:
-        if float(torch.rand((), generator=self.generator)) >= self.p:
-            return sample
-        out = dict(sample)
-        for key in ("image", *LABEL_KEYS):
-            if key in sample:
-                out[key] = sample[key].flip(-1)
-        return out  # ids stay valid under a flip: no renumbering needed
-
-
-class RandomRotation:
-    """Rotate by an angle in ``[-max_degrees, max_degrees]`` about the centre, keeping the size.
-
-    Uncovered corners become black image and background mask; for superpixels they become one new
-    superpixel (then renumbered).
-    """
-
-    def __init__(self, max_degrees: float = 10.0, generator: torch.Generator | None = None):
-        self.max_degrees, self.generator = float(max_degrees), generator
-
-    def __call__(self, sample: Sample) -> Sample:
-        angle = math.radians(_uniform(-self.max_degrees, self.max_degrees, self.generator))
-        image = sample["image"]
-        H, W = image.shape[-2:]
-        c, s = math.cos(angle), math.sin(angle)
-        # affine_grid works in normalised coordinates; correct for the aspect ratio.
-        theta = torch.tensor([[c, -s * H / W, 0.0], [s * W / H, c, 0.0]], dtype=torch.float32, device=image.device)
-        grid = F.affine_grid(theta[None], [1, 1, H, W], align_corners=False)
-        out = dict(sample)
-        out["image"] = F.grid_sample(image[None], grid, mode="bilinear", align_corners=False)[0].clamp_(0, 1)
-        for key in LABEL_KEYS:
-            if key in sample:
-                labels = sample[key]
-                # Shift by one so that the zero padding marks "outside"; ids stay exact in float32
-                # below 2**24.
-                moved = F.grid_sample((labels + 1).float()[None, None], grid, mode="nearest", align_corners=False)
-                moved = moved[0, 0].round().long() - 1
-                outside = moved < 0
-                moved[outside] = 0 if key == "mask" else int(labels.max()) + 1
-                out[key] = moved
-        return _renumber(out)
-
-
-class ColorJitter:
-    """Colour-intensity scaling: random brightness, contrast and saturation factors in ``1 ± x``."""
-
-    def __init__(self, brightness=0.3, contrast=0.3, saturation=0.3, generator: torch.Generator | None = None):
-        self.brightness, self.contrast, self.saturation = float(brightness), float(contrast), float(saturation)
-        self.generator = generator
-
-    def __call__(self, sample: Sample) -> Sample:
-        g = self.generator
-        image = sample["image"] * _uniform(1 - self.brightness, 1 + self.brightness, g)
-        grey = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2])[None]
-        image = grey.mean() + (image - grey.mean()) * _uniform(1 - self.contrast, 1 + self.contrast, g)
-        grey = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2])[None]
-        image = grey + (image - grey) * _uniform(1 - self.saturation, 1 + self.saturation, g)
-        return {**sample, "image": image.clamp_(0, 1)}
-
-
-def train_transform(size=321, rotation: float = 0.0, scale_range=(0.75, 1.25),
-                    generator: torch.Generator | None = None) -> Compose:
-    """The training augmentation: person crop, scaling, flip, colour jitter, (rotation), resize to ``size``.
-
-    Example
-    -------
-    >>> t = train_transform(64, generator=torch.Generator().manual_seed(0))
-    >>> t(SyntheticPersonParts(1, 96)[0])["image"].shape
-    torch.Size([3, 64, 64])
-    """
-    steps: list[Transform] = [RandomPersonCrop(generator=generator), RandomScale(scale_range, generator)]
-    steps += [RandomHorizontalFlip(generator=generator), ColorJitter(generator=generator)]
-    if rotation:
-        steps.append(RandomRotation(rotation, generator))
-    steps.append(Resize(size))
-    return Compose(steps)
-
-
-def eval_transform(size=321) -> Resize:
-    """The evaluation transform: a deterministic resize to ``size`` x ``size``."""
-    return Resize(size)
-
-
-# ---------------------------------------------------------------------------------------------------
-# superpixels, computed once and cached on disk
-# ---------------------------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """``$SELAB_CACHE/superpixels`` when set, else ``.cache/selab/superpixels`` under the repository."""
-    if os.environ.get("SELAB_CACHE"):
-        return Path(os.environ["SELAB_CACHE"]) / "superpixels"
-    return Path(__file__).resolve().parents[1] / ".cache" / "selab" / "superpixels"
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))
-
-
-class SuperpixelCache:
-    """SLIC label maps on disk, keyed by dataset name, sample id, the image file's fingerprint, image
-    size and SLIC parameters.
-
-    The fingerprint (``PascalPersonParts.fingerprint``: a hash of the file's size and modification
-    time) makes a replaced image get new superpixels instead of its predecessor's. Caches written
-    before fingerprints were part of the key are not read: their images are computed again once.
-
-    Parameters
-    ----------
-    cache_dir : path, optional
-        Defaults to :func:`default_cache_dir`.
-    n_segments, compactness : SLIC parameters (see :func:`selab.superpixels.slic`).
-
-    Files are written to a temporary name and renamed into place, so concurrent workers never read a
-    half-written map.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> cache = SuperpixelCache(tempfile.mkdtemp(), n_segments=50)
-    >>> labels = cache.get("demo", "a", torch.rand(3, 32, 32))
-    >>> labels.dtype, cache.path("demo", "a", (32, 32)).is_file()
-    (dtype('int64'), True)
-    """
-
-    def __init__(self, cache_dir=None, n_segments: int = 1000, compactness: float = 10.0):
-        if int(n_segments) < 1 or compactness <= 0:
-            raise ValueError(f"n_segments must be >= 1 and compactness > 0; got {n_segments}, {compactness}")
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.n_segments, self.compactness = int(n_segments), float(compactness)
-
-    def path(self, dataset_name: str, sample_id: str, size: tuple[int, int], fingerprint: str | None = None) -> Path:
-        source = f"_{_safe(fingerprint)}" if fingerprint else ""
-        key = f"{_safe(sample_id)}{source}_{size[0]}x{size[1]}_n{self.n_segments}_c{self.compactness:g}.npy"
-        return self.cache_dir / _safe(dataset_name) / key
-
-    def get(self, dataset_name: str, sample_id: str, image, fingerprint: str | None = None) -> np.ndarray:
-        """The cached superpixels of ``image`` ([3, H, W] tensor or H x W x 3 array), computing them once.
-
-        ``fingerprint`` identifies the image's content or file version (see the class docstring).
-        """
-        size = tuple(image.shape[-2:]) if isinstance(image, torch.Tensor) else tuple(np.shape(image)[:2])
-        path = self.path(dataset_name, sample_id, size, fingerprint)
-        if path.is_file():
-            try:
-                labels = np.load(path)
-                if labels.shape == size:
-                    return labels.astype(np.int64)
-            except (OSError, ValueError):
-                pass  # a damaged file: recompute and replace it
-        from selab.superpixels import slic
-
-        labels = slic(image, n_segments=self.n_segments, compactness=self.compactness)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as f:
-                np.save(f, labels.astype(np.int32))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return labels
-
-    def __repr__(self) -> str:
-        return f"SuperpixelCache({str(self.cache_dir)!r}, n_segments={self.n_segments}, compactness={self.compactness:g})"
-
-
-def _fingerprint(dataset, i: int) -> str | None:
-    """``dataset.fingerprint(i)`` through any Subset wrappers (``None`` for generated data)."""
-    while isinstance(dataset, torch.utils.data.Subset):
-        i, dataset = dataset.indices[i], dataset.dataset
-    method = getattr(dataset, "fingerprint", None)
-    return method(i) if method is not None else None
-
-
-def _dataset_name(dataset) -> str | None:
-    while isinstance(dataset, torch.utils.data.Subset):
-        dataset = dataset.dataset
-    return getattr(dataset, "name", None)
-
-
-class WithSuperpixels(torch.utils.data.Dataset):
-    """Add cached ``superpixels`` int64 [H, W] (ids 0..N-1) to each sample, then apply ``transform``.
-
-    Superpixels are computed on the untransformed image (once, cached), and the transform moves them
-    with the image; so the wrapped ``dataset`` must have no transform of its own.
-
-    Parameters
-    ----------
-    dataset : Dataset of sample dicts, without a transform
-    cache : SuperpixelCache, optional
-    transform : callable, optional
-    name : str, optional
-        Cache key prefix; defaults to ``dataset.name``.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> ds = WithSuperpixels(SyntheticPersonParts(2, 48), SuperpixelCache(tempfile.mkdtemp(), 40))
-    >>> ds[0]["superpixels"].shape
-    torch.Size([48, 48])
-    """
-
-    def __init__(self, dataset, cache: SuperpixelCache | None = None, transform: Transform | None = None,
-                 name: str | None = None):
-        inner = dataset
-        while isinstance(inner, torch.utils.data.Subset):
-            inner = inner.dataset
-        if getattr(inner, "transform", None) is not None:
-            raise ValueError(
-                "WithSuperpixels: the wrapped dataset has its own transform; pass it as transform= here "
-                "so that superpixels are computed on the original image and moved with it"
-            )
-        self.name = name or _dataset_name(dataset)
-        if not self.name:
-            raise ValueError("WithSuperpixels: dataset has no .name; pass name= (a cache key prefix)")
-        self.dataset, self.cache, self.transform = dataset, cache or SuperpixelCache(), transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Sample:
-        sample = dict(self.dataset[i])
-        fingerprint = _fingerprint(self.dataset, i)
-        sample["superpixels"] = torch.from_numpy(self.cache.get(self.name, sample["id"], sample["image"], fingerprint))
-        return self.transform(sample) if self.transform is not None else sample
-
-
-# ---------------------------------------------------------------------------------------------------
-# batching and the factory
-# ---------------------------------------------------------------------------------------------------
-def collate(samples: Sequence[Sample]) -> dict:
-    """Stack a list of samples into a batch: tensors to [B, ...], ``id`` (and anything else) to lists.
-
-    Superpixel ids stay per image (0..N_b-1); :func:`selab.graph.graph_from_superpixels` offsets them.
-
-    Example
-    -------
-    >>> s = {"image": torch.zeros(3, 4, 4), "mask": torch.zeros(4, 4, dtype=torch.long), "id": "a"}
-    >>> collate([s, s])["image"].shape
-    torch.Size([2, 3, 4, 4])
-    """
-    if not samples:
-        raise ValueError("collate: expected at least one sample, got none")
-    batch = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        if isinstance(values[0], torch.Tensor):
-            shapes = {tuple(v.shape) for v in values}
-            if len(shapes) > 1:
-                if key in ("image", *LABEL_KEYS):
-                    raise ValueError(
-                        f"collate: {key!r} differs in size across samples {sorted(shapes)}; resize them "
-                        f"first (eval_transform / train_transform)"
-                    )
-                batch[key] = values
-            else:
-                batch[key] = torch.stack(values)
-        else:
-            batch[key] = values
-    return batch
-
-
-DATASETS = ("synthetic", "pascal_person_part", "folder")
 SYNTHETIC_SPLIT_START = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 
-def make_dataset(
-    name: str,
-    root=None,
-    split: str = "train",
-    limit: int | None = None,
-    image_size=128,
-    seed: int = 0,
-    transform: Transform | str | None = "default",
-    superpixels: bool = False,
-    n_segments: int = 1000,
-    compactness: float = 10.0,
-    cache_dir=None,
-    ignore_index: int | None = None,
-):
+def make_dataset(name: str, root=None, split: str = "train", limit: int | None = None, image_size=128,
+                 seed: int = 0, transform: Transform | None = None, ignore_index: int | None = None):
     """Build a dataset by name: ``synthetic``, ``pascal_person_part`` or ``folder``.
+
+    Real data comes at its files' own sizes (:mod:`selab.prepare` resizes it for training).
 
     Parameters
     ----------
@@ -874,48 +425,35 @@ def make_dataset(
         First ``limit`` samples; for ``synthetic`` the number of images (default 64 for ``train``, 16
         otherwise). Synthetic splits are disjoint: ``val`` starts at image 1,000,000, ``test`` at 2,000,000.
     image_size : int or (H, W)
-        Synthetic render size, and the output size of the default transforms.
+        Synthetic render size.
     seed : int
         Synthetic generator seed.
-    transform : "default", "augment", None or callable
-        ``"default"``: :func:`eval_transform` (``image_size``) for real data, none for synthetic (already
-        that size); ``"augment"``: :func:`train_transform` (``image_size``); ``None``: original sizes.
-    superpixels : bool
-        Add cached ``superpixels`` (:class:`WithSuperpixels`) with ``n_segments``, ``compactness`` and
-        ``cache_dir``.
+    transform : callable, optional
+        Applied to each sample dict.
     ignore_index : int, optional
         A mask value allowed besides the class ids in real data (e.g. 255), left out of training and scoring.
 
-    Example
-    -------
+    Examples
+    --------
     >>> make_dataset("synthetic", split="val", limit=3, image_size=32)[0]["id"]
     '1000000'
     """
     if name not in DATASETS:
         raise ValueError(f"make_dataset: name must be one of {DATASETS}, got {name!r}")
     _check_limit(limit)
+    if transform is not None and not callable(transform):
+        raise ValueError(f"make_dataset: transform must be None or callable, got {transform!r}")
     if name == "synthetic":
         if split not in SYNTHETIC_SPLIT_START:
             raise ValueError(f"make_dataset: synthetic split must be one of {tuple(SYNTHETIC_SPLIT_START)}, got {split!r}")
         number = limit if limit is not None else (64 if split == "train" else 16)
-        base = SyntheticPersonParts(number, image_size, seed=seed, start=SYNTHETIC_SPLIT_START[split])
-    else:
-        if root is None:
-            raise ValueError(f"make_dataset: root is required for {name!r}")
-        if name == "pascal_person_part":
-            base = PascalPersonParts(root, split=split, limit=limit, ignore_index=ignore_index)
-        else:
-            base = ImageMaskFolder(root, split=split, limit=limit, ignore_index=ignore_index)
-    if transform == "default":
-        transform = None if name == "synthetic" else eval_transform(image_size)
-    elif transform == "augment":
-        transform = train_transform(image_size)
-    elif transform is not None and not callable(transform):
-        raise ValueError(f"make_dataset: transform must be 'default', 'augment', None or callable, got {transform!r}")
-    if superpixels:
-        return WithSuperpixels(base, SuperpixelCache(cache_dir, n_segments, compactness), transform)
-    base.transform = transform
-    return base
+        return SyntheticPersonParts(number, image_size, seed=seed, start=SYNTHETIC_SPLIT_START[split],
+                                    transform=transform)
+    if root is None:
+        raise ValueError(f"make_dataset: root is required for {name!r}")
+    if name == "pascal_person_part":
+        return PascalPersonParts(root, split=split, limit=limit, transform=transform, ignore_index=ignore_index)
+    return ImageMaskFolder(root, split=split, limit=limit, transform=transform, ignore_index=ignore_index)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1016,19 +554,12 @@ def _pair_class_counts(image_path: Path, mask_path: Path, num_classes: int) -> t
     except (UnidentifiedImageError, OSError, ValueError) as error:
         return None, f"cannot decode image {image_path}: {error}"
     try:
-        with Image.open(mask_path) as im:
-            mode, labels = im.mode, np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        return None, f"cannot decode mask {mask_path}: {error}"
-    if labels.ndim != 2 or mode not in ("L", "P", "I", "I;16", "1"):
-        return None, f"mask {mask_path}: mode {mode} shape {labels.shape}, expected one channel (mode L or P)"
+        labels = read_mask(mask_path, num_classes).numpy()  # one channel, labels in range
+    except ValueError as error:
+        return None, str(error)
     if labels.shape != (image_size[1], image_size[0]):
         return None, (f"mask {mask_path} is {labels.shape} (H, W) but its image {image_path} is "
                       f"{(image_size[1], image_size[0])}")
-    labels = labels.astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        found = sorted(set(np.unique(labels).tolist()) - set(range(num_classes)))
-        return None, f"mask {mask_path}: labels {found[:5]} out of range, expected 0..{num_classes - 1}"
     return np.bincount(labels.ravel(), minlength=num_classes), None
 
 
@@ -1068,10 +599,6 @@ def check_dataset(root, dataset: str = "pascal_person_part", splits: Sequence[st
     >>> report.ok, report.splits, report.num_images
     (True, {'train': 3, 'val': 2}, 5)
     """
-    from tqdm.auto import tqdm
-
-    from selab.classes import CLASS_NAMES
-
     if dataset not in ("pascal_person_part", "folder"):
         raise ValueError(f"check_dataset: dataset must be 'pascal_person_part' or 'folder', got {dataset!r}")
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:

@@ -5,8 +5,8 @@ SE-LSTM (Liang et al., CVPR 2017) on PASCAL-Person-Part: per-class intersection-
 and pixel accuracy. The confusion matrix is accumulated over the whole split before any ratio is taken
 (the benchmark's definition), never averaged per image.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> cm = ConfusionMatrix(num_classes=2)
 >>> cm.update(torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 1], [0, 1]]))
@@ -43,8 +43,8 @@ def confusion_matrix(prediction, target, num_classes: int = NUM_CLASSES, ignore_
     Tensor of int64, shape (num_classes, num_classes)
         ``cm[t, p]`` = number of pixels of true class ``t`` predicted as ``p``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> confusion_matrix(torch.tensor([0, 1]), torch.tensor([1, 1]), 2).tolist()
     [[0, 0], [1, 1]]
     """
@@ -72,8 +72,8 @@ def scores_from_confusion(cm, class_names=CLASS_NAMES) -> dict:
     A class absent from both targets and predictions has an undefined IoU; it is reported as NaN
     and left out of the mean (selab decision, the usual convention).
 
-    Example
-    -------
+    Examples
+    --------
     >>> scores_from_confusion(np.eye(2, dtype=int) * 5, ("a", "b"))["per_class_iou"]
     {'a': 100.0, 'b': 100.0}
     """
@@ -97,8 +97,8 @@ def scores_from_confusion(cm, class_names=CLASS_NAMES) -> dict:
 class ConfusionMatrix:
     """Accumulates a confusion matrix over batches; :meth:`ConfusionMatrix.compute` gives the scores.
 
-    Example
-    -------
+    Examples
+    --------
     >>> cm = ConfusionMatrix()
     >>> cm.update(torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long))
     >>> cm.compute()["pixel_accuracy"]

@@ -53,6 +53,7 @@ from selab.superpixels import node_label_histogram, unpool_to_pixels, upsample_a
 VARIANTS = ("cnn", "graph_lstm", "se_lstm")
 NEXT_INPUTS = ("output", "input", "level0")
 NEXT_STATES = ("output", "hidden", "zero")
+BATCHNORMS = ("batch", "sync", "frozen")
 
 
 @dataclass
@@ -132,6 +133,14 @@ class ModelConfig:
         graph variants, so that the confidences that drive the update order stay meaningful.
     dropout : float
         Dropout on the fused features before the classifier.
+    batchnorm : {"batch", "sync", "frozen"}
+        How the BatchNorm layers normalise in training. ``"batch"`` (PyTorch's default): with the
+        statistics of the batch, in a data-parallel run (:mod:`selab.distributed`) of each process's
+        part of it. ``"sync"``: of the global batch, all processes together (``torch.nn.SyncBatchNorm``,
+        GPUs only; the same as ``"batch"`` in one process). ``"frozen"``: with the running statistics,
+        never updated (eval-mode BatchNorm, the scale and shift still learn), so that the result does not
+        depend on how a batch is split; meant for fine-tuning a pretrained backbone with small batches
+        (selab decision: an option, the papers' DeepLab VGG-16 has no BatchNorm).
     num_classes : int
     """
 
@@ -159,6 +168,7 @@ class ModelConfig:
     merge_loss_weight: float = 1.0
     confidence_loss_weight: float = 0.4
     dropout: float = 0.1
+    batchnorm: str = "batch"
     num_classes: int = NUM_CLASSES
 
     def __post_init__(self):
@@ -193,6 +203,8 @@ class ModelConfig:
                 bad(name, "a number >= 0")
         if not 0 <= self.dropout < 1:
             bad("dropout", "a number in [0, 1)")
+        if self.batchnorm not in BATCHNORMS:
+            bad("batchnorm", f"one of {BATCHNORMS}")
         if not isinstance(self.evolution, dict):
             bad("evolution", "a dict of StructureEvolution keyword arguments")
         num_evolutions = max(self.num_layers - 1, 0)
@@ -376,6 +388,10 @@ class SELabModel(nn.Module):
         super().train(mode)
         if self.config.freeze_backbone:
             self.backbone.eval()  # frozen batch-norm statistics too
+        if self.config.batchnorm == "frozen":
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()  # normalise with the running statistics, also in training
         return self
 
     def trainable_parameters(self):

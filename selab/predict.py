@@ -110,12 +110,12 @@ def predict_images(model, images: list[torch.Tensor], image_size: int, n_segment
     n_segments = n_segments or model.config.n_segments
     compactness = model.config.compactness if compactness is None else compactness
     resized = torch.stack([resize_image(image, image_size) for image in images])
-    batch = {"image": resized.to(device)}
+    data = {"image": resized.to(device)}
     superpixels = None
     if model.config.uses_graph:
         superpixels = np.stack([slic(image, n_segments=n_segments, compactness=compactness) for image in resized])
-        batch["superpixels"] = torch.from_numpy(superpixels).to(device)
-    output = model(batch)
+        data["superpixels"] = torch.from_numpy(superpixels).to(device)
+    output = model(data)
     small_labels = output.logits.argmax(1).cpu()
     results = []
     for b, image in enumerate(images):

@@ -11,13 +11,13 @@ arm share one colour and texture (a sleeve), and so do its upper and lower leg (
 the position along the limb tells "upper" from "lower"; background distractor shapes (capsules
 included) reuse the figures' own colours and textures; lighting gradients, colour casts, blur and
 noise vary per image. Everything is drawn with numpy on pixel grids (distance to a segment for
-limbs, an ellipse equation for head and torso), a few milliseconds per 128x128 image.
+limbs, an ellipse equation for head and torso), with no Python loop over pixels.
 
 selab decision: the whole generator (shapes, proportions, palette, ranges of pose and noise) is
 selab's; it is not from the papers. An image depends only on ``(seed, index, image_size)``.
 
-Example
--------
+Examples
+--------
 >>> ds = SyntheticPersonParts(num_images=4, image_size=64, seed=0)
 >>> sample = ds[0]
 >>> sample["image"].shape, sample["mask"].shape, sample["id"]
@@ -389,8 +389,8 @@ def render_sample(seed: int, index: int, image_size: int | Sequence[int] = 128) 
     SyntheticSample
         ``image`` float32 (H, W, 3) in [0, 1], ``mask`` int64 (H, W), ``instance`` int64 (H, W).
 
-    Example
-    -------
+    Examples
+    --------
     >>> s = render_sample(0, 3, (48, 64))
     >>> s.image.shape, int(s.mask.max()) <= 6
     ((48, 64, 3), True)
@@ -433,8 +433,8 @@ class SyntheticPersonParts(torch.utils.data.Dataset):
     Items are dicts ``image`` float32 [3, H, W] in [0, 1], ``mask`` int64 [H, W], ``id`` str
     (the 7-digit image index), the sample format of every selab dataset.
 
-    Example
-    -------
+    Examples
+    --------
     >>> ds = SyntheticPersonParts(8, 96, seed=1)
     >>> len(ds), ds[7]["mask"].dtype
     (8, torch.int64)
@@ -507,8 +507,8 @@ def write_pascal_layout(
     Path
         ``root``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile
     >>> root = write_pascal_layout(SyntheticPersonParts(3, 32), tempfile.mkdtemp())
     >>> sorted(p.name for p in root.iterdir())

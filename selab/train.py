@@ -1,11 +1,12 @@
-r"""Training and evaluation: one :func:`run` for the notebook (papermill) and the ``selab`` command.
+r"""Training and evaluation: :class:`TrainConfig`, one :func:`run` for the notebook (papermill) and the
+``selab`` command, checkpoints and run folders, and :func:`evaluate`.
 
 Trains the three variants of :mod:`selab.model` (``cnn``, ``graph_lstm`` of Liang et al., ECCV 2016,
 ``se_lstm`` of Liang et al., CVPR 2017) on PASCAL-Person-Part, an image/mask folder or the built-in
-synthetic data, and evaluates them with the benchmark's metric (IoU from a confusion matrix
-accumulated over the split, at each mask's full resolution). The paper's recipe is SGD (momentum 0.9,
-weight decay 5e-4, lr 1e-3 for new layers and 1e-4 for pretrained ones, batch 2) and a two-step
-schedule (first the confidence layer, then all): ``TrainConfig(optimizer="sgd", lr=1e-3,
+synthetic data (prepared by :mod:`selab.prepare`), and evaluates them with the benchmark's metric (IoU
+from a confusion matrix accumulated over the split, at each mask's full resolution). The paper's recipe
+is SGD (momentum 0.9, weight decay 5e-4, lr 1e-3 for new layers and 1e-4 for pretrained ones, batch 2)
+and a two-step schedule (first the confidence layer, then all): ``TrainConfig(optimizer="sgd", lr=1e-3,
 backbone_lr_scale=0.1, weight_decay=5e-4, batch_size=2, two_step_epochs=E1)``. selab's defaults
 (AdamW, poly schedule, batch 8) train faster on a CPU.
 
@@ -14,14 +15,10 @@ A run folder holds ``config.json``, ``checkpoints/last.pt`` (+ ``best.pt``), ``m
 and carry the model, optimizer, scheduler, epoch, step and every RNG state, so ``resume=True``
 continues an interrupted run (Ctrl-C saves one mid-epoch) to the same result as an uninterrupted one:
 the shuffling, flips and Metropolis-Hastings draws of an epoch come from generators seeded by
-``(seed, epoch)``, not from a global stream.
+``(seed, epoch)`` (:mod:`selab.seeds`), not from a global stream.
 
-A frozen backbone's multi-scale features can be cached on disk (float16, one file per image id and
-size; ``cache_features``). selab decision: with cached features the only augmentation is a horizontal
-flip, applied to the image, the mask, the superpixels and every feature map alike.
-
-Example
--------
+Examples
+--------
 >>> result = run(TrainConfig(epochs=1, limit=4, val_limit=2, image_size=32,
 ...                          out_dir="/tmp/selab-doctest"))  # doctest: +SKIP
 >>> sorted(result)  # doctest: +SKIP
@@ -32,18 +29,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
+import inspect
 import json
 import math
 import os
-import random
 import pickle
+import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,42 +46,66 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from tqdm.auto import tqdm
 
-from selab.classes import CLASS_NAMES, NUM_CLASSES
-from selab.data import SuperpixelCache, resize_image
-from selab.evolve import combine_hierarchy_stats, hierarchy_stats
+from selab import distributed
+from selab.classes import CLASS_COLORS, CLASS_NAMES, colorize
+from selab.data import DATASETS
+from selab.evolve import StructureEvolution, combine_hierarchy_stats, hierarchy_stats
+from selab.files import atomic_save, atomic_write_text, writable_folder
 from selab.loss import _cross_entropy, compute_loss  # noqa: F401  (_cross_entropy: tests reach it here)
 from selab.metrics import PER_IMAGE_FILE, ConfusionMatrix, confusion_matrix, save_per_image
 from selab.model import ModelConfig, SELabModel, build_model
+# PreparedSplit is imported for the notebooks that build a split from a run's config (03, 06).
+from selab.prepare import PreparedSplit, TrainingData, check_data, evaluation_loader, to_device  # noqa: F401
+from selab.seeds import MODEL, epoch_generator, rng_state, seed_everything, set_rng_state
 
-DATASETS = ("synthetic", "pascal_person_part", "folder")
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("poly", "cosine", "constant")
-SYNTHETIC_TRAIN_IMAGES, SYNTHETIC_VAL_IMAGES = 256, 32
+LR_SCHEDULES = ("poly", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs; saved as ``config.json`` in the run folder.
 
+    ``selab train`` has one flag per field (``--image-size`` for ``image_size``), with the help text
+    below (:func:`selab.cli.build_parser`).
+
     Parameters
     ----------
-    variant, backbone : see :class:`selab.model.ModelConfig`.
+    variant : {"cnn", "graph_lstm", "se_lstm"}
+        The model (:class:`selab.model.ModelConfig`).
+    backbone : {"small", "efficientnet_lite0"}
+        ``small``: a CNN trained from scratch; ``efficientnet_lite0``: ImageNet-pretrained.
     dataset : {"synthetic", "pascal_person_part", "folder"}
+        Built-in generated data, PASCAL-Person-Part, or an image/mask folder (:mod:`selab.data`).
     data_root : str, optional
         Dataset folder (not needed for ``synthetic``).
-    split, val_split : str
-        Training and validation splits (``train_id.txt`` / ``val_id.txt`` for PASCAL-Person-Part);
-        ``val_split=None`` skips validation.
-    limit, val_limit : int, optional
-        Use the first N images of each split (``synthetic``: the number of images generated, default 256
-        and 32).
+    split : str
+        Training split (``train_id.txt`` for PASCAL-Person-Part).
+    val_split : str, optional
+        Validation split; ``None`` (``none`` on the command line) skips validation.
+    limit : int, optional
+        Use the first N images of the training split (``synthetic``: the number generated, default 256).
+    val_limit : int, optional
+        Use the first N images of the validation split (``synthetic``: default 32).
     image_size : int
         Images (and masks, superpixels) are resized to S x S for training.
-    epochs, batch_size, lr : training length, batch and base learning rate.
+    epochs : int
+        Training length.
+    batch_size : int
+        Images per step.
+    lr : float
+        Learning rate of the new layers.
     optimizer : {"adamw", "sgd"}
-    momentum, weight_decay : optimizer options.
+        The optimiser (paper: SGD).
+    momentum : float
+        SGD momentum (paper: 0.9).
+    weight_decay : float
+        Weight decay (paper: 5e-4).
     backbone_lr_scale : float
         Learning rate of the pretrained backbone relative to ``lr`` (paper: 0.1).
     schedule : {"poly", "cosine", "constant"}
@@ -102,12 +121,14 @@ class TrainConfig:
         Feature and superpixel cache; default ``<out_dir>/../cache`` (shared by runs in one folder).
     n_segments : int, optional
         SLIC superpixels per image; default ``1000 * (S / 321)^2`` but at least 64 (the paper's 1000
-        at 321 x 321, scaled with the image area; selab decision).
+        at 321 x 321, scaled with the image area; selab decision). The one place to set it: the model
+        records it (``ModelConfig.n_segments``) for prediction.
     augment : bool
         Random horizontal flips in training.
     model : dict
         Further :class:`~selab.model.ModelConfig` fields (``hidden_channels``, ``num_layers``, ...).
     seed : int
+        Seeds the weights and every random draw of training (:mod:`selab.seeds`).
     out_dir : str
         Run folder.
     resume : bool
@@ -121,6 +142,10 @@ class TrainConfig:
         every mask value must be a class id.
     device : str
         ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...
+    precision : {"fp32", "bf16"}
+        ``bf16``: the forward pass and the loss (in training and validation) run under ``torch.autocast``
+        in bfloat16, on the CPU or CUDA; weights, gradients and optimizer state stay float32 (selab
+        decision: no loss scaling, which bfloat16's exponent range does not need).
     num_workers : int
         DataLoader workers.
     num_figures : int
@@ -161,6 +186,7 @@ class TrainConfig:
     overwrite: bool = False
     ignore_index: int | None = None
     device: str = "auto"
+    precision: str = "fp32"
     num_workers: int = 0
     num_figures: int = 4
     val_every: int = 1
@@ -201,8 +227,10 @@ class TrainConfig:
                 bad(name, "a finite number >= 0")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            bad("schedule", f"one of {SCHEDULES}")
+        if self.schedule not in LR_SCHEDULES:
+            bad("schedule", f"one of {LR_SCHEDULES}")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"one of {PRECISIONS}")
         if not isinstance(self.model, dict):
             bad("model", "a dict of ModelConfig fields")
         for key in ("variant", "backbone", "freeze_backbone", "n_segments"):
@@ -239,10 +267,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.model: unknown ModelConfig fields {sorted(unknown)}")
         evolution = self.model.get("evolution")
         if isinstance(evolution, dict):
-            import inspect
-
-            from selab.evolve import StructureEvolution
-
             accepted = set(inspect.signature(StructureEvolution.__init__).parameters) - {"self", "hidden_channels"}
             if set(evolution) - accepted:
                 raise ValueError(f"TrainConfig.model: unknown evolution options {sorted(set(evolution) - accepted)}; "
@@ -292,313 +316,6 @@ def check_device(device: str, what: str = "device") -> torch.device:
     return resolved
 
 
-def writable_folder(path, what: str) -> Path:
-    """Create ``path`` (and its parents) if needed and prove it writable; else a ValueError naming it."""
-    path = Path(path)
-    for ancestor in (path, *path.parents):
-        if ancestor.exists() or ancestor.is_symlink():
-            if not ancestor.is_dir():
-                where = "is a file" if ancestor == path else f"is under {ancestor}, which is a file"
-                raise ValueError(f"{what}: {path} {where}; expected a folder")
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=path, prefix=".selab-write-test-")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise ValueError(f"{what}: {path} is not writable ({error.strerror or error})") from error
-    return path
-
-
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace`` (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """Every global RNG state as tensors and plain data (loadable with ``torch.load(weights_only=True)``)."""
-    version, internal, gauss_next = random.getstate()
-    algorithm, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    state = {
-        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-        "numpy": {"algorithm": str(algorithm), "keys": torch.from_numpy(keys.astype(np.int64)),
-                  "pos": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore :func:`rng_state` (also the numpy/tuple form that earlier selab versions wrote)."""
-    python, numpy_state = state["python"], state["numpy"]
-    if isinstance(python, dict):
-        python = (python["version"], tuple(int(v) for v in python["internal"].tolist()), python["gauss_next"])
-    random.setstate(python)
-    if isinstance(numpy_state, dict):
-        numpy_state = (numpy_state["algorithm"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """A generator that depends only on (seed, epoch, stream): resuming replays the same draws."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch * 1009 + stream)
-
-
-# ---------------------------------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------------------------------
-def _dataset_key(config: TrainConfig, split: str) -> str:
-    """Names a dataset split in cache paths: changes whenever its pixels could."""
-    if config.dataset == "synthetic":
-        return f"synthetic-{split}-{config.image_size}"
-    root = str(Path(config.data_root).resolve())
-    return f"{config.dataset}-{hashlib.sha1(root.encode()).hexdigest()[:10]}"
-
-
-def base_dataset(config: TrainConfig, split: str, limit: int | None):
-    """The split's full-resolution samples (dicts with ``image`` [3,H,W], ``mask`` [H,W], ``id``).
-
-    :func:`selab.data.make_dataset` without transforms; ``synthetic`` renders ``limit`` images
-    (default 256 for training, 32 otherwise) at ``image_size``, with disjoint ``train``/``val``/``test``.
-    """
-    from selab.data import make_dataset
-
-    if config.dataset == "synthetic" and limit is None:
-        # selab decision: enough synthetic images that the default quick run learns visibly.
-        limit = SYNTHETIC_TRAIN_IMAGES if split == config.split else SYNTHETIC_VAL_IMAGES
-    return make_dataset(config.dataset, root=config.data_root, split=split, limit=limit,
-                        image_size=config.image_size, transform=None, ignore_index=config.ignore_index)
-
-
-def check_data(config: TrainConfig) -> None:
-    """Check every image and mask of the training and validation splits before the first step.
-
-    Raises one ``ValueError`` naming every bad or missing file of both splits (generated synthetic
-    data is not checked). Measured on PASCAL-Person-Part (3533 pairs): see README "Reliability".
-    """
-    from selab.data import check_files
-
-    if config.dataset == "synthetic":
-        return
-    problems = []
-    splits = [(config.split, config.limit)] + ([(config.val_split, config.val_limit)] if config.val_split else [])
-    for split, limit in splits:
-        try:
-            dataset = base_dataset(config, split, limit)
-        except FileNotFoundError as error:
-            problems.append(str(error))
-            continue
-        problems += check_files(dataset, progress=config.progress, description=f"checking {split} files")
-    if problems:
-        shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
-        raise ValueError(f"{len(problems)} bad data file(s) in {config.data_root} (nothing was trained):\n  {shown}")
-
-
-class PreparedSplit(torch.utils.data.Dataset):
-    """One split resized to S x S, with cached superpixels and (frozen backbone) cached features.
-
-    Items: ``image`` [3,S,S], ``mask`` [S,S], ``superpixels`` [S,S] (graph variants), ``features`` (list of
-    [C_i,h_i,w_i] float16, cached), ``id``, and for evaluation ``full_mask`` / ``full_image`` at the
-    original resolution. ``flips`` (a bool tensor per index) mirrors a sample horizontally: image, mask,
-    superpixels and every feature map alike.
-    """
-
-    def __init__(self, config: TrainConfig, split: str, limit: int | None, keep_full: bool):
-        self.config, self.split, self.keep_full = config, split, keep_full
-        self.base = base_dataset(config, split, limit)
-        model_config = config.model_config()
-        self.needs_superpixels = model_config.uses_graph
-        self.size = config.image_size
-        key = _dataset_key(config, split)
-        self.cache_key = key
-        self.superpixel_cache = SuperpixelCache(config.cache_root / "superpixels", config.segments,
-                                                model_config.compactness)
-        self.feature_dir = None
-        if config.use_feature_cache:
-            tag = f"{config.backbone}-os{model_config.output_stride}-{'imagenet' if model_config.pretrained else 'random'}"
-            self.feature_dir = config.cache_root / "features" / key / f"{tag}-s{self.size}"
-        self.flips = None
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def _id(self, index: int) -> str:
-        ids = getattr(self.base, "ids", None)
-        return str(ids[index]) if ids is not None else str(self.base[index]["id"])
-
-    def resized(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = sample["image"], sample["mask"]
-        if tuple(image.shape[-2:]) == (self.size, self.size):
-            return image.float(), mask.long()
-        mask = F.interpolate(mask[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
-        return resize_image(image, self.size), mask
-
-    def fingerprint(self, index: int) -> str | None:
-        """Changes when item ``index``'s image file is replaced (``None`` for generated data)."""
-        method = getattr(self.base, "fingerprint", None)
-        return method(index) if method is not None else None
-
-    def superpixel_path(self, index: int) -> Path:
-        return self.superpixel_cache.path(self.cache_key, self._id(index), (self.size, self.size),
-                                          self.fingerprint(index))
-
-    def superpixels(self, index: int, image: torch.Tensor) -> torch.Tensor:
-        """SLIC of the resized ``image`` of item ``index``, computed once (:class:`selab.data.SuperpixelCache`)."""
-        return torch.from_numpy(self.superpixel_cache.get(self.cache_key, self._id(index), image,
-                                                          self.fingerprint(index)))
-
-    def feature_path(self, index: int, folder: Path | None = None) -> Path:
-        fingerprint = self.fingerprint(index)
-        name = f"{self._id(index)}-{fingerprint}.pt" if fingerprint else f"{self._id(index)}.pt"
-        return (folder or self.feature_dir) / name
-
-    def __getitem__(self, index: int) -> dict:
-        sample = self.base[index]
-        image, mask = self.resized(sample)
-        item = {"image": image, "mask": mask, "id": self._id(index)}
-        if self.needs_superpixels:
-            item["superpixels"] = self.superpixels(index, image)
-        if self.feature_dir is not None:
-            path = self.feature_path(index)
-            try:
-                item["features"] = torch.load(path, weights_only=True)
-            except Exception as error:
-                raise ValueError(f"cached features {path} are unreadable ({_first_line(error)}); delete the file "
-                                 f"and they are computed again") from None
-        if self.keep_full:
-            item["full_mask"] = sample["mask"].long()
-            item["full_image"] = sample["image"].float()
-        if self.flips is not None and bool(self.flips[index]):
-            for key in ("image", "mask", "superpixels"):
-                if key in item:
-                    item[key] = item[key].flip(-1)
-            if "features" in item:
-                item["features"] = [f.flip(-1) for f in item["features"]]
-        return item
-
-    def prepare(self, model: SELabModel, device, batch_size: int, num_workers: int, progress: bool) -> None:
-        """Fill the superpixel and feature caches for every missing image (once per dataset and size)."""
-        missing_sp = [i for i in range(len(self)) if self.needs_superpixels
-                      and not self.superpixel_path(i).is_file()]
-        missing_ft = [i for i in range(len(self)) if self.feature_dir is not None and not self.feature_path(i).is_file()]
-        todo = sorted(set(missing_sp) | set(missing_ft))
-        if not todo:
-            return
-        saved_dir, self.feature_dir = self.feature_dir, None  # load items without features while filling
-        keep_full, self.keep_full = self.keep_full, False
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self, todo), batch_size=batch_size,
-                                             num_workers=num_workers, collate_fn=collate,
-                                       generator=torch.Generator().manual_seed(0))
-        try:
-            position = 0
-            for batch in tqdm(loader, desc=f"caching {self.split} superpixels/features", disable=not progress,
-                              leave=False):
-                indices = todo[position : position + len(batch["ids"])]
-                position += len(batch["ids"])
-                if saved_dir is None:
-                    continue
-                with torch.no_grad():
-                    model.backbone.eval()
-                    features = model.backbone(batch["image"].to(device))
-                for b, index in enumerate(indices):
-                    path = self.feature_path(index, saved_dir)
-                    atomic_save([f[b].detach().to("cpu", torch.float16).clone() for f in features], path)
-        finally:
-            self.feature_dir, self.keep_full = saved_dir, keep_full
-
-
-def collate(items: list[dict]) -> dict:
-    """Stack a list of :class:`PreparedSplit` items into a batch dict (``ids`` a list)."""
-    batch = {"image": torch.stack([i["image"] for i in items]), "mask": torch.stack([i["mask"] for i in items]),
-             "ids": [i["id"] for i in items]}
-    if "superpixels" in items[0]:
-        batch["superpixels"] = torch.stack([i["superpixels"] for i in items])
-    if "features" in items[0]:
-        batch["features"] = [torch.stack([i["features"][k] for i in items]) for k in range(len(items[0]["features"]))]
-    if "full_mask" in items[0]:
-        batch["full_masks"] = [i["full_mask"] for i in items]
-        batch["full_images"] = [i["full_image"] for i in items]
-    return batch
-
-
-# Every DataLoader gets its own generator: creating an iterator draws a seed from it, and drawing from
-# the global torch RNG instead would make a run depend on whether the caches were already filled.
-
-
-def to_device(batch: dict, device) -> dict:
-    moved = dict(batch)
-    for key in ("image", "mask", "superpixels"):
-        if key in moved:
-            moved[key] = moved[key].to(device, non_blocking=True)
-    if "features" in moved:
-        moved["features"] = [f.to(device, non_blocking=True) for f in moved["features"]]
-    return moved
-
-
-class TrainingData:
-    """The training split, with a shuffling and flipping that depend only on (seed, epoch)."""
-
-    def __init__(self, config: TrainConfig, model: SELabModel):
-        self.config = config
-        self.dataset = PreparedSplit(config, config.split, config.limit, keep_full=False)
-        if len(self.dataset) == 0:
-            raise ValueError(f"TrainConfig.split: split {config.split!r} of {config.dataset!r} holds no images")
-        self.dataset.prepare(model, config.resolved_device(), config.batch_size, config.num_workers, config.progress)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.dataset) / self.config.batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(len(self.dataset), generator=epoch_generator(self.config.seed, epoch, 0))
-
-    def loader(self, epoch: int, order: torch.Tensor, start_step: int = 0):
-        flips = torch.rand(len(self.dataset), generator=epoch_generator(self.config.seed, epoch, 1)) < 0.5
-        self.dataset.flips = flips if self.config.augment else None
-        remaining = order[start_step * self.config.batch_size :].tolist()
-        return torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, remaining),
-                                           batch_size=self.config.batch_size, shuffle=False,
-                                           num_workers=self.config.num_workers, collate_fn=collate,
-                                       generator=torch.Generator().manual_seed(0))
-
-
-def evaluation_loader(config: TrainConfig, model: SELabModel):
-    """Loader over ``config.val_split`` (first ``val_limit`` images) with full-resolution masks."""
-    dataset = PreparedSplit(config, config.val_split, config.val_limit, keep_full=True)
-    if len(dataset) == 0:
-        raise ValueError(f"TrainConfig.val_split: split {config.val_split!r} of {config.dataset!r} holds no images")
-    dataset.prepare(model, config.resolved_device(), config.batch_size, config.num_workers, config.progress)
-    return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
-                                       num_workers=config.num_workers, collate_fn=collate,
-                                       generator=torch.Generator().manual_seed(0))
-
-
 # ---------------------------------------------------------------------------------------------------
 # optimisation
 # ---------------------------------------------------------------------------------------------------
@@ -616,18 +333,32 @@ def build_optimizer(model: SELabModel, config: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+def load_schedule(scheduler, state: dict) -> None:
+    """Continue a saved schedule, over this run's length (a resumed run may be given more epochs).
+
+    The same length continues bit for bit. Another length (or a schedule saved by an earlier selab, a
+    ``LambdaLR``) sets the learning rates from the schedule's closed form at the saved step: the
+    chained per-step updates alone would continue from the current rate, which the old length may
+    already have brought to 0.
+    """
+    length = {k: v for k, v in scheduler.state_dict().items() if k in ("total_iters", "T_max")}
+    changed = any(state.get(k) != v for k, v in length.items())
+    scheduler.load_state_dict({**state, **length})
+    if changed:
+        rates = scheduler._get_closed_form_lr()
+        for group, rate in zip(scheduler.optimizer.param_groups, rates):
+            group["lr"] = rate
+        scheduler._last_lr = rates
+
+
+def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step learning-rate schedule over ``epochs * steps_per_epoch`` steps (see :data:`LR_SCHEDULES`)."""
     total = max(1, config.epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        t = min(step, total) / total
-        if config.schedule == "poly":
-            return (1.0 - t) ** 0.9
-        if config.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * t))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if config.schedule == "poly":  # DeepLab's lr * (1 - t/T)^0.9
+        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=0.9)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -669,8 +400,7 @@ CHECKPOINT_KEYS = ("model", "model_config", "train_config", "epoch", "step", "hi
 
 
 def _legacy_numpy_globals() -> list:
-    import numpy._core.multiarray as multiarray
-
+    multiarray = np._core.multiarray
     dtype_classes = [v for v in vars(np.dtypes).values() if isinstance(v, type) and issubclass(v, np.dtype)]
     return [np.dtype, np.ndarray, multiarray._reconstruct, multiarray.scalar, *dtype_classes]
 
@@ -687,8 +417,8 @@ def load_checkpoint(path) -> dict:
         or asks to import something other than tensors and plain data (a crafted file: nothing of
         it is executed).
 
-    Example
-    -------
+    Examples
+    --------
     >>> checkpoint = load_checkpoint("runs/quick/checkpoints/last.pt")  # doctest: +SKIP
     >>> checkpoint["epoch"]  # doctest: +SKIP
     """
@@ -732,8 +462,6 @@ def _first_line(error: BaseException) -> str:
 
 def _unsafe_detail(error: BaseException) -> str:
     """What torch's long weights_only message says the file asked for."""
-    import re
-
     text = str(error)
     found = re.search(r"GLOBAL ([\w.]+)", text)
     if found:
@@ -756,8 +484,8 @@ def load_model(checkpoint_or_run_dir, device="cpu", which: str = "best",
     ``checkpoint["path"]`` says which file was loaded. Loading never runs code from the file
     (:func:`load_checkpoint`).
 
-    Example
-    -------
+    Examples
+    --------
     >>> model, checkpoint = load_model("runs/quick")  # doctest: +SKIP
     """
     if which not in ("best", "last"):
@@ -966,12 +694,24 @@ def _non_finite_culprit(model: SELabModel, replay) -> str | None:
     return f"the output of layer {found[0]}" if found else None
 
 
-def _replay_step(model, batch, mh_state, confidence_only):
+def _replay_step(model, data, generator, mh_state, confidence_only, precision):
+    """Repeats a failed step's forward pass with the same draws (a copy of ``generator`` at ``mh_state``)."""
     def replay():
-        generator = torch.Generator(device=mh_state.device if mh_state.device.type != "cpu" else "cpu")
-        generator.set_state(mh_state)
-        model(batch, generator=generator, confidence_only=confidence_only, energy_labels=batch.get("mask"))
+        again = torch.Generator(device=generator.device)
+        again.set_state(mh_state)
+        with autocast(precision, generator.device):
+            model(data, generator=again, confidence_only=confidence_only, energy_labels=data.get("mask"))
     return replay
+
+
+def _restore_generator(generator: torch.Generator, state: torch.Tensor, path: Path) -> None:
+    """A mid-epoch checkpoint's model generator state, or a clear error when it is another device kind's."""
+    try:
+        generator.set_state(state)
+    except RuntimeError:
+        raise ValueError(f"run: {path} was interrupted mid-epoch on another kind of device than "
+                         f"{generator.device.type!r} (its random-number state does not fit); resume it there, "
+                         f"or from an epoch boundary") from None
 
 
 def _first_non_finite(named) -> str:
@@ -1010,8 +750,6 @@ def plot_curves(run_dir: Path, history: list) -> Path | None:
     """
     if not history:
         return None
-    from matplotlib.figure import Figure
-
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(9, 3.2))
     axes = fig.subplots(1, 2)
@@ -1041,12 +779,6 @@ def plot_predictions(run_dir: Path, examples: list) -> Path | None:
     legend of the classes present; written to ``run_dir/figures/predictions.png`` (no pyplot)."""
     if not examples:
         return None
-    import numpy as np
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    from selab.classes import CLASS_COLORS, CLASS_NAMES, colorize
-
     fig = Figure(figsize=(8.2, 2.4 * len(examples)))
     axes = fig.subplots(len(examples), 3, squeeze=False)
     for row, (image, mask, prediction) in enumerate(examples):
@@ -1071,27 +803,34 @@ def plot_predictions(run_dir: Path, examples: list) -> Path | None:
 # ---------------------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------------------
+def autocast(precision: str, device) -> torch.autocast:
+    """The autocast context of ``precision`` (see :data:`PRECISIONS`) on ``device``'s kind; off for fp32."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.no_grad()
 def evaluate_model(model: SELabModel, loader, device, progress: bool = False, num_examples: int = 0,
                    description: str = "evaluate", per_image: list | None = None,
-                   ignore_index: int | None = None) -> tuple[dict, list]:
+                   ignore_index: int | None = None, precision: str = "fp32") -> tuple[dict, list]:
     """Scores over a loader of evaluation batches (each holds the full-resolution ``full_masks``).
 
     Logits [B,K,S,S] are upsampled (bilinear) to each mask's own size before the argmax, and the
     confusion matrix accumulates over the whole split (pixels labelled ``ignore_index`` left out).
     ``per_image``, a list, receives one ``(id, confusion [K,K])`` pair per image (for paired
-    comparisons of runs, :mod:`selab.compare`).
+    comparisons of runs, :mod:`selab.compare`). ``precision="bf16"``: the forward pass under autocast.
     """
     model.eval()
+    distributed.broadcast_buffers(model)  # distributed: every process evaluates rank 0's model
     matrix = ConfusionMatrix(model.config.num_classes, ignore_index=ignore_index)
     examples, hierarchy = [], []
-    for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
-        batch = to_device(batch, device)
-        output = model(batch)
-        logits = output.logits
-        if output.levels and "mask" in batch:
-            hierarchy.append(hierarchy_stats(output.levels, batch["mask"], model.config.num_classes))
-        for b, full_mask in enumerate(batch["full_masks"]):
+    for data in tqdm(loader, desc=description, disable=not progress, leave=False):
+        data = to_device(data, device)
+        with autocast(precision, device):
+            output = model(data)
+        logits = output.logits.float()
+        if output.levels and "mask" in data:
+            hierarchy.append(hierarchy_stats(output.levels, data["mask"], model.config.num_classes))
+        for b, full_mask in enumerate(data["full_masks"]):
             upsampled = F.interpolate(logits[b : b + 1], size=tuple(full_mask.shape), mode="bilinear",
                                       align_corners=False)
             prediction = upsampled[0].argmax(0)
@@ -1099,9 +838,14 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
                                             ignore_index)
             matrix.matrix += image_matrix
             if per_image is not None:
-                per_image.append((batch["ids"][b], image_matrix))
+                per_image.append((data["ids"][b], image_matrix))
             if len(examples) < num_examples:
-                examples.append((batch["full_images"][b].cpu(), full_mask.cpu(), prediction.cpu()))
+                examples.append((data["full_images"][b].cpu(), full_mask.cpu(), prediction.cpu()))
+    # distributed: each process scored its shard of the split; sum and gather them (one process: as is)
+    matrix.matrix = distributed.all_reduce_sum(matrix.matrix)
+    hierarchy, examples = distributed.gather_shards(hierarchy), distributed.gather_shards(examples)[:num_examples]
+    if per_image is not None:
+        per_image[:] = distributed.gather_shards(per_image)
     scores = matrix.compute()
     if hierarchy:
         # The evolved hierarchy at test time, per level: nodes per image and clique label purity
@@ -1128,8 +872,8 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
     ``best.pt`` is missing or unreadable), ``dataset`` (default: the run's own), ``split``,
     ``num_images``, ``image_size``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> evaluate("runs/quick", dataset="synthetic", split="val")["mean_iou"]  # doctest: +SKIP
     """
     torch_device = check_device(device, "evaluate: device")
@@ -1155,7 +899,7 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
     loader = evaluation_loader(config, model)
     per_image = [] if per_image_out else None
     scores, _ = evaluate_model(model, loader, torch_device, progress=progress, per_image=per_image,
-                               ignore_index=config.ignore_index)
+                               ignore_index=config.ignore_index, precision=config.precision)
     if per_image_out:
         save_per_image(Path(per_image_out), per_image)
     result = dict(scores)
@@ -1218,23 +962,27 @@ def run(config: TrainConfig | dict) -> dict:
         Bad configuration, data or run folder (naming the culprit). Any other error in the middle of an
         epoch first saves a mid-epoch ``last.pt`` (when the state is consistent) and says where.
 
-    Example
-    -------
+    Examples
+    --------
     >>> run(TrainConfig(epochs=1, limit=8, image_size=48, out_dir="runs/tiny"))["final"]["mean_iou"]  # doctest: +SKIP
     """
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     if not isinstance(config, TrainConfig):
         raise TypeError(f"run: config must be a TrainConfig or dict, got {type(config).__name__}")
-    device = config.resolved_device()
+    device = distributed.setup(config)  # torchrun: join the process group, take this process's device
+    if not distributed.is_main():
+        config = dataclasses.replace(config, progress=False)  # one set of progress bars, rank 0's
     if config.dataset != "synthetic" or config.model_config().uses_graph or config.use_feature_cache:
         writable_folder(config.cache_root, "TrainConfig.cache_dir")
-    folder = RunFolder(config)
+    folder = distributed.run_folder(RunFolder, config)  # rank 0 alone inspects and writes out_dir
     try:
         return _train(config, folder, device)
     except BaseException:
         folder.abandon()
         raise
+    finally:
+        distributed.cleanup()
 
 
 def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
@@ -1244,35 +992,43 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
     seed_everything(config.seed)
     model_config = config.model_config()
     model = SELabModel(model_config).to(device)
+    distributed.seed_rank(config.seed)  # distributed: own dropout draws per process (rank 0: the one-process ones)
 
-    train_loader_factory = TrainingData(config, model)
-    val_loader = evaluation_loader(config, model) if config.val_split else None
+    with distributed.main_first():  # distributed: one process per machine fills the caches, then the others
+        train_loader_factory = TrainingData(config, model)
+        val_loader = evaluation_loader(config, model) if config.val_split else None
     steps_per_epoch = train_loader_factory.steps_per_epoch
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
 
     history, start_epoch, start_step, accumulators, best = [], 0, 0, {}, None
     if folder.resuming:
-        checkpoint = load_checkpoint(last_path)
+        checkpoint = distributed.from_main(load_checkpoint, last_path)  # distributed: rank 0 reads, sends it
         changed = changed_fields(dict(checkpoint["train_config"]), config)
         if changed:
             raise ValueError(f"run: resume=True but the config differs from the saved run in {changed} "
                              f"({last_path})")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        load_schedule(scheduler, checkpoint["scheduler"])
         history, best = checkpoint["history"], checkpoint["best"]
         start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
         accumulators = checkpoint.get("accumulators") or {}
         set_rng_state(checkpoint["rng"])
-    atomic_write_text(json.dumps({"train": config.to_dict(), "model": model_config.to_dict()}, indent=2),
-                      run_dir / "config.json")
+        # distributed: each process takes its own RNG and sampler state back (one process: as is)
+        accumulators = distributed.restore_rank_state(accumulators, start_step > 0, config.seed, start_epoch)
+    if distributed.is_main():
+        atomic_write_text(json.dumps({"train": config.to_dict(), "model": model_config.to_dict()}, indent=2),
+                          run_dir / "config.json")
     trained = [p for p in model.parameters() if p.requires_grad]
+    network = distributed.wrap_model(model, device)  # distributed: DDP runs the training forward; else `model`
 
     def saved(epoch, step, state, rng=None):
         """Write last.pt (and, with overwrite, put the new run in place); returns the run folder."""
         nonlocal run_dir, last_path, best_path
-        save_checkpoint(last_path, model, optimizer, scheduler, config, epoch, step, history, state, best, rng)
+        state = distributed.with_rank_states(state, rng)  # distributed: every process's RNG and sampler state
+        if distributed.is_main():
+            save_checkpoint(last_path, model, optimizer, scheduler, config, epoch, step, history, state, best, rng)
         run_dir = folder.commit()
         last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
         return run_dir
@@ -1283,9 +1039,9 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
             confidence_only = epoch < config.two_step_epochs and model_config.uses_graph
             model.train()
             order = train_loader_factory.order(epoch)
-            mh_generator = epoch_generator(config.seed, epoch, 2)
+            mh_generator = distributed.per_rank(epoch_generator(config.seed, epoch, MODEL, device))  # independent chains per rank, drawn on the model's device
             if start_step:
-                mh_generator.set_state(accumulators["mh_generator"])
+                _restore_generator(mh_generator, accumulators["mh_generator"], last_path)
             loss_sum, count = accumulators.get("loss_sum", 0.0), accumulators.get("count", 0)
             batches = train_loader_factory.loader(epoch, order, start_step)
             bar = tqdm(batches, total=steps_per_epoch, initial=start_step, disable=not config.progress,
@@ -1293,18 +1049,20 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
             step, consistent, ids = start_step, True, None
             mh_state, rng_before = mh_generator.get_state(), rng_state()
             try:
-                for batch in bar:
-                    ids = batch["ids"]
+                for data in bar:
+                    ids = data["ids"]
                     # A failing step must count neither its random draws nor its batch-norm statistics.
                     mh_state, rng_before = mh_generator.get_state(), rng_state()
                     buffers = [b.clone() for b in model.buffers()]
-                    batch = to_device(batch, device)
+                    data = to_device(data, device)
                     try:
-                        output = model(batch, generator=mh_generator, confidence_only=confidence_only,
-                                       energy_labels=batch.get("mask"))
-                        parts = compute_loss(output, batch, model_config, confidence_only, config.ignore_index)
+                        with autocast(config.precision, device):
+                            output = network(data, generator=mh_generator, confidence_only=confidence_only,
+                                             energy_labels=data.get("mask"))
+                            parts = compute_loss(output, data, model_config, confidence_only, config.ignore_index)
                     except Exception as error:
-                        culprit = _non_finite_culprit(model, _replay_step(model, batch, mh_state, confidence_only))
+                        culprit = _non_finite_culprit(model, _replay_step(model, data, mh_generator, mh_state,
+                                                                          confidence_only, config.precision))
                         torch._foreach_copy_(list(model.buffers()), buffers)
                         if culprit:
                             raise _divergence(config, epoch, step, f"non-finite values in {culprit} ({error})",
@@ -1323,17 +1081,19 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                     optimizer.step()
                     scheduler.step()
                     step += 1
-                    loss_sum += float(parts["loss"].detach()) * len(batch["ids"])
-                    count += len(batch["ids"])
+                    loss_sum += float(parts["loss"].detach()) * len(data["ids"])
+                    count += len(data["ids"])
                     consistent = True
                     bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}")
-                    if interrupt.requested and step < steps_per_epoch:
+                    # distributed: a Ctrl-C seen by any process stops all of them after this same step
+                    if distributed.any_rank(interrupt.requested) and step < steps_per_epoch:
                         state = {"loss_sum": loss_sum, "count": count, "seconds": time.time() - started,
                                  "mh_generator": mh_generator.get_state()}
                         saved(epoch, step, state)
-                        write_metrics(run_dir, history, None)
-                        print(f"\ninterrupted: checkpoint saved to {last_path} (epoch {epoch + 1}, step {step}); "
-                              f"continue with resume=True / --resume")
+                        if distributed.is_main():
+                            write_metrics(run_dir, history, None)
+                            print(f"\ninterrupted: checkpoint saved to {last_path} (epoch {epoch + 1}, step {step}); "
+                                  f"continue with resume=True / --resume")
                         raise KeyboardInterrupt
             except (KeyboardInterrupt, TrainingDiverged):
                 raise
@@ -1341,7 +1101,8 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                 where = f"epoch {epoch + 1}, step {step + 1} of {steps_per_epoch}"
                 if ids is not None:
                     where += f" (last batch loaded: ids {ids})"
-                if consistent and step > start_step:
+                # distributed: no mid-epoch save, the other processes are not at a collective to gather their state
+                if consistent and step > start_step and not distributed.is_distributed():
                     state = {"loss_sum": loss_sum, "count": count, "seconds": time.time() - started,
                              "mh_generator": mh_state}
                     saved(epoch, step, state, rng_before)
@@ -1355,6 +1116,7 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                 print(f"\nrun: {type(error).__name__} at {where}: {error}\nrun: {kept}", file=sys.stderr)
                 raise
             bar.close()
+            loss_sum, count = distributed.sum_numbers(loss_sum, count)  # distributed: the global batch's mean loss
             start_step, accumulators = 0, {}
             record = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
                       "lr": optimizer.param_groups[0]["lr"], "stage": "confidence" if confidence_only else "all"}
@@ -1368,14 +1130,16 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                 try:
                     scores, examples = evaluate_model(model, val_loader, device, progress=config.progress,
                                                       num_examples=config.num_figures, description="validate",
-                                                      per_image=per_image, ignore_index=config.ignore_index)
+                                                      per_image=per_image, ignore_index=config.ignore_index,
+                                                      precision=config.precision)
                 except Exception as error:
-                    culprit = _non_finite_culprit(model, lambda: evaluate_model(model, val_loader, device))
+                    culprit = _non_finite_culprit(model, lambda: evaluate_model(model, val_loader, device,
+                                                                                precision=config.precision))
                     if culprit:
                         raise _divergence(config, epoch, None, f"validation met non-finite values "
                                           f"in {culprit} ({error})", last_path) from error
                     raise
-                if per_image is not None:
+                if per_image is not None and distributed.is_main():
                     save_per_image(run_dir / PER_IMAGE_FILE, per_image)
                 record.update({"val_mean_iou": scores["mean_iou"], "val_pixel_accuracy": scores["pixel_accuracy"],
                                "val_per_class_iou": scores["per_class_iou"]})
@@ -1388,21 +1152,24 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
             if improved:
                 best = score
             saved(epoch + 1, 0, None)
-            if improved:
-                save_checkpoint(best_path, model, None, None, config, epoch + 1, 0, history, None, best)
-            write_metrics(run_dir, history, None)
-            plot_curves(run_dir, history)
-            plot_predictions(run_dir, examples)
-            if interrupt.requested and epoch + 1 < config.epochs:
-                print(f"\ninterrupted: checkpoint saved to {last_path} (end of epoch {epoch + 1}); "
-                      f"continue with resume=True / --resume")
+            if distributed.is_main():  # distributed: rank 0 alone writes the run folder
+                if improved:
+                    save_checkpoint(best_path, model, None, None, config, epoch + 1, 0, history, None, best)
+                write_metrics(run_dir, history, None)
+                plot_curves(run_dir, history)
+                plot_predictions(run_dir, examples)
+            if distributed.any_rank(interrupt.requested) and epoch + 1 < config.epochs:
+                if distributed.is_main():
+                    print(f"\ninterrupted: checkpoint saved to {last_path} (end of epoch {epoch + 1}); "
+                          f"continue with resume=True / --resume")
                 raise KeyboardInterrupt
             # One line per epoch, also without progress bars: papermill's --log-output shows it while a
             # notebook trains (make run), and a sweep cell's log keeps it.
             shown = f", val mIoU {score:.2f}" if score is not None else ""
             line = (f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}{shown} "
                     f"({record['seconds']:.0f} s)")
-            tqdm.write(line) if config.progress else print(line, flush=True)
+            if distributed.is_main():
+                tqdm.write(line) if config.progress else print(line, flush=True)
 
     final = None
     if history and "val_mean_iou" in history[-1]:
@@ -1410,7 +1177,8 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                  "pixel_accuracy": history[-1]["val_pixel_accuracy"]}
         if "val_hierarchy" in history[-1]:
             final["hierarchy"] = history[-1]["val_hierarchy"]
-    write_metrics(run_dir, history, final)
+    if distributed.is_main():
+        write_metrics(run_dir, history, final)
     paths = {"run_dir": str(run_dir), "config": str(run_dir / "config.json"), "last": str(last_path),
              "best": str(best_path) if best_path.is_file() else None,
              "metrics_json": str(run_dir / "metrics.json"), "metrics_csv": str(run_dir / "metrics.csv"),

@@ -1,8 +1,14 @@
+"""Tests for selab.cli: the commands end to end, and the train flags derived from TrainConfig."""
+
+import dataclasses
+import inspect
 import json
+import re
 
 import pytest
 
-from selab.cli import build_parser, main
+from selab.cli import TRAIN_CHOICES, build_parser, main, parameter_docs, train_config
+from selab.train import TrainConfig
 
 
 def test_train_then_evaluate(tmp_path, capsys):
@@ -49,3 +55,37 @@ def test_check_data_prints_the_histogram_and_fails_on_problems(tmp_path, capsys)
     assert "mask file missing" in capsys.readouterr().out
     assert main(["check-data", str(tmp_path / "absent"), "--quiet"]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_every_train_config_field_has_a_documented_flag():
+    """The command line is derived from TrainConfig: a new field gets its flag and help without a CLI edit."""
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    by_dest = {action.dest: action for action in train._actions}
+    docs = parameter_docs(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "model":
+            assert "model_option" in by_dest
+            continue
+        assert field.name in by_dest, f"no flag for TrainConfig.{field.name}"
+        assert docs.get(field.name) and by_dest[field.name].help, f"TrainConfig.{field.name} has no help text"
+    for name, choices in TRAIN_CHOICES.items():  # the docstring's {"a", "b"} says the same as the code
+        documented = inspect.getdoc(TrainConfig).split(f"\n{name} : ", 1)[1].split("\n", 1)[0]
+        assert set(re.findall(r'"(\w+)"', documented)) == set(choices), name
+
+
+def test_train_flags_reach_the_config():
+    args = build_parser().parse_args([
+        "train", "--out", "runs/x", "--momentum", "0.5", "--backbone-lr-scale", "0.2", "--num-figures", "1",
+        "--val-split", "none", "--no-augment", "--quiet", "--freeze-backbone", "false", "--limit", "3",
+        "--n-segments", "30", "--resume", "--order", "bfs", "--model-option", "dropout=0.0"])
+    config = train_config(args)
+    assert (config.momentum, config.backbone_lr_scale, config.num_figures) == (0.5, 0.2, 1)
+    assert config.val_split is None and not config.augment and not config.progress and config.resume
+    assert config.freeze_backbone is False and config.limit == 3 and config.n_segments == 30
+    assert config.out_dir == "runs/x" and config.model == {"order": "bfs", "dropout": 0.0}
+    defaults = train_config(build_parser().parse_args(["train", "--out", "runs/x"]))
+    assert defaults.to_dict() == {**TrainConfig(out_dir="runs/x").to_dict()}
+    with pytest.raises(SystemExit):  # --out stays required
+        build_parser().parse_args(["train"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--out", "x", "--limit", "many"])

@@ -1,4 +1,4 @@
-"""Tests for selab.data: loaders and their errors, transforms, the superpixel cache, collate."""
+"""Tests for selab.data (loaders and their errors) and selab.prepare (the superpixel cache, prepared splits)."""
 
 import os
 
@@ -7,12 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+import selab.superpixels
 from selab import data
-from selab.data import (
-    ColorJitter, ImageMaskFolder, PascalPersonParts, RandomHorizontalFlip, RandomPersonCrop, RandomRotation,
-    Resize, SuperpixelCache, SyntheticPersonParts, WithSuperpixels, collate, eval_transform, make_dataset,
-    train_transform,
-)
+from selab.data import ImageMaskFolder, PascalPersonParts, SyntheticPersonParts, make_dataset
+from selab.prepare import PreparedSplit, SuperpixelCache, collate
+from selab.train import TrainConfig
 
 
 def _write_pair(root, sample_id, size=(12, 16), labels=None, image_dir="JPEGImages", mask_dir="SegmentationPart",
@@ -107,74 +106,6 @@ def test_image_mask_folder_pairs_by_stem(tmp_path):
 
 
 # --- transforms ------------------------------------------------------------------------------------
-def _sample_with_superpixels(size=(60, 80), index=0):
-    sample = SyntheticPersonParts(index + 1, size, seed=7)[index]
-    # Superpixels equal to the mask (shifted): after any transform each superpixel must still
-    # cover exactly one class, which holds only if both maps moved together.
-    sample["superpixels"] = sample["mask"] * 3 + 5
-    return sample
-
-
-def _moved_together(sample):
-    sp, mask = sample["superpixels"], sample["mask"]
-    ids = torch.unique(sp)
-    assert torch.equal(ids, torch.arange(len(ids)))  # renumbered 0..N-1
-    classes_per_superpixel = torch.zeros(len(ids), 7, dtype=torch.bool)
-    classes_per_superpixel[sp.flatten(), mask.flatten()] = True
-    return bool((classes_per_superpixel.sum(1) == 1).all())
-
-
-def test_resize_is_deterministic_and_moves_labels():
-    out = Resize(32)(_sample_with_superpixels())
-    assert out["image"].shape == (3, 32, 32) and out["mask"].shape == (32, 32) and out["superpixels"].shape == (32, 32)
-    assert out["mask"].dtype == torch.int64 and _moved_together(out)
-    assert torch.equal(out["image"], Resize(32)(_sample_with_superpixels())["image"])
-    assert set(out["mask"].unique().tolist()) <= set(_sample_with_superpixels()["mask"].unique().tolist())
-
-
-@pytest.mark.parametrize("rotation", [0.0, 15.0])
-def test_train_transform_moves_all_label_maps_together(rotation):
-    generator = torch.Generator().manual_seed(1)
-    transform = train_transform(48, rotation=rotation, generator=generator)
-    for index in range(4):
-        out = transform(_sample_with_superpixels(index=index))
-        assert out["image"].shape == (3, 48, 48) and _moved_together(out)
-        assert 0 <= float(out["image"].min()) and float(out["image"].max()) <= 1
-
-
-def test_person_crop_keeps_every_person_pixel():
-    sample = _sample_with_superpixels()
-    crop = RandomPersonCrop(context_range=(1.05, 1.5), jitter=0.0, generator=torch.Generator().manual_seed(0))
-    for _ in range(5):
-        out = crop(sample)
-        assert int((out["mask"] > 0).sum()) == int((sample["mask"] > 0).sum())
-        assert out["image"].shape[1:] == out["mask"].shape and out["image"].shape[1] <= 60
-
-
-def test_flip_twice_is_identity_and_rotation_by_zero_keeps_labels():
-    sample = _sample_with_superpixels()
-    flip = RandomHorizontalFlip(p=1.0)
-    once = flip(sample)
-    assert torch.equal(once["mask"], sample["mask"].flip(-1))
-    assert torch.equal(flip(once)["image"], sample["image"])
-    still = RandomRotation(0.0)(sample)
-    assert torch.equal(still["mask"], sample["mask"])
-
-
-def test_colour_jitter_changes_only_the_image():
-    sample = _sample_with_superpixels()
-    out = ColorJitter(0.5, 0.5, 0.5, generator=torch.Generator().manual_seed(3))(sample)
-    assert torch.equal(out["mask"], sample["mask"]) and not torch.equal(out["image"], sample["image"])
-    assert 0 <= float(out["image"].min()) and float(out["image"].max()) <= 1
-
-
-def test_fast_renumbering_matches_superpixels_relabel():
-    from selab.superpixels import relabel
-
-    labels = torch.randint(0, 500, (40, 30)) * 2
-    assert torch.equal(data._relabel(labels), torch.as_tensor(relabel(labels)))
-
-
 # --- superpixel cache ------------------------------------------------------------------------------
 def test_cache_computes_once_and_keys_by_parameters(tmp_path, monkeypatch):
     cache = SuperpixelCache(tmp_path, n_segments=30, compactness=10)
@@ -185,8 +116,6 @@ def test_cache_computes_once_and_keys_by_parameters(tmp_path, monkeypatch):
     assert path.is_file() and path.parent.parent == tmp_path
     assert not list(tmp_path.rglob("*.tmp"))
 
-    import selab.superpixels
-
     def no_slic(*args, **kwargs):
         raise AssertionError("SLIC ran again although the result was cached")
 
@@ -196,46 +125,36 @@ def test_cache_computes_once_and_keys_by_parameters(tmp_path, monkeypatch):
     assert cache.path("demo", "img/1", (40, 41)) != path
 
 
-def test_default_cache_dir_follows_selab_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("SELAB_CACHE", str(tmp_path))
-    assert data.default_cache_dir() == tmp_path / "superpixels"
-    monkeypatch.delenv("SELAB_CACHE")
-    assert data.default_cache_dir().parts[-3:] == (".cache", "selab", "superpixels")
-
-
-def test_with_superpixels_adds_label_map_and_transforms_it(tmp_path):
-    base = SyntheticPersonParts(2, 48, seed=1)
-    ds = WithSuperpixels(base, SuperpixelCache(tmp_path, n_segments=40), transform=eval_transform(32))
-    sample = ds[0]
-    assert sample["superpixels"].shape == (32, 32) and sample["superpixels"].dtype == torch.int64
-    assert torch.equal(sample["superpixels"].unique(), torch.arange(int(sample["superpixels"].max()) + 1))
-    with pytest.raises(ValueError, match="transform"):
-        WithSuperpixels(SyntheticPersonParts(2, 48, transform=eval_transform(32)), SuperpixelCache(tmp_path))
-
-
-# --- collate and factory ---------------------------------------------------------------------------
-def test_collate_stacks_tensors_and_lists_ids(tmp_path):
-    ds = WithSuperpixels(SyntheticPersonParts(3, 32), SuperpixelCache(tmp_path, n_segments=20))
-    batch = collate([ds[0], ds[1], ds[2]])
-    assert batch["image"].shape == (3, 3, 32, 32) and batch["mask"].shape == (3, 32, 32)
-    assert batch["superpixels"].shape == (3, 32, 32) and batch["id"] == ["0000000", "0000001", "0000002"]
-    with pytest.raises(ValueError, match="differs in size"):
-        collate([SyntheticPersonParts(1, 32)[0], SyntheticPersonParts(1, 40)[0]])
+# --- prepared splits -------------------------------------------------------------------------------
+def test_prepared_split_resizes_flips_and_collates(tmp_path):
+    root = _pascal(tmp_path / "p", ids=("a", "b", "c"))
+    config = TrainConfig(variant="graph_lstm", dataset="pascal_person_part", data_root=str(root), image_size=24,
+                         n_segments=10, cache_dir=str(tmp_path / "cache"), progress=False)
+    split = PreparedSplit(config, "train", limit=None, keep_full=True)
+    item = split[0]
+    assert item["image"].shape == (3, 24, 24) and item["mask"].shape == item["superpixels"].shape == (24, 24)
+    assert item["full_mask"].shape == (12, 16) and item["id"] == "a"
+    split.flips = torch.tensor([True, False, False])
+    flipped = split[0]
+    for key in ("image", "mask", "superpixels"):
+        assert torch.equal(flipped[key], item[key].flip(-1)), key
+    data = collate([split[0], split[1], split[2]])
+    assert data["image"].shape == (3, 3, 24, 24) and data["superpixels"].shape == (3, 24, 24)
+    assert data["ids"] == ["a", "b", "c"] and [m.shape for m in data["full_masks"]] == [(12, 16)] * 3
 
 
 def test_make_dataset_by_name(tmp_path):
     train = make_dataset("synthetic", split="train", limit=3, image_size=32)
     val = make_dataset("synthetic", split="val", limit=3, image_size=32)
     assert len(train) == 3 and not set(train.ids) & set(val.ids)
-    pascal = make_dataset("pascal_person_part", _pascal(tmp_path / "p"), image_size=24)
-    assert pascal[0]["image"].shape == (3, 24, 24)
+    pascal = make_dataset("pascal_person_part", _pascal(tmp_path / "p"))
+    assert pascal[0]["image"].shape == (3, 12, 16)  # the file's own size
     for sample_id in ("u", "v"):
         _write_pair(tmp_path / "f", sample_id, image_dir="images", mask_dir="masks")
-    folder = make_dataset("folder", tmp_path / "f", limit=1, transform=None)
-    assert len(folder) == 1 and folder[0]["image"].shape == (3, 12, 16)
-    augmented = make_dataset("synthetic", limit=2, image_size=32, transform="augment", superpixels=True,
-                             n_segments=20, cache_dir=tmp_path / "cache")
-    assert set(augmented[0]) == {"image", "mask", "id", "superpixels"}
+    folder = make_dataset("folder", tmp_path / "f", limit=1, transform=lambda sample: {**sample, "seen": True})
+    assert len(folder) == 1 and folder[0]["image"].shape == (3, 12, 16) and folder[0]["seen"]
+    with pytest.raises(ValueError, match="transform"):
+        make_dataset("synthetic", transform="augment")
     with pytest.raises(ValueError, match="name"):
         make_dataset("coco")
     with pytest.raises(ValueError, match="root"):
@@ -253,7 +172,8 @@ def test_real_pascal_person_part_loads(pascal_root):
         assert 0 <= int(sample["mask"].min()) and int(sample["mask"].max()) <= 6
         assert int((sample["mask"] > 0).sum()) > 0  # every image holds a person
         assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
-    resized = make_dataset("pascal_person_part", pascal_root, "val", limit=2, image_size=64)
+    config = TrainConfig(dataset="pascal_person_part", data_root=str(pascal_root), image_size=64, progress=False)
+    resized = PreparedSplit(config, "val", limit=2, keep_full=False)
     assert collate([resized[0], resized[1]])["image"].shape == (2, 3, 64, 64)
 
 
@@ -290,7 +210,7 @@ def test_check_dataset_reports_every_problem(tmp_path):
     report = data.check_dataset(tmp_path, progress=False)
     assert not report.ok
     text = "\n".join(report.problems)
-    for expected in ("'nomask': mask file missing", "'small'", "(10, 16)", "'label9'", "labels [9]",
+    for expected in ("'nomask': mask file missing", "'small'", "(10, 16)", "'label9'", "labels 9 out of range",
                      "'broken': cannot decode image", "'missing': image file missing", "listed twice",
                      "also in split 'train'"):
         assert expected in text, (expected, text)

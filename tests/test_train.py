@@ -1,4 +1,7 @@
+"""Tests for selab.train: run folders, resume, caches, two-step training, schedules, config checks."""
+
 import json
+import math
 import os
 import signal
 
@@ -8,7 +11,9 @@ import torch
 import selab.superpixels
 import selab.train
 
-from selab.train import TrainConfig, evaluate, load_model, run
+from selab.model import SELabModel
+from selab.seeds import seed_everything
+from selab.train import LR_SCHEDULES, TrainConfig, build_scheduler, evaluate, load_model, load_schedule, run
 
 
 def tiny(tmp_path, name, **overrides):
@@ -93,8 +98,49 @@ def test_superpixels_are_computed_once_and_reused(tmp_path, monkeypatch):
 
 
 def test_two_step_training_first_trains_the_confidence_layer(tmp_path):
-    result = run(tiny(tmp_path, "twostep", variant="graph_lstm", epochs=2, two_step_epochs=1))
-    assert [e["stage"] for e in result["epochs"]] == ["confidence", "all"]
+    """Step one moves only the CNN (backbone, neck) and the confidence layer; step two moves the graph part."""
+    config = tiny(tmp_path, "twostep", variant="graph_lstm", epochs=1, two_step_epochs=1)
+    seed_everything(config.seed)  # the initial weights, as run() draws them
+    initial = SELabModel(config.model_config()).state_dict()
+    first = run(config)
+    after_one = torch.load(tmp_path / "twostep/checkpoints/last.pt", weights_only=True)["model"]
+    second = run(tiny(tmp_path, "twostep", variant="graph_lstm", epochs=2, two_step_epochs=1, resume=True))
+    after_two = torch.load(tmp_path / "twostep/checkpoints/last.pt", weights_only=True)["model"]
+    assert [e["stage"] for e in first["epochs"]] == ["confidence"]
+    assert [e["stage"] for e in second["epochs"]] == ["confidence", "all"]
+
+    def moved(before, after):
+        return {key.split(".")[0] for key in before if before[key].is_floating_point()
+                and not torch.equal(before[key], after[key])}
+
+    cnn = {"backbone", "neck", "confidence"}
+    assert "confidence" in moved(initial, after_one) and moved(initial, after_one) <= cnn
+    assert moved(after_one, after_two) - cnn, "step two trains the graph layers and the classifier"
+
+
+@pytest.mark.parametrize("schedule", LR_SCHEDULES)
+def test_lr_schedules_follow_their_formulas(schedule):
+    def sgd():
+        return torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (3e-3, 3e-4)])
+
+    optimizer = sgd()
+    scheduler = build_scheduler(optimizer, TrainConfig(epochs=3, schedule=schedule), steps_per_epoch=7)
+    for step in range(21):
+        t = step / 21
+        factor = {"poly": (1 - t) ** 0.9, "cosine": 0.5 * (1 + math.cos(math.pi * t)), "constant": 1.0}[schedule]
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([3e-3 * factor, 3e-4 * factor], rel=1e-9)
+        optimizer.step()
+        scheduler.step()
+    # a run resumed with more epochs continues on the longer curve, also from a rate its old length ended at 0
+    optimizer = sgd()
+    short = build_scheduler(optimizer, TrainConfig(epochs=1, schedule=schedule), steps_per_epoch=7)
+    for _ in range(7):
+        optimizer.step()
+        short.step()
+    longer = build_scheduler(optimizer, TrainConfig(epochs=3, schedule=schedule), steps_per_epoch=7)
+    load_schedule(longer, short.state_dict())
+    factor = {"poly": (2 / 3) ** 0.9, "cosine": 0.5 * (1 + math.cos(math.pi / 3)), "constant": 1.0}[schedule]
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([3e-3 * factor, 3e-4 * factor], rel=1e-9)
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
@@ -122,3 +168,61 @@ def test_pascal_evaluation_uses_full_resolution_masks(tmp_path, pascal_root):
     metrics = evaluate(tmp_path / "pascal", dataset="pascal_person_part", data_root=str(pascal_root), split="val",
                        limit=2, progress=False)
     assert metrics["num_images"] == 2 and metrics["image_size"] == 32
+
+
+# The graph part refuses bfloat16 today (model side): the pixel-to-node pooling's sparse CSR product has no
+# bfloat16 kernel on the CPU, and GraphLSTM checks for float32/float64 inputs. Strict: the test says when it works.
+GRAPH_BF16 = pytest.mark.xfail(strict=True, raises=(NotImplementedError, ValueError),
+                               reason="the graph part does not run under bf16 autocast yet (selab.model)")
+
+
+@pytest.mark.parametrize("variant", ["cnn", pytest.param("se_lstm", marks=GRAPH_BF16)])
+def test_bf16_training_runs_with_finite_losses(tmp_path, variant):
+    """precision="bf16": autocast on the CPU, through the Graph LSTM level loop and the MH sampler for se_lstm."""
+    model = {"feature_channels": 8, "hidden_channels": 8, "num_layers": 2}
+    result = run(tiny(tmp_path, "bf16", variant=variant, epochs=2, precision="bf16", model=model))
+    losses = [e["train_loss"] for e in result["epochs"]]
+    assert all(math.isfinite(loss) for loss in losses) and math.isfinite(result["final"]["mean_iou"])
+    fp32 = run(tiny(tmp_path, "fp32", variant=variant, epochs=2, model=model))
+    assert losses != [e["train_loss"] for e in fp32["epochs"]]  # bf16 did compute in another precision
+    weights = torch.load(tmp_path / "bf16/checkpoints/last.pt", weights_only=True)["model"]
+    assert all(w.dtype != torch.bfloat16 for w in weights.values())  # the weights stay float32
+
+
+def test_the_model_stream_lives_on_the_models_device():
+    from selab.seeds import MODEL, epoch_generator
+
+    a, b = epoch_generator(3, 1, MODEL), epoch_generator(3, 1, MODEL, torch.device("cpu"))
+    assert a.device.type == "cpu" and torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=b))
+    if torch.cuda.is_available():
+        assert epoch_generator(3, 1, MODEL, "cuda").device.type == "cuda"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_se_lstm_trains_and_resumes_on_cuda(tmp_path, monkeypatch, precision):
+    model = {"feature_channels": 8, "hidden_channels": 8, "num_layers": 2}
+    options = dict(variant="se_lstm", epochs=2, device="cuda", precision=precision, model=model)
+    straight = run(tiny(tmp_path, "straight", **options))
+    assert all(math.isfinite(e["train_loss"]) for e in straight["epochs"])
+    calls, original = {"n": 0}, selab.train.compute_loss
+
+    def loss_then_ctrl_c(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(selab.train, "compute_loss", loss_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny(tmp_path, "split", **options))
+    monkeypatch.setattr(selab.train, "compute_loss", original)
+    resumed = run(tiny(tmp_path, "split", resume=True, **options))
+    assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx(
+        [e["train_loss"] for e in straight["epochs"]], rel=1e-5)  # CUDA kernels need not be deterministic
+
+
+def test_a_mid_epoch_state_of_another_device_kind_is_a_clear_error(tmp_path):
+    cuda_like_state = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state is 16 bytes, a CPU one's 5056
+    with pytest.raises(ValueError, match="another kind of device"):
+        selab.train._restore_generator(torch.Generator(), cuda_like_state, tmp_path / "last.pt")
