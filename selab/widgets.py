@@ -872,8 +872,8 @@ class EvolutionExplorer(FigureApp):
             image = int(np.argmax(self.num_superpixels))
         if not 0 <= image < len(self.batches):
             raise ValueError(f"image: expected 0..{len(self.batches) - 1} (one of the samples), got {image}")
-        if "mask" not in self.batches[image] and energy == "ground_truth":
-            energy = "prediction"
+        if energy == "ground_truth" and not any("mask" in batch for batch in self.batches):
+            energy = "prediction"  # photos only: the dropdown says what is used (with masks: per image)
         self._output_key: tuple | None = None
         self.controls = {
             "image": widgets.Dropdown(options=self._image_options(), value=image, description="image",
@@ -918,13 +918,18 @@ class EvolutionExplorer(FigureApp):
         return selector.value
 
     def _on_upload(self, change: dict[str, Any]) -> None:
-        for file in change["new"] or ():
-            try:
+        files = change["new"] or ()
+        if not files:
+            return
+        try:
+            for file in files:
                 self.add_photo(bytes(file["content"]), name=str(file.get("name", "upload")).rsplit(".", 1)[0])
-            except Exception as error:
-                self.error = f"{type(error).__name__}: {error}"
-                self.readout.value = f"<b style='color:#b00'>error: {html.escape(self.error)}</b>"
-                raise
+        except Exception as error:
+            self.error = f"{type(error).__name__}: {error}"
+            self.readout.value = f"<b style='color:#b00'>error: {html.escape(self.error)}</b>"
+            raise
+        finally:
+            self.upload.value = ()  # so that the same file can be sent again
 
     # -- the pattern -----------------------------------------------------------------------------
     def _run(self) -> None:
