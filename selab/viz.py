@@ -740,7 +740,7 @@ def draw_hierarchy(
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(-0.55, len(blocks) - 0.45)
     ax.set_yticks(range(len(blocks)), [f"level {level}\n{len(left)} nodes" for level, (left, _) in enumerate(blocks)])
-    ax.set_xlabel("share of the image (numbers: superpixels per node)")
+    ax.set_xlabel("share of the image; numbers: superpixels")
     ax.tick_params(axis="x", labelsize="small")
     if title:
         ax.set_title(title)
