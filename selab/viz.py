@@ -621,13 +621,16 @@ def hierarchy_layout(clusters: Sequence[Any], pos: Any) -> list[np.ndarray]:
     return xs
 
 
-def hierarchy_blocks(clusters: Sequence[Any], pos: Any, sizes: Any | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def hierarchy_blocks(clusters: Sequence[Any], pos: Any, sizes: Any | None = None,
+                     groups: Sequence[Any] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Where :func:`draw_hierarchy` puts every node: ``(left [N_l], width [N_l])`` per level, in [0, 1].
 
     Every node is an interval whose width is its share of the image (``sizes``: pixels of the level-0
     nodes; default one each); a node's interval is exactly the union of its children's, so the levels
     stack like an icicle plot. Siblings are ordered left to right by their mean column, and so are the
-    nodes of the top level: the picture reads roughly like the image, left to right.
+    nodes of the top level: the picture reads roughly like the image, left to right. With ``groups``
+    (one int array per level, e.g. every node's majority class) siblings and top nodes are ordered by
+    group first, then by column: each class then forms one band per parent (and one band at the top).
 
     Example
     -------
@@ -648,13 +651,18 @@ def hierarchy_blocks(clusters: Sequence[Any], pos: Any, sizes: Any | None = None
             raise ValueError(f"clusters[{level}]: expected {int(owners[-1].max(initial=-1)) + 1} entries "
                              f"(one per node of level {level}), got {cluster.shape[0]}")
         owners.append(cluster[owners[-1]])
+    if groups is not None and len(groups) != len(owners):
+        raise ValueError(f"groups: expected one array per level ({len(owners)}), got {len(groups)}")
     ranks, totals = [], []
-    for owner in owners:
+    for level, owner in enumerate(owners):
         count = int(owner.max(initial=-1)) + 1
         total = np.bincount(owner, weights=sizes, minlength=count)
         column = np.bincount(owner, weights=sizes * pos[:, 1], minlength=count) / np.maximum(total, 1e-12)
+        group = np.zeros(count) if groups is None else to_numpy(groups[level]).reshape(-1)
+        if group.shape[0] != count:
+            raise ValueError(f"groups[{level}]: expected {count} values (one per node), got {group.shape[0]}")
         rank = np.empty(count, dtype=np.int64)
-        rank[np.lexsort((np.arange(count), column))] = np.arange(count)  # by column, ties by id
+        rank[np.lexsort((np.arange(count), column, group))] = np.arange(count)  # by group, column, then id
         ranks.append(rank[owner])
         totals.append(total)
     # leaves sorted by their top-level node first, then down the levels: every node's leaves are contiguous
@@ -679,6 +687,7 @@ def draw_hierarchy(
     sizes: Any | None = None,
     highlight: int | None = None,
     label_min_width: float = 0.05,
+    groups: Sequence[Any] | None = None,
 ) -> Axes:
     """Draw the hierarchy of levels as an icicle: one row per level (level 0 at the bottom), one block
     per node, as wide as its share of the image and exactly above the nodes it merged.
@@ -699,6 +708,8 @@ def draw_hierarchy(
         One RGB colour per node and level (default: one blue).
     sizes : float array [N_0], optional
         Pixels of every level-0 node (block widths; default equal).
+    groups : list of int arrays, optional
+        Orders siblings by group before column (see :func:`hierarchy_blocks`), e.g. the node classes.
 
     Example
     -------
@@ -711,7 +722,7 @@ def draw_hierarchy(
     from matplotlib.patches import Rectangle
 
     ax = new_axes(ax, figsize=(7, 3))
-    blocks = hierarchy_blocks(clusters, pos, sizes)
+    blocks = hierarchy_blocks(clusters, pos, sizes, groups)
     leaf_sizes = np.ones(len(blocks[0][0])) if sizes is None else to_numpy(sizes).astype(np.float64).reshape(-1)
     owner = np.arange(len(leaf_sizes))
     for level, (left, width) in enumerate(blocks):

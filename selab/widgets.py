@@ -810,8 +810,8 @@ class EvolutionExplorer(FigureApp):
     chose its structure (the MH trace; for ``greedy`` the histogram of merge probabilities, merged
     edges against the others); the prediction with the levels up to this one; the ground truth (or
     "no ground truth" for a photo without a mask); the hierarchy as an icicle (one row per level, each
-    node a block as wide as its share of the image, coloured by its majority predicted class, the
-    shown level framed). One class legend along the bottom names the colours of the prediction, the
+    node a block as wide as its share of the image, right above the nodes it merged, coloured by and
+    grouped by its majority predicted class, the shown level framed). One class legend along the bottom names the colours of the prediction, the
     ground truth and the hierarchy.
     The panels keep their place and size at every layer (a fixed grid; at the top level the merge and
     MH panels stay, saying why they are empty), so stepping through the layers does not jump.
@@ -1036,8 +1036,9 @@ class EvolutionExplorer(FigureApp):
         else:
             viz.draw_no_data(axes[1, 1], "no ground truth\n(a photo without a mask;\nthe energy is the prediction)",
                              image=self.source, title="ground truth")
-        colors = [CLASS_COLORS[classes] / 255.0 for classes in self.node_classes()]
-        viz.draw_hierarchy(state["clusters"], self.output.levels[0].pos, ax=axes[1, 2], node_colors=colors,
+        classes = self.node_classes()
+        viz.draw_hierarchy(state["clusters"], self.output.levels[0].pos, ax=axes[1, 2],
+                           node_colors=[CLASS_COLORS[c] / 255.0 for c in classes], groups=classes,
                            sizes=self.output.levels[0].size, highlight=layer,
                            title="hierarchy (colour: majority class)")
         viz.figure_class_legend(figure, title="class colours (prediction, ground truth, hierarchy blocks)",

@@ -111,8 +111,13 @@ def test_hierarchy_blocks_nest_every_node_over_its_children_sized_by_pixels():
     top = clusters[1][clusters[0]]
     column = [np.average(pos[top == k, 1], weights=sizes[top == k]) for k in (0, 1)]
     assert (blocks[2][0][0] < blocks[2][0][1]) == (column[0] < column[1])
+    # grouped: the top nodes by group first (node 1 in group 0 comes before node 0 in group 1)
+    grouped = viz.hierarchy_blocks(clusters, pos, sizes, groups=[np.zeros(12), np.zeros(5), np.array([1, 0])])
+    assert grouped[2][0][1] == 0.0 < grouped[2][0][0]
     with pytest.raises(ValueError, match="sizes"):
         viz.hierarchy_blocks(clusters, pos, sizes[:3])
+    with pytest.raises(ValueError, match=r"groups\[2\]"):
+        viz.hierarchy_blocks(clusters, pos, groups=[np.zeros(12), np.zeros(5), np.zeros(3)])
     with pytest.raises(ValueError, match=r"clusters\[1\]"):
         viz.hierarchy_blocks([clusters[0], np.array([0, 0])], pos)
 
