@@ -887,7 +887,8 @@ class EvolutionExplorer(FigureApp):
         # selab decision: a fixed grid (no layout engine) so that no panel moves or resizes when its
         # title, colour bar or tick labels change from layer to layer.
         super().__init__(figsize=(12.0, 7.6), layout=None)
-        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload a photo")
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload a photo",
+                                        layout=widgets.Layout(width="auto"))  # the whole label, not "phot…"
         self.upload.observe(self._on_upload, names="value")
         controls_box = self.widget.children[0]
         controls_box.children = (*controls_box.children, self.upload)
