@@ -561,7 +561,7 @@ def photo_sample(source: Any, image_size: int, mask: Any | None = None, name: st
     ``source`` is a scikit-image sample photo's name (``"astronaut"``, see :data:`PEOPLE_PHOTOS`), the
     path of an image file, the bytes of one (a ``FileUpload``), or an image array (``[H,W,3]``,
     ``[3,H,W]`` or grey). It is resized to ``image_size`` square exactly as in training and prediction
-    (:func:`selab.data.resize_image`). ``mask`` (a label PNG's path or a class-id array of the photo's
+    (``selab.data.resize_image``). ``mask`` (a label PNG's path or a class-id array of the photo's
     size) is resized with the nearest label.
 
     Example
