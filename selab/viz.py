@@ -3,13 +3,14 @@
 Draws what the Structure-evolving LSTM (Liang et al., CVPR 2017) and the Graph LSTM (Liang et al.,
 ECCV 2016) compute: a superpixel region graph over its image, a per-node value (an update rank, a
 wavefront level, a gate) painted into the superpixels, per-edge values (merge probabilities) as edge
-colours, a partition of the nodes, a class map, a Metropolis-Hastings trace and the hierarchy of levels
-as a tree. Every function takes plain numpy arrays or torch tensors (any device), draws into a given
+colours or as colours of the border two nodes share, a partition of the nodes (random or class colours),
+a class map, a Metropolis-Hastings trace and the hierarchy of levels as an icicle of blocks. Every function takes plain numpy arrays or torch tensors (any device), draws into a given
 ``matplotlib`` axis (or a new one) and returns the axis, so notebooks and widgets stay thin.
 
 Conventions: ``pos [N,2]`` holds (row, col) pixel centroids, so a node is drawn at x = col, y = row;
 ``edge_index [2,E]`` holds each undirected pair once; ``labels`` / ``assignment`` map pixels to node ids.
-Nothing here loops over pixels or edges in Python: edges go into one ``LineCollection``.
+Nothing here loops over pixels or edges in Python: edges go into one ``LineCollection``, borders are
+found with array comparisons and a sorted lookup, hierarchy blocks go into one collection per level.
 
 Nothing here changes pyplot's state either: pyplot is imported only by :func:`new_axes`, when a caller
 asks for a new figure (``ax=None``, the notebook convenience); the backend, the rc parameters and the
@@ -36,16 +37,20 @@ __all__ = [
     "boundary_mask",
     "draw_graph",
     "draw_region_graph",
+    "border_pixels",
+    "draw_border_values",
     "paint_nodes",
     "partition_colors",
     "draw_partition",
     "draw_segmentation",
+    "draw_no_data",
     "class_legend",
     "class_handles",
     "figure_class_legend",
     "draw_edge_histogram",
     "draw_mh_trace",
     "hierarchy_layout",
+    "hierarchy_blocks",
     "draw_hierarchy",
     "demo_image",
 ]
@@ -247,6 +252,95 @@ def draw_region_graph(
     return draw_graph(edge_index, pos, ax=ax, edge_values=edge_values, **graph_kwargs)
 
 
+def border_pixels(assignment: Any, edge_index: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels on the border of every edge of a level: ``(pixel [P], edge [P])``, flat pixel ids.
+
+    ``assignment [H,W]`` maps pixels to the level's nodes, ``edge_index [2,E]`` holds that level's
+    (4-connected) adjacency. Every horizontally or vertically neighbouring pixel pair of two different
+    nodes belongs to the edge joining them; both pixels of the pair are returned, so a border is two
+    pixels wide. Pairs of nodes without an edge in ``edge_index`` are left out.
+
+    Example
+    -------
+    >>> pixel, edge = border_pixels(np.array([[0, 1, 1]]), np.array([[0], [1]]))
+    >>> pixel.tolist(), edge.tolist()
+    ([0, 1], [0, 0])
+    """
+    assignment = to_numpy(assignment).astype(np.int64)
+    edge_index = to_numpy(edge_index).astype(np.int64).reshape(2, -1)
+    if assignment.ndim != 2:
+        raise ValueError(f"assignment: expected [H,W] (pixel -> node), got shape {assignment.shape}")
+    num = int(max(assignment.max(initial=0), edge_index.max(initial=0))) + 1
+    ids = np.arange(assignment.size).reshape(assignment.shape)
+    firsts, seconds = [], []
+    for a, b, ia, ib in ((assignment[:, :-1], assignment[:, 1:], ids[:, :-1], ids[:, 1:]),
+                         (assignment[:-1, :], assignment[1:, :], ids[:-1, :], ids[1:, :])):
+        apart = a != b
+        firsts.append(np.stack([a[apart], b[apart]]))
+        seconds.append(np.stack([ia[apart], ib[apart]]))
+    nodes, pixels = np.concatenate(firsts, axis=1), np.concatenate(seconds, axis=1)
+    keys = nodes.min(0) * num + nodes.max(0)
+    edge_keys = edge_index.min(0) * num + edge_index.max(0)
+    order = np.argsort(edge_keys, kind="stable")
+    found = np.searchsorted(edge_keys[order], keys)
+    found = np.minimum(found, max(len(order) - 1, 0))
+    known = (edge_keys[order][found] == keys) if len(order) else np.zeros(len(keys), dtype=bool)
+    edge = order[found[known]] if len(order) else np.zeros(0, dtype=np.int64)
+    return np.concatenate([pixels[0, known], pixels[1, known]]), np.concatenate([edge, edge])
+
+
+def draw_border_values(
+    assignment: Any,
+    edge_index: Any,
+    edge_values: Any,
+    ax: Axes | None = None,
+    image: Any | None = None,
+    cmap: str = "viridis",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    width: int = 3,
+    colorbar: str | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Colour the border between every two adjacent nodes by their edge's value (a merge probability).
+
+    Lines from centroid to centroid (:func:`draw_graph`) turn into a star of overlapping lines around
+    a large node of a coarse level; drawn on the shared border instead, every edge keeps its own
+    place, so the merge probabilities of a large node with each of its neighbours can be told apart.
+    Where borders meet, the larger value is shown. ``width`` widens the borders (pixels).
+
+    Example
+    -------
+    >>> ax = draw_border_values(np.array([[0, 0, 1, 1]] * 4), [[0], [1]], [0.9])
+    >>> float(np.nanmax(ax.images[-1].get_array()))
+    0.9
+    """
+    from scipy.ndimage import maximum_filter
+
+    ax = new_axes(ax)
+    assignment = to_numpy(assignment).astype(np.int64)
+    edge_index = to_numpy(edge_index).astype(np.int64).reshape(2, -1)
+    values = to_numpy(edge_values).astype(np.float64).reshape(-1)
+    if values.shape[0] != edge_index.shape[1]:
+        raise ValueError(f"edge_values: expected {edge_index.shape[1]} values (one per edge), got {values.shape[0]}")
+    pixel, edge = border_pixels(assignment, edge_index)
+    painted = np.full(assignment.size, -np.inf)
+    np.maximum.at(painted, pixel, values[edge])
+    painted = painted.reshape(assignment.shape)
+    if width > 2:  # the pair already gives two pixels
+        painted = maximum_filter(painted, size=width - 1, mode="nearest")
+    shown = np.ma.masked_invalid(np.where(np.isfinite(painted), painted, np.nan))
+    if image is not None:  # the photo, lighter, so that the coloured borders stand out
+        ax.imshow(0.45 * to_image(image) + 0.55, interpolation="nearest")
+    mapped = ax.imshow(shown, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if colorbar:
+        ax.figure.colorbar(mapped, ax=ax, fraction=0.046, pad=0.04, label=colorbar)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def paint_nodes(
     labels: Any,
     node_values: Any,
@@ -308,24 +402,56 @@ def draw_partition(
     alpha: float = 0.55,
     title: str | None = None,
     seed: int = 0,
+    node_classes: Any | None = None,
 ) -> Axes:
     """Paint each part of a partition (``assignment [H,W]``: pixel -> node of a level) in its own colour.
 
-    Part borders are drawn in white, so the shape of each merged region reads even where two random
-    colours happen to be close.
+    Part borders are drawn in white, so the shape of each merged region reads even where two colours
+    are close. With ``node_classes [N]`` (e.g. each clique's majority class) every part takes its
+    class colour (:data:`selab.classes.CLASS_COLORS`) instead of a random one.
 
     Example
     -------
     >>> ax = draw_partition(np.array([[0, 0, 1]]))
+    >>> ax = draw_partition(np.array([[0, 0, 1]]), node_classes=[2, 1])
     """
     ax = new_axes(ax)
     assignment = to_numpy(assignment).astype(np.int64)
-    colors = partition_colors(int(assignment.max()) + 1, seed=seed)[assignment]
+    num_parts = int(assignment.max()) + 1
+    if node_classes is None:
+        colors = partition_colors(num_parts, seed=seed)[assignment]
+    else:
+        classes = to_numpy(node_classes).astype(np.int64).reshape(-1)
+        if classes.shape[0] < num_parts:
+            raise ValueError(f"node_classes: expected {num_parts} classes (one per part), got {classes.shape[0]}")
+        colors = CLASS_COLORS[classes].astype(np.float32)[assignment] / 255.0
     if image is not None:
         colors = (1 - alpha) * to_image(image) + alpha * colors
     colors[boundary_mask(assignment)] = 1.0
     ax.imshow(colors, interpolation="nearest")
     ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def draw_no_data(ax: Axes, text: str, image: Any | None = None, title: str | None = None) -> Axes:
+    """A panel that has nothing to show says so: ``text`` in its middle, over a faded ``image`` if given.
+
+    For panels that depend on data an input may lack (the ground truth of a photo): the panel keeps its
+    place and tells the reader why it is empty, rather than disappearing.
+
+    Example
+    -------
+    >>> from matplotlib.figure import Figure
+    >>> draw_no_data(Figure().subplots(), "no ground truth").texts[0].get_text()
+    'no ground truth'
+    """
+    if image is not None:
+        ax.imshow(0.3 * to_image(image) + 0.7, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.25", wrap=True)
     if title:
         ax.set_title(title)
     return ax
@@ -410,8 +536,11 @@ def draw_edge_histogram(
     target: Any | None = None,
     bins: int = 20,
     title: str | None = None,
+    target_labels: tuple[str, str] = ("same label", "different labels"),
 ) -> Axes:
     """Histogram of per-edge values in [0, 1]; split by a 0/1 ``target`` (same-label edges) if given.
+
+    ``target_labels`` names the two groups (target 1, target 0) in the legend.
 
     Example
     -------
@@ -425,7 +554,7 @@ def draw_edge_histogram(
     else:
         same = to_numpy(target).reshape(-1) > 0.5
         ax.hist([values[same], values[~same]], bins=edges, stacked=True,
-                color=["tab:green", "tab:red"], label=["same label", "different labels"])
+                color=["tab:green", "tab:red"], label=list(target_labels))
         ax.legend(fontsize="small")
     ax.set_xlabel("merge probability")
     ax.set_ylabel("edges")
@@ -492,44 +621,138 @@ def hierarchy_layout(clusters: Sequence[Any], pos: Any) -> list[np.ndarray]:
     return xs
 
 
+def hierarchy_blocks(clusters: Sequence[Any], pos: Any, sizes: Any | None = None,
+                     groups: Sequence[Any] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Where :func:`draw_hierarchy` puts every node: ``(left [N_l], width [N_l])`` per level, in [0, 1].
+
+    Every node is an interval whose width is its share of the image (``sizes``: pixels of the level-0
+    nodes; default one each); a node's interval is exactly the union of its children's, so the levels
+    stack like an icicle plot. Siblings are ordered left to right by their mean column, and so are the
+    nodes of the top level: the picture reads roughly like the image, left to right. With ``groups``
+    (one int array per level, e.g. every node's majority class) siblings and top nodes are ordered by
+    group first, then by column: each class then forms one band per parent (and one band at the top).
+
+    Example
+    -------
+    >>> blocks = hierarchy_blocks([np.array([1, 1, 0])], np.array([[0, 0], [0, 1], [0, 5.0]]), [1, 1, 2])
+    >>> [(left.tolist(), width.tolist()) for left, width in blocks]
+    [([0.0, 0.25, 0.5], [0.25, 0.25, 0.5]), ([0.5, 0.0], [0.5, 0.5])]
+    """
+    pos = to_numpy(pos).astype(np.float64)
+    num_leaves = pos.shape[0]
+    sizes = np.ones(num_leaves) if sizes is None else to_numpy(sizes).astype(np.float64).reshape(-1)
+    if sizes.shape[0] != num_leaves:
+        raise ValueError(f"sizes: expected {num_leaves} values (one per level-0 node), got {sizes.shape[0]}")
+    # leaf -> its node at every level, and every node's size and size-weighted mean column
+    owners = [np.arange(num_leaves)]
+    for level, cluster in enumerate(clusters):
+        cluster = to_numpy(cluster).astype(np.int64).reshape(-1)
+        if cluster.shape[0] != int(owners[-1].max(initial=-1)) + 1:
+            raise ValueError(f"clusters[{level}]: expected {int(owners[-1].max(initial=-1)) + 1} entries "
+                             f"(one per node of level {level}), got {cluster.shape[0]}")
+        owners.append(cluster[owners[-1]])
+    if groups is not None and len(groups) != len(owners):
+        raise ValueError(f"groups: expected one array per level ({len(owners)}), got {len(groups)}")
+    ranks, totals = [], []
+    for level, owner in enumerate(owners):
+        count = int(owner.max(initial=-1)) + 1
+        total = np.bincount(owner, weights=sizes, minlength=count)
+        column = np.bincount(owner, weights=sizes * pos[:, 1], minlength=count) / np.maximum(total, 1e-12)
+        group = np.zeros(count) if groups is None else to_numpy(groups[level]).reshape(-1)
+        if group.shape[0] != count:
+            raise ValueError(f"groups[{level}]: expected {count} values (one per node), got {group.shape[0]}")
+        rank = np.empty(count, dtype=np.int64)
+        rank[np.lexsort((np.arange(count), column, group))] = np.arange(count)  # by group, column, then id
+        ranks.append(rank[owner])
+        totals.append(total)
+    # leaves sorted by their top-level node first, then down the levels: every node's leaves are contiguous
+    order = np.lexsort(ranks)
+    left_of_leaf = np.empty(num_leaves)
+    left_of_leaf[order] = np.concatenate([[0.0], np.cumsum(sizes[order])[:-1]])
+    scale = max(sizes.sum(), 1e-12)
+    blocks = []
+    for owner, total in zip(owners, totals):
+        left = np.full(len(total), np.inf)
+        np.minimum.at(left, owner, left_of_leaf)
+        blocks.append((left / scale, total / scale))
+    return blocks
+
+
 def draw_hierarchy(
     clusters: Sequence[Any],
     pos: Any,
     ax: Axes | None = None,
     node_colors: Sequence[Any] | None = None,
     title: str | None = None,
+    sizes: Any | None = None,
+    highlight: int | None = None,
+    label_min_width: float = 0.05,
+    groups: Sequence[Any] | None = None,
 ) -> Axes:
-    """Draw the hierarchy of levels as a tree: level 0 at the bottom, each node linked to its parent.
+    """Draw the hierarchy of levels as an icicle: one row per level (level 0 at the bottom), one block
+    per node, as wide as its share of the image and exactly above the nodes it merged.
+
+    A clique reads as one wide block over the many narrow ones it joined; its colour says its class
+    (``node_colors``, e.g. each node's majority predicted class) and blocks of at least
+    ``label_min_width`` of the row are labelled with the number of superpixels they hold. Neighbouring
+    blocks alternate in lightness and are separated by white lines, so that two cliques of one class
+    stay two. ``highlight`` frames one level's row (the layer shown elsewhere).
 
     Parameters
     ----------
     clusters : list of int arrays
         ``clusters[l] [N_l]`` maps the nodes of level ``l`` to the nodes of level ``l + 1``.
     pos : float array [N_0, 2]
-        (row, col) of the level-0 nodes; their columns place the leaves left to right.
+        (row, col) of the level-0 nodes; their columns order the blocks left to right.
     node_colors : list of arrays, optional
-        One colour spec per level (e.g. class colours of the nodes' predictions).
+        One RGB colour per node and level (default: one blue).
+    sizes : float array [N_0], optional
+        Pixels of every level-0 node (block widths; default equal).
+    groups : list of int arrays, optional
+        Orders siblings by group before column (see :func:`hierarchy_blocks`), e.g. the node classes.
 
     Example
     -------
     >>> ax = draw_hierarchy([np.array([0, 0, 1]), np.array([0, 0])], np.array([[0, 0], [0, 2], [0, 4.0]]))
+    >>> len(ax.collections)  # one row of blocks per level
+    3
     """
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_rgb
+    from matplotlib.patches import Rectangle
+
     ax = new_axes(ax, figsize=(7, 3))
-    xs = hierarchy_layout(clusters, pos)
-    segments = [
-        np.stack([np.stack([xs[level], np.full_like(xs[level], level)], 1),
-                  np.stack([xs[level + 1][to_numpy(cluster).astype(np.int64)],
-                            np.full_like(xs[level], level + 1)], 1)], axis=1)
-        for level, cluster in enumerate(clusters)
-    ]
-    if segments:
-        ax.add_collection(LineCollection(np.concatenate(segments), colors="0.6", linewidths=0.6))
-    for level, x in enumerate(xs):
-        color = "tab:blue" if node_colors is None else node_colors[level]
-        ax.scatter(x, np.full_like(x, level), s=max(4.0, 60.0 / np.sqrt(len(x))), c=color, zorder=3)
-    ax.set_yticks(range(len(xs)), [f"level {level}\n{len(x)} nodes" for level, x in enumerate(xs)])
-    ax.set_xlabel("image column")
-    ax.autoscale_view()
+    blocks = hierarchy_blocks(clusters, pos, sizes, groups)
+    leaf_sizes = np.ones(len(blocks[0][0])) if sizes is None else to_numpy(sizes).astype(np.float64).reshape(-1)
+    owner = np.arange(len(leaf_sizes))
+    for level, (left, width) in enumerate(blocks):
+        if level:
+            owner = to_numpy(clusters[level - 1]).astype(np.int64)[owner]
+        members = np.bincount(owner, minlength=len(left))
+        if node_colors is None:
+            colors = np.tile(np.asarray(to_rgb("tab:blue")), (len(left), 1))
+        else:
+            colors = np.asarray(node_colors[level], dtype=np.float64).reshape(len(left), -1)[:, :3]
+        # alternate lightness along the row: neighbouring blocks of one class stay apart
+        parity = np.argsort(np.argsort(left, kind="stable"), kind="stable") % 2 == 1
+        colors = np.where(parity[:, None], 0.75 * colors + 0.25, colors)
+        y0, y1 = level - 0.42, level + 0.42
+        corners = np.stack([np.stack([left, np.full_like(left, y0)], 1), np.stack([left + width, np.full_like(left, y0)], 1),
+                            np.stack([left + width, np.full_like(left, y1)], 1), np.stack([left, np.full_like(left, y1)], 1)], 1)
+        wide = width >= 0.004  # separators only where a block is more than a sliver
+        ax.add_collection(PolyCollection(corners, facecolors=colors, edgecolors="white",
+                                         linewidths=np.where(wide, 0.6, 0.0)))
+        for i in np.flatnonzero(width >= label_min_width):
+            dark = colors[i] @ np.array([0.299, 0.587, 0.114]) < 0.5
+            ax.text(left[i] + width[i] / 2, level, f"{members[i]}", ha="center", va="center", fontsize="x-small",
+                    color="white" if dark else "black", clip_on=True)
+    if highlight is not None and 0 <= highlight < len(blocks):
+        ax.add_patch(Rectangle((0.0, highlight - 0.48), 1.0, 0.96, fill=False, edgecolor="0.15", linewidth=1.5))
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(-0.55, len(blocks) - 0.45)
+    ax.set_yticks(range(len(blocks)), [f"level {level}\n{len(left)} nodes" for level, (left, _) in enumerate(blocks)])
+    ax.set_xlabel("share of the image; numbers: superpixels")
+    ax.tick_params(axis="x", labelsize="small")
     if title:
         ax.set_title(title)
     return ax

@@ -41,8 +41,12 @@ from selab import orders, viz
 from selab.classes import CLASS_COLORS
 from selab.superpixels import unpool_to_pixels
 
-__all__ = ["ORDERS", "update_order", "FigureApp", "SuperpixelExplorer", "UpdateOrderExplorer", "mh_table", "MHChainExplorer",
-           "as_batch", "evolution_forward", "level_contributions", "level_predictions", "EvolutionExplorer"]
+__all__ = ["ORDERS", "PEOPLE_PHOTOS", "update_order", "FigureApp", "SuperpixelExplorer", "UpdateOrderExplorer",
+           "mh_table", "MHChainExplorer", "merge_colour_floor", "photo_sample", "photo_samples", "as_batch",
+           "evolution_forward", "level_inputs", "level_contributions", "level_predictions", "EvolutionExplorer"]
+
+#: scikit-image's sample photos that show a person (shipped with scikit-image: no download).
+PEOPLE_PHOTOS = ("astronaut", "camera")
 
 #: The update orders the explorers offer, by name (the paper's Graph LSTM ablations plus a baseline).
 ORDERS = ("confidence", "bfs", "dfs", "random")
@@ -535,6 +539,92 @@ class MHChainExplorer(FigureApp):
 
 
 # --------------------------------------------------------------------------------------------------
+# photos as model samples
+# --------------------------------------------------------------------------------------------------
+def photo_sample(source: Any, image_size: int, mask: Any | None = None, name: str | None = None) -> dict:
+    """A sample dict (``image [3,S,S]``, ``id``, optional ``mask [S,S]``) of one photo, for a model and
+    :class:`EvolutionExplorer`.
+
+    ``source`` is a scikit-image sample photo's name (``"astronaut"``, see :data:`PEOPLE_PHOTOS`), the
+    path of an image file, the bytes of one (a ``FileUpload``), or an image array (``[H,W,3]``,
+    ``[3,H,W]`` or grey). It is resized to ``image_size`` square exactly as in training and prediction
+    (``selab.data.resize_image``). ``mask`` (a label PNG's path or a class-id array of the photo's
+    size) is resized with the nearest label.
+
+    Example
+    -------
+    >>> sample = photo_sample("astronaut", 64)
+    >>> sample["image"].shape, sample["id"]
+    (torch.Size([3, 64, 64]), 'astronaut')
+    """
+    import os
+    from pathlib import Path
+
+    import torch
+    import torch.nn.functional as F
+
+    from selab.data import read_image, read_mask, resize_image
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(bytes(source))) as opened:
+                rgb = np.asarray(opened.convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            raise ValueError(f"image: cannot read {name or 'the uploaded file'} as an image: {error}") from None
+        image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float() / 255.0
+        name = name or "upload"
+    elif isinstance(source, (str, os.PathLike)):
+        import skimage.data
+
+        text = str(source)
+        loader = getattr(skimage.data, text, None)
+        if not Path(text).exists() and callable(loader) and "/" not in text:
+            image = torch.from_numpy(viz.to_image(loader())).permute(2, 0, 1).contiguous()
+        elif Path(text).is_file():
+            image = read_image(text)
+        else:
+            raise ValueError(f"image: {text!r} is neither an image file nor a scikit-image sample photo "
+                             f"(with a person: {', '.join(PEOPLE_PHOTOS)})")
+        name = name or Path(text).stem
+    else:
+        image = torch.from_numpy(viz.to_image(source)).permute(2, 0, 1).contiguous()
+        name = name or "image"
+    sample = {"image": resize_image(image, image_size), "id": name}
+    if mask is not None:
+        labels = read_mask(mask) if isinstance(mask, (str, os.PathLike)) else torch.as_tensor(viz.to_numpy(mask))
+        if tuple(labels.shape) != tuple(image.shape[-2:]):
+            raise ValueError(f"mask: expected the photo's size {tuple(image.shape[-2:])}, got {tuple(labels.shape)}")
+        sample["mask"] = F.interpolate(labels[None, None].float(), size=(image_size, image_size),
+                                       mode="nearest")[0, 0].long()
+    return sample
+
+
+def photo_samples(sources: str | Any, image_size: int, masks: str | Any | None = None) -> list[dict]:
+    """:func:`photo_sample` of every photo of ``sources``: a list, or one comma-separated string (a
+    notebook parameter such as ``"astronaut,camera"``); ``masks`` likewise, one per photo ("" for none).
+
+    Example
+    -------
+    >>> [s["id"] for s in photo_samples("astronaut, camera", 32)]
+    ['astronaut', 'camera']
+    """
+    def split(value):
+        if value is None:
+            return []
+        return [item.strip() for item in value.split(",")] if isinstance(value, str) else list(value)
+
+    names, mask_list = [item for item in split(sources) if not isinstance(item, str) or item], split(masks)
+    if not names:
+        raise ValueError("images: expected at least one photo (a scikit-image sample name or an image path)")
+    if mask_list and len(mask_list) != len(names):
+        raise ValueError(f"masks: expected one per photo ({len(names)}), got {len(mask_list)}")
+    mask_list = mask_list or [None] * len(names)
+    return [photo_sample(name, image_size, mask=mask or None) for name, mask in zip(names, mask_list)]
+
+
+# --------------------------------------------------------------------------------------------------
 # the evolution of one image through a model
 # --------------------------------------------------------------------------------------------------
 def as_batch(sample: dict, n_segments: int | None = None, compactness: float = 10.0) -> dict:
@@ -603,6 +693,40 @@ def evolution_forward(model: Any, batch: dict, structure: str = "mh", energy: st
             evo.eval_mode = eval_mode
 
 
+def level_inputs(model: Any, batch: dict, structure: str = "greedy", seed: int = 0) -> dict:
+    """What the first Graph LSTM layer of a graph model reads on a batch, captured while it runs.
+
+    Returns ``x`` (node inputs ``[N,H]``), ``confidence`` (node class confidences ``[N,K]``, the softmax
+    of the pooled initial confidence maps, which drive the confidence order and the prediction energy),
+    ``rank`` (the update order used), ``graph`` (level 0) and ``output`` (the model's ``ModelOutput``
+    from :func:`evolution_forward` with the prediction energy).
+
+    selab decision: the values are captured with forward pre-hooks on ``model.node_input`` and
+    ``model.layers[0]`` rather than recomputed, so they are exactly what the model used.
+    """
+    captured: dict[str, Any] = {}
+
+    def node_input_hook(module, args):
+        captured.setdefault("node_in", args[0].detach())
+
+    def layer_hook(module, args):
+        captured.setdefault("layer", tuple(a.detach() if hasattr(a, "detach") else a for a in args))
+
+    if not getattr(model.config, "uses_graph", False):
+        raise ValueError(f"model: expected a graph variant (graph_lstm or se_lstm), got {model.config.variant!r}")
+    handles = [model.node_input.register_forward_pre_hook(node_input_hook),
+               model.layers[0].register_forward_pre_hook(layer_hook)]
+    try:
+        output = evolution_forward(model, batch, structure=structure, energy="prediction", seed=seed)
+    finally:
+        for handle in handles:
+            handle.remove()
+    num_classes = model.config.num_classes
+    x, _, rank = captured["layer"][:3]
+    return {"x": x, "confidence": captured["node_in"][:, -num_classes:].softmax(1), "rank": rank,
+            "graph": output.levels[0], "output": output}
+
+
 def level_contributions(model: Any, output: Any) -> list:
     """Each level's additive share of the logits: ``[B,K,S,S]`` per level whose states reach the pixels.
 
@@ -630,29 +754,56 @@ def level_predictions(model: Any, output: Any) -> list:
     return predictions
 
 
+def merge_colour_floor(merge_prob: Any) -> float:
+    """The low end of a merge-probability colour scale: the 2nd percentile rounded down to a tenth.
+
+    selab decision: a trained model's probabilities can all lie in [0.6, 1]; a fixed [0, 1] scale then
+    paints every edge the same yellow. Starting the scale at a tenth below nearly all of them (the
+    colour bar says where) lets them be told apart, and keeps round, comparable bounds.
+
+    Example
+    -------
+    >>> merge_colour_floor(np.array([0.66, 0.9, 0.99])), merge_colour_floor(np.zeros(0))
+    (0.6, 0.0)
+    """
+    values = viz.to_numpy(merge_prob).reshape(-1)
+    if not values.size:
+        return 0.0
+    return float(np.clip(np.floor(np.percentile(values, 2) * 10) / 10, 0.0, 0.9))
+
+
 class EvolutionExplorer(FigureApp):
     """Step through the evolution of one image's hierarchy in a (SE-LSTM) model.
 
     Controls: ``"image"`` (which of the given samples), ``"layer"`` (the level shown), ``"structure"``
     (``mh`` / ``greedy`` / ``none``) and ``"energy"`` (``ground_truth`` / ``prediction``); changing the
-    image, the structure or the energy reruns the model.
+    image, the structure or the energy reruns the model. Beside them a ``FileUpload`` (``upload``,
+    "upload a photo") adds any photo to the image list and shows it (:meth:`add_photo` does the same
+    from code).
     Panels: the partition at that level over the image; the merge probabilities of that level's edges
-    (the input of the next evolution); the MH trace of that layer; the prediction with the levels up to
-    this one; the ground truth; the hierarchy as a tree (nodes coloured by their predicted class). One
-    class legend along the bottom names the colours of the prediction, the ground truth and the tree.
+    (the input of the next evolution), each drawn on the border the two nodes share; how the layer
+    chose its structure (the MH trace; for ``greedy`` the histogram of merge probabilities, merged
+    edges against the others); the prediction with the levels up to this one; the ground truth (or
+    "no ground truth" for a photo without a mask); the hierarchy as an icicle (one row per level, each
+    node a block as wide as its share of the image, right above the nodes it merged, coloured by and
+    grouped by its majority predicted class, the shown level framed). One class legend along the bottom names the colours of the prediction, the
+    ground truth and the hierarchy.
     The panels keep their place and size at every layer (a fixed grid; at the top level the merge and
     MH panels stay, saying why they are empty), so stepping through the layers does not jump.
     State: ``image``, ``layer``, ``num_levels``, ``nodes_per_level``, ``num_nodes``, ``num_edges``,
-    ``mean_merge_prob``, ``acceptance_rate`` (NaN without a chain), ``pixel_accuracy`` of the shown
-    prediction (NaN without a mask), ``structure``, ``energy``, ``trained``; arrays ``assignment [S,S]``,
+    ``mean_merge_prob``, ``acceptance_rate`` (NaN without a chain), ``merged_edges`` (edges switched on
+    after this level, ``-1`` at the top), ``pixel_accuracy`` of the shown prediction (NaN without a
+    mask), ``has_ground_truth``, ``structure``, ``energy`` (the one used: ``prediction`` for an image
+    without a mask, whatever the dropdown says), ``trained``; arrays ``assignment [S,S]``,
     ``prediction [S,S]``, ``merge_prob [E]`` (empty at the top level) and ``clusters`` (one per evolution).
 
     Parameters
     ----------
     model : SELabModel
     sample : dict or sequence of dicts
-        One image (``image [3,S,S]``, optional ``mask`` and ``superpixels``, see :func:`as_batch`) or
-        several, chosen with the ``"image"`` dropdown.
+        One image (``image [3,S,S]``, optional ``mask`` and ``superpixels``, see :func:`as_batch` and
+        :func:`photo_sample`) or several, chosen with the ``"image"`` dropdown; some may have a mask,
+        others not.
     image : int, optional
         The sample shown first; default the one with the most superpixels (selab decision: SLIC can
         return far fewer regions than asked on a small image, a poor first view).
@@ -686,25 +837,22 @@ class EvolutionExplorer(FigureApp):
         samples = [sample] if isinstance(sample, dict) else list(sample)
         if not samples:
             raise ValueError("sample: expected a sample dict or a non-empty sequence of them")
-        self.batches = [as_batch(item, n_segments=n_segments or model.config.n_segments,
-                                 compactness=model.config.compactness) for item in samples]
-        has_mask = ["mask" in batch for batch in self.batches]
-        if any(has_mask) and not all(has_mask):
-            raise ValueError("sample: either every sample has a 'mask' or none does")
+        self.n_segments = n_segments or model.config.n_segments
+        self.batches = [as_batch(item, n_segments=self.n_segments, compactness=model.config.compactness)
+                        for item in samples]
+        self.image_size = int(self.batches[0]["image"].shape[-1])
+        self.names = [str(item.get("id", index)) for index, item in enumerate(samples)]
         self.num_superpixels = [int(batch["superpixels"].max()) + 1 for batch in self.batches]
         if image is None:
             image = int(np.argmax(self.num_superpixels))
         if not 0 <= image < len(self.batches):
             raise ValueError(f"image: expected 0..{len(self.batches) - 1} (one of the samples), got {image}")
-        if not has_mask[0] and energy == "ground_truth":
-            energy = "prediction"
-        names = [str(item.get("id", index)) for index, item in enumerate(samples)]
+        if energy == "ground_truth" and not any("mask" in batch for batch in self.batches):
+            energy = "prediction"  # photos only: the dropdown says what is used (with masks: per image)
         self._output_key: tuple | None = None
         self.controls = {
-            "image": widgets.Dropdown(
-                options=[(f"{index}: {name} ({count} superpixels)", index)
-                         for index, (name, count) in enumerate(zip(names, self.num_superpixels))],
-                value=image, description="image", disabled=len(self.batches) == 1),
+            "image": widgets.Dropdown(options=self._image_options(), value=image, description="image",
+                                      disabled=len(self.batches) == 1),
             "layer": widgets.IntSlider(value=0, min=0, max=max(model.config.num_layers - 1, 0), description="layer"),
             "structure": widgets.Dropdown(options=["mh", "greedy", "none"], value=structure,
                                           description="structure"),
@@ -714,14 +862,58 @@ class EvolutionExplorer(FigureApp):
         # selab decision: a fixed grid (no layout engine) so that no panel moves or resizes when its
         # title, colour bar or tick labels change from layer to layer.
         super().__init__(figsize=(12.0, 7.6), layout=None)
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload a photo",
+                                        layout=widgets.Layout(width="auto"))  # the whole label, not "phot…"
+        self.upload.observe(self._on_upload, names="value")
+        controls_box = self.widget.children[0]
+        controls_box.children = (*controls_box.children, self.upload)
+
+    def _image_options(self) -> list[tuple[str, int]]:
+        return [(f"{index}: {name} ({count} superpixels)", index)
+                for index, (name, count) in enumerate(zip(self.names, self.num_superpixels))]
 
     def _select(self, image: int) -> None:
         self.batch = self.batches[image]
         self.source = viz.to_image(self.batch["image"][0])
         self.mask = self.batch["mask"][0].numpy() if "mask" in self.batch else None
 
+    # -- photos ----------------------------------------------------------------------------------
+    def add_photo(self, source: Any, name: str | None = None) -> int:
+        """Add a photo (anything :func:`photo_sample` reads: a path, the bytes of an image file, an
+        array) at the size of the other samples, show it, and return its index in the image list."""
+        sample = photo_sample(source, self.image_size, name=name)
+        batch = as_batch(sample, n_segments=self.n_segments, compactness=self.model.config.compactness)
+        self.batches.append(batch)
+        self.names.append(str(sample["id"]))
+        self.num_superpixels.append(int(batch["superpixels"].max()) + 1)
+        selector = self.controls["image"]
+        with self.controls["image"].hold_trait_notifications():
+            selector.options = self._image_options()
+            selector.disabled = False
+        selector.value = len(self.batches) - 1  # observed: reruns the model on the new photo
+        return selector.value
+
+    def _on_upload(self, change: dict[str, Any]) -> None:
+        files = change["new"] or ()
+        if not files:
+            return
+        try:
+            for file in files:
+                self.add_photo(bytes(file["content"]), name=str(file.get("name", "upload")).rsplit(".", 1)[0])
+        except Exception as error:
+            self.error = f"{type(error).__name__}: {error}"
+            self.readout.value = f"<b style='color:#b00'>error: {html.escape(self.error)}</b>"
+            raise
+        finally:
+            self.upload.value = ()  # so that the same file can be sent again
+
+    # -- the pattern -----------------------------------------------------------------------------
     def _run(self) -> None:
-        key = (self.controls["structure"].value, self.controls["energy"].value, int(self.controls["image"].value))
+        image = int(self.controls["image"].value)
+        energy = self.controls["energy"].value
+        if energy == "ground_truth" and "mask" not in self.batches[image]:
+            energy = "prediction"  # a photo without a mask: the model's own prediction scores the partitions
+        key = (self.controls["structure"].value, energy, image)
         if key != self._output_key:
             self._select(key[2])
             self.output = evolution_forward(self.model, self.batch, structure=key[0], energy=key[1], seed=self.seed)
@@ -737,8 +929,8 @@ class EvolutionExplorer(FigureApp):
         layer = min(int(self.controls["layer"].value), num_levels - 1)
         level = out.levels[layer]
         merge_prob = viz.to_numpy(out.merge_prob[layer]) if layer < len(out.merge_prob) else np.zeros(0)
-        chains = out.traces[layer].chains if layer < len(out.traces) else []
-        chain = chains[0] if chains else None
+        trace = out.traces[layer] if layer < len(out.traces) else None
+        chain = trace.chains[0] if trace is not None and trace.chains else None
         # prediction with the levels up to this one (index 0 of predictions is the CNN alone)
         prediction = self.predictions[min(layer + 1, len(self.predictions) - 1)]
         accuracy = float((prediction == self.mask).mean()) if self.mask is not None else float("nan")
@@ -751,13 +943,16 @@ class EvolutionExplorer(FigureApp):
             "num_edges": level.num_edges,
             "mean_merge_prob": float(merge_prob.mean()) if merge_prob.size else float("nan"),
             "acceptance_rate": chain.acceptance_rate if chain is not None else float("nan"),
+            "merged_edges": int(trace.edges_on.sum()) if trace is not None else -1,
             "pixel_accuracy": accuracy,
+            "has_ground_truth": self.mask is not None,
             "structure": self._output_key[0],
             "energy": self._output_key[1],
             "trained": self.trained,
             "assignment": viz.to_numpy(level.assignment[0]),
             "prediction": prediction,
             "merge_prob": merge_prob,
+            "edges_on": viz.to_numpy(trace.edges_on) if trace is not None else np.zeros(0, dtype=bool),
             "chain": chain,
             "clusters": [viz.to_numpy(trace.cluster) for trace in out.traces],
         }
@@ -769,17 +964,28 @@ class EvolutionExplorer(FigureApp):
                   f"{state['num_edges']} edges", f"nodes per level {state['nodes_per_level']}"]
         if not np.isnan(state["acceptance_rate"]):
             fields.append(f"MH acceptance {state['acceptance_rate']:.0%}")
+        if state["merged_edges"] >= 0:
+            fields.append(f"{state['merged_edges']} of {state['num_edges']} edges merged")
+        fields.append(f"structure {state['structure']}, energy {state['energy']}")
         if not np.isnan(state["pixel_accuracy"]):
             fields.append(f"pixel accuracy {state['pixel_accuracy']:.1%}")
+        if not state["has_ground_truth"]:
+            fields.append("no ground truth")
         if not self.trained:
             fields.append("untrained model")
         return fields
 
+    def node_classes(self) -> list[np.ndarray]:
+        """Every level's nodes' majority class in the model's final prediction (one array per level)."""
+        from selab.evolve import node_label_histogram
+
+        final = torch.as_tensor(self.predictions[-1])[None]
+        return [node_label_histogram(final, lv.assignment, lv.num_nodes).argmax(1).numpy()
+                for lv in self.output.levels]
+
     def draw(self, figure: Figure) -> None:
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import Normalize
-
-        from selab.evolve import node_label_histogram
 
         state = self.state
         axes = figure.subplots(2, 3, gridspec_kw=dict(left=0.07, right=0.97, top=0.9, bottom=0.14,
@@ -788,47 +994,52 @@ class EvolutionExplorer(FigureApp):
         viz.draw_partition(state["assignment"], ax=axes[0, 0], image=self.source,
                            title=f"level {layer}: {state['num_nodes']} nodes")
         merge_ax = axes[0, 1]
-        viz.draw_boundaries(self.source, state["assignment"], ax=merge_ax, alpha=0.3)
+        low = merge_colour_floor(state["merge_prob"])
         if state["merge_prob"].size:
-            viz.draw_graph(level.edge_index, level.pos, ax=merge_ax, edge_values=state["merge_prob"],
-                           node_size=0, linewidth=1.5)
-            merge_ax.set_title(f"merge probabilities, layer {layer}")
-        else:  # the same panel, its edges grey: nothing merges after the top level
-            viz.draw_graph(level.edge_index, level.pos, ax=merge_ax, node_size=0, linewidth=1.0, edge_color="0.7")
-            merge_ax.set_title("top level: no further merge")
+            viz.draw_border_values(state["assignment"], level.edge_index, state["merge_prob"], ax=merge_ax,
+                                   image=self.source, vmin=low, title=f"merge probabilities, layer {layer}")
+        else:  # the same panel, its borders grey: nothing merges after the top level
+            viz.draw_boundaries(self.source, state["assignment"], ax=merge_ax, alpha=0.5, color=(0.6, 0.6, 0.6),
+                                title="top level: no further merge")
         # the colour bar in its own inset, drawn at every layer: the panel keeps its size
-        figure.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap="viridis"),
-                        cax=merge_ax.inset_axes([1.03, 0.0, 0.05, 1.0]), label="p")
-        mh_ax = axes[0, 2]
-        if state["chain"] is not None:
-            table = mh_table(state["chain"])
-            viz.draw_mh_trace(table["energy"], table["accepted"], ax=mh_ax,
-                              current_energy=table["state_energy"],
-                              title=f"MH, layer {layer}: {state['acceptance_rate']:.0%} accepted")
-        else:  # keep the axes (same place, same labels) and say why there is no chain
-            why = ("top level: no further evolution" if layer >= len(self.output.traces)
-                   else f"structure = {state['structure']}: no MH chain")
-            mh_ax.set(xlabel="MH step", ylabel="energy of proposal", xticks=[], yticks=[])
-            mh_ax.text(0.5, 0.5, why, ha="center", va="center", transform=mh_ax.transAxes, color="0.35")
-            mh_ax.set_title(f"MH, layer {layer}")
+        figure.colorbar(ScalarMappable(Normalize(low, 1.0), cmap="viridis"),
+                        cax=merge_ax.inset_axes([1.03, 0.0, 0.05, 1.0]), label="p on the shared border")
+        self._draw_structure_panel(axes[0, 2])
         viz.draw_segmentation(state["prediction"], ax=axes[1, 0], image=self.source, alpha=0.75,
                               title=f"prediction with levels 0..{layer}")
         if self.mask is not None:
             viz.draw_segmentation(self.mask, ax=axes[1, 1], image=self.source, alpha=0.75, title="ground truth")
         else:
-            axes[1, 1].set_axis_off()
-            axes[1, 1].set_title("ground truth: none given")
-        final = self.predictions[-1]
-        colors = []
-        for lv in self.output.levels:  # each node coloured by the final prediction's majority class
-            votes = node_label_histogram(torch.as_tensor(final)[None], lv.assignment, lv.num_nodes)
-            colors.append(CLASS_COLORS[votes.argmax(1).numpy()] / 255.0)
-        viz.draw_hierarchy(state["clusters"], self.output.levels[0].pos, ax=axes[1, 2], node_colors=colors,
-                           title="hierarchy (node colour: predicted class)")
-        axes[1, 2].axhline(layer, color="0.4", lw=4, alpha=0.25)
-        viz.figure_class_legend(figure, title="class colours (prediction, ground truth, hierarchy nodes)",
+            viz.draw_no_data(axes[1, 1], "no ground truth\n(a photo without a mask;\nthe energy is the prediction)",
+                             image=self.source, title="ground truth")
+        classes = self.node_classes()
+        viz.draw_hierarchy(state["clusters"], self.output.levels[0].pos, ax=axes[1, 2],
+                           node_colors=[CLASS_COLORS[c] / 255.0 for c in classes], groups=classes,
+                           sizes=self.output.levels[0].size, highlight=layer,
+                           title="hierarchy (colour: majority class)")
+        viz.figure_class_legend(figure, title="class colours (prediction, ground truth, hierarchy blocks)",
                                 bbox_to_anchor=(0.5, 0.0))
         if not self.trained:
             figure.suptitle("untrained model (random weights): merge probabilities near 0.5 and "
-                            "predictions are not learned; load a training run to see a trained one",
+                            "predictions are not learned; load a shipped model or a training run",
                             color="#b00", fontsize="medium")
+
+    def _draw_structure_panel(self, ax: Any) -> None:
+        """How the layer chose its structure: the MH chain, the greedy threshold, or why there is none."""
+        state, layer = self.state, self.state["layer"]
+        if state["chain"] is not None:
+            table = mh_table(state["chain"])
+            viz.draw_mh_trace(table["energy"], table["accepted"], ax=ax, current_energy=table["state_energy"],
+                              title=f"MH, layer {layer}: {state['acceptance_rate']:.0%} accepted")
+        elif state["structure"] == "greedy" and state["merge_prob"].size:
+            viz.draw_edge_histogram(state["merge_prob"], ax=ax, target=state["edges_on"], bins=50,
+                                    target_labels=("merged", "kept apart"),
+                                    title=f"greedy, layer {layer}: {state['merged_edges']} edges merged")
+            ax.set_xlim(merge_colour_floor(state["merge_prob"]), 1.0)
+            ax.axvline(0.5, color="0.3", ls="--", lw=1)  # the threshold; the merge budget may cut higher
+        else:  # keep the axes (same place, same labels) and say why there is no chain
+            why = ("top level: no further evolution" if layer >= len(self.output.traces)
+                   else f"structure = {state['structure']}: no MH chain")
+            ax.set(xlabel="MH step", ylabel="energy of proposal", xticks=[], yticks=[])
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="0.35")
+            ax.set_title(f"MH, layer {layer}")

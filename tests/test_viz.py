@@ -84,14 +84,109 @@ def test_hierarchy_layout_places_parents_at_the_mean_of_their_children():
     xs = viz.hierarchy_layout([np.array([0, 0, 1, 1]), np.array([0, 0])], pos)
     assert [len(x) for x in xs] == [4, 2, 1]
     assert np.allclose(xs[1], [1.0, 7.0]) and np.allclose(xs[2], [4.0])
-    ax = viz.draw_hierarchy([np.array([0, 0, 1, 1]), np.array([0, 0])], pos)
-    assert len(ax.collections[0].get_segments()) == 4 + 2
+
+
+def test_hierarchy_blocks_nest_every_node_over_its_children_sized_by_pixels():
+    """Each node's block is exactly the union of its children's, as wide as its pixel share; siblings
+    and top nodes ordered left to right by mean column."""
+    rng = np.random.default_rng(0)
+    pos = np.stack([np.zeros(12), rng.permutation(12).astype(float)], 1)
+    sizes = rng.integers(1, 9, 12).astype(float)
+    clusters = [np.array([0, 1, 0, 2, 1, 3, 3, 2, 0, 4, 4, 1]), np.array([1, 0, 1, 0, 1])]
+    blocks = viz.hierarchy_blocks(clusters, pos, sizes)
+    assert [len(left) for left, _ in blocks] == [12, 5, 2]
+    assert np.allclose(blocks[0][1], sizes / sizes.sum())
+    for level, cluster in enumerate(clusters):
+        (left, width), (up_left, up_width) = blocks[level], blocks[level + 1]
+        for parent in range(len(up_left)):
+            children = np.flatnonzero(cluster == parent)
+            assert np.isclose(left[children].min(), up_left[parent])
+            assert np.isclose((left[children] + width[children]).max(), up_left[parent] + up_width[parent])
+            assert np.isclose(width[children].sum(), up_width[parent])
+    # the level's blocks tile [0, 1] without overlap
+    for left, width in blocks:
+        order = np.argsort(left)
+        assert np.isclose(left[order][0], 0.0) and np.allclose(left[order][1:], (left + width)[order][:-1])
+    # the top node whose leaves lie further left comes first
+    top = clusters[1][clusters[0]]
+    column = [np.average(pos[top == k, 1], weights=sizes[top == k]) for k in (0, 1)]
+    assert (blocks[2][0][0] < blocks[2][0][1]) == (column[0] < column[1])
+    # grouped: the top nodes by group first (node 1 in group 0 comes before node 0 in group 1)
+    grouped = viz.hierarchy_blocks(clusters, pos, sizes, groups=[np.zeros(12), np.zeros(5), np.array([1, 0])])
+    assert grouped[2][0][1] == 0.0 < grouped[2][0][0]
+    with pytest.raises(ValueError, match="sizes"):
+        viz.hierarchy_blocks(clusters, pos, sizes[:3])
+    with pytest.raises(ValueError, match=r"groups\[2\]"):
+        viz.hierarchy_blocks(clusters, pos, groups=[np.zeros(12), np.zeros(5), np.zeros(3)])
+    with pytest.raises(ValueError, match=r"clusters\[1\]"):
+        viz.hierarchy_blocks([clusters[0], np.array([0, 0])], pos)
+
+
+def test_draw_hierarchy_draws_one_block_per_node_in_its_class_colour():
+    pos = np.array([[0, 0.0], [0, 2.0], [0, 4.0], [0, 10.0]])
+    clusters = [np.array([0, 0, 1, 1]), np.array([0, 0])]
+    colours = [np.tile(CLASS_COLORS[1] / 255.0, (4, 1)), np.tile(CLASS_COLORS[2] / 255.0, (2, 1)),
+               (CLASS_COLORS[3] / 255.0)[None]]
+    ax = viz.draw_hierarchy(clusters, pos, node_colors=colours, sizes=[1, 1, 1, 5], highlight=1)
+    rows = ax.collections
+    assert [len(row.get_paths()) for row in rows] == [4, 2, 1]
+    top = rows[2].get_facecolors()[0][:3]
+    assert np.allclose(top, CLASS_COLORS[3] / 255.0)  # the first block of a row keeps its colour
+    labels = [t.get_text() for t in ax.texts]
+    assert "4" in labels, "the top node is labelled with its 4 superpixels"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["level 0\n4 nodes", "level 1\n2 nodes", "level 2\n1 nodes"]
+    assert len(ax.patches) == 1, "one frame around the highlighted level"
+
+
+def test_border_pixels_belong_to_the_edge_of_their_two_nodes():
+    assignment = np.array([[0, 0, 1, 1],
+                           [0, 0, 1, 1],
+                           [2, 2, 2, 1]])
+    edge_index = np.array([[0, 0, 1], [1, 2, 2]])
+    pixel, edge = viz.border_pixels(assignment, edge_index)
+    flat = assignment.reshape(-1)
+    for p, e in zip(pixel, edge):
+        assert flat[p] in edge_index[:, e]
+    assert set(edge.tolist()) == {0, 1, 2}
+    assert set(pixel[edge == 0].tolist()) == {1, 2, 5, 6}  # the two columns either side of 0 | 1
+    # a pair without an edge is left out
+    pixel, edge = viz.border_pixels(assignment, edge_index[:, :1])
+    assert set(edge.tolist()) == {0}
+
+
+def test_draw_border_values_paints_each_edge_on_its_own_border():
+    assignment = np.array([[0] * 4 + [1] * 4] * 4 + [[2] * 8] * 4)
+    edge_index = np.array([[0, 0, 1], [1, 2, 2]])
+    ax = viz.draw_border_values(assignment, edge_index, [0.1, 0.5, 0.9], width=2)
+    shown = ax.images[-1].get_array()
+    assert shown.mask[0, 0] and shown.mask[1, 1], "inside a node nothing is painted"
+    assert np.isclose(shown[0, 3], 0.1) and np.isclose(shown[0, 4], 0.1)  # the 0 | 1 border
+    assert np.isclose(shown[4, 0], 0.5) and np.isclose(shown[4, 7], 0.9)  # 0 / 2 and 1 / 2
+    ax = viz.draw_border_values(assignment, edge_index, [0.1, 0.5, 0.9], image=np.zeros((8, 8, 3)),
+                                colorbar="p")
+    assert len(ax.images) == 2 and len(ax.figure.axes) == 2
+    with pytest.raises(ValueError, match="edge_values"):
+        viz.draw_border_values(assignment, edge_index, [0.1])
+
+
+def test_draw_partition_in_class_colours_and_no_data_panels():
+    from matplotlib.figure import Figure
+
+    assignment = np.array([[0, 0, 0, 1, 1, 1]] * 3)
+    shown = viz.draw_partition(assignment, node_classes=[2, 1]).images[0].get_array()
+    assert np.allclose(shown[1, 0], CLASS_COLORS[2] / 255.0) and np.allclose(shown[1, 5], CLASS_COLORS[1] / 255.0)
+    with pytest.raises(ValueError, match="node_classes"):
+        viz.draw_partition(assignment, node_classes=[2])
+    ax = viz.draw_no_data(Figure().subplots(), "no ground truth", image=np.zeros((4, 4, 3)), title="ground truth")
+    assert ax.texts[0].get_text() == "no ground truth" and ax.get_title() == "ground truth" and ax.images
 
 
 def test_edge_histogram_splits_by_target():
     ax = viz.draw_edge_histogram([0.1, 0.9, 0.8, 0.2], target=[0, 1, 1, 0], bins=2)
     heights = [patch.get_height() for patch in ax.patches]
     assert sum(heights) == 4
+    ax = viz.draw_edge_histogram([0.1, 0.9], target=[0, 1], target_labels=("merged", "kept apart"))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["merged", "kept apart"]
 
 
 def test_demo_image_resizes_the_longer_side():

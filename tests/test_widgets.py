@@ -333,9 +333,6 @@ def test_evolution_explorer_image_selector(tiny_se_lstm, several_samples):
     assert widgets.EvolutionExplorer(model, several_samples, image=2, structure="greedy").state["image"] == 2
     with pytest.raises(ValueError, match="image"):
         widgets.EvolutionExplorer(model, several_samples, image=3)
-    no_mask = {"image": several_samples[0]["image"]}
-    with pytest.raises(ValueError, match="mask"):
-        widgets.EvolutionExplorer(model, [several_samples[0], no_mask])
     with pytest.raises(ValueError, match="sample"):
         widgets.EvolutionExplorer(model, [])
     single = widgets.EvolutionExplorer(model, several_samples[0], structure="greedy")
@@ -371,3 +368,134 @@ def test_evolution_explorer_legend_and_a_layout_that_does_not_jump(tiny_se_lstm)
     assert mh_panel.get_xlabel() == "MH step" and "no further evolution" in mh_panel.texts[0].get_text()
     app.controls["structure"].value = "none"
     assert layout() == bottom and len(app.figure.legends) == 1
+
+
+def test_photo_sample_reads_names_paths_bytes_and_arrays(tmp_path):
+    import io
+
+    import torch
+    from PIL import Image
+
+    astronaut = widgets.photo_sample("astronaut", 40)
+    assert astronaut["image"].shape == (3, 40, 40) and astronaut["id"] == "astronaut" and "mask" not in astronaut
+    assert 0.0 <= float(astronaut["image"].min()) and float(astronaut["image"].max()) <= 1.0
+    camera = widgets.photo_sample("camera", 40)  # a grey photo becomes RGB
+    assert torch.equal(camera["image"][0], camera["image"][2])
+    pixels = (np.random.default_rng(0).random((30, 50, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "person.png"
+    Image.fromarray(pixels).save(path)
+    from_path = widgets.photo_sample(str(path), 24)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="png")
+    from_bytes = widgets.photo_sample(buffer.getvalue(), 24, name="up")
+    from_array = widgets.photo_sample(pixels, 24)
+    assert from_path["id"] == "person" and from_bytes["id"] == "up"
+    assert torch.allclose(from_path["image"], from_bytes["image"]) and torch.allclose(from_path["image"], from_array["image"])
+    mask = np.zeros((30, 50), dtype=np.int64)
+    mask[:, 25:] = 2
+    with_mask = widgets.photo_sample(pixels, 10, mask=mask)
+    assert with_mask["mask"].shape == (10, 10) and set(with_mask["mask"].unique().tolist()) == {0, 2}
+    with pytest.raises(ValueError, match="neither an image file nor a scikit-image sample"):
+        widgets.photo_sample("no_such_photo", 24)
+    with pytest.raises(ValueError, match="cannot read notes.txt"):
+        widgets.photo_sample(b"not an image", 24, name="notes.txt")
+    with pytest.raises(ValueError, match="mask"):
+        widgets.photo_sample(pixels, 10, mask=np.zeros((3, 3)))
+    assert [s["id"] for s in widgets.photo_samples("astronaut, camera", 16)] == ["astronaut", "camera"]
+    with pytest.raises(ValueError, match="at least one photo"):
+        widgets.photo_samples(" ", 16)
+    with pytest.raises(ValueError, match="masks"):
+        widgets.photo_samples("astronaut,camera", 16, masks="a.png")
+
+
+def test_level_inputs_are_what_the_first_layer_read(tiny_se_lstm):
+    import torch
+
+    model, sample = tiny_se_lstm
+    batch = widgets.as_batch(sample, n_segments=40)
+    inputs = widgets.level_inputs(model, batch)
+    graph, output = inputs["graph"], inputs["output"]
+    assert inputs["x"].shape == (graph.num_nodes, model.config.hidden_channels)
+    assert torch.allclose(inputs["confidence"].sum(1), torch.ones(graph.num_nodes))
+    assert torch.equal(inputs["rank"], output.ranks[0])
+    # the first layer run again on the captured inputs gives the model's own first-level states
+    with torch.no_grad():
+        again = model.layers[0](inputs["x"], graph.edge_index, inputs["rank"], schedule=model.config.schedule)
+    assert torch.allclose(again.h, output.states[0], atol=1e-6)
+    assert not model.layers[0]._forward_pre_hooks and not model.node_input._forward_pre_hooks
+
+
+def test_merge_colour_floor_starts_the_scale_below_nearly_every_value():
+    assert widgets.merge_colour_floor(np.linspace(0.63, 1.0, 100)) == pytest.approx(0.6)
+    assert widgets.merge_colour_floor(np.linspace(0.0, 1.0, 100)) == 0.0
+    assert widgets.merge_colour_floor(np.ones(10)) == pytest.approx(0.9), "a scale never collapses"
+
+
+def test_evolution_explorer_on_photos_without_ground_truth(tiny_se_lstm, several_samples):
+    """A photo without a mask: prediction energy whatever the dropdown says, a panel saying "no ground
+    truth", NaN accuracy; masked and unmasked samples side by side."""
+    model, _ = tiny_se_lstm
+    photo = widgets.photo_sample("astronaut", 48)
+    app = widgets.EvolutionExplorer(model, [photo, several_samples[0]], structure="mh", energy="ground_truth",
+                                    image=0)
+    assert app.state["energy"] == "prediction" and not app.state["has_ground_truth"]
+    assert np.isnan(app.state["pixel_accuracy"]) and "no ground truth" in app.summary()
+    truth_panel = app.figure.axes[4]
+    assert truth_panel.get_title() == "ground truth" and "no ground truth" in truth_panel.texts[0].get_text()
+    app.controls["image"].value = 1  # the synthetic sample has a mask: the dropdown's energy holds again
+    assert app.state["energy"] == "ground_truth" and app.state["has_ground_truth"]
+    assert not np.isnan(app.state["pixel_accuracy"]) and "no ground truth" not in app.summary()
+    assert app.figure.axes[4].get_title() == "ground truth" and not app.figure.axes[4].texts
+
+
+def test_evolution_explorer_upload_adds_and_shows_a_photo(tiny_se_lstm):
+    import datetime
+    import io
+
+    from PIL import Image
+
+    model, sample = tiny_se_lstm
+    now = datetime.datetime.now(datetime.timezone.utc)
+    app = widgets.EvolutionExplorer(model, sample, structure="greedy")
+    assert app.upload in app.widget.children[0].children and app.controls["image"].disabled
+    pixels = (widgets.photo_sample("astronaut", 64)["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="png")
+    renders = app.renders
+    app.upload.value = ({"name": "me.png", "type": "image/png", "size": len(buffer.getvalue()),
+                         "content": memoryview(buffer.getvalue()), "last_modified": now},)
+    assert app.state["image"] == 1 and app.renders > renders and app.error is None
+    assert not app.controls["image"].disabled and app.controls["image"].options[1][0].startswith("1: me (")
+    assert app.batch["image"].shape == (1, 3, 48, 48), "resized to the other samples' size"
+    assert app.state["nodes_per_level"][0] == app.num_superpixels[1] and not app.state["has_ground_truth"]
+    with pytest.raises(ValueError, match="cannot read"):
+        app.upload.value = ({"name": "bad.png", "type": "image/png", "size": 3, "content": memoryview(b"abc"),
+                             "last_modified": now},)
+    assert "cannot read" in app.readout.value and len(app.batches) == 2
+    assert app.upload.value == (), "the upload is cleared, so that the same file can be sent again"
+    assert app.add_photo("camera") == 2 and app.state["image"] == 2
+
+
+def test_evolution_explorer_greedy_panel_and_hierarchy(tiny_se_lstm):
+    model, _ = tiny_se_lstm
+    app = widgets.EvolutionExplorer(model, widgets.photo_sample("astronaut", 48), structure="greedy")
+    nodes = app.state["nodes_per_level"]
+    assert nodes[0] > 10, "the test needs a graph"
+    merged = app.state["merged_edges"]
+    assert merged == int(app.state["edges_on"].sum()) and nodes[0] - nodes[1] <= merged
+    structure_panel = app.figure.axes[2]
+    assert structure_panel.get_title() == f"greedy, layer 0: {merged} edges merged"
+    assert structure_panel.get_xlabel() == "merge probability"
+    hierarchy = app.figure.axes[5]
+    assert [len(row.get_paths()) for row in hierarchy.collections] == nodes, "one block per node and level"
+    classes = app.node_classes()
+    assert [len(c) for c in classes] == nodes
+    # the top level's majority classes are those of the model's prediction inside each top node
+    top = app.output.levels[-1].assignment[0].numpy()
+    for node in np.unique(top):
+        values, counts = np.unique(app.predictions[-1][top == node], return_counts=True)
+        assert classes[-1][node] == values[counts.argmax()]
+    app.controls["layer"].value = 1
+    assert f"{app.state['merged_edges']} of {app.state['num_edges']} edges merged" in app.summary()
+    app.controls["layer"].value = 2
+    assert app.state["merged_edges"] == -1 and "edges merged" not in app.summary()
