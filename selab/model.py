@@ -439,7 +439,11 @@ class SELabModel(nn.Module):
         if confidence_only:  # step one of the paper's two-step training
             confidence = F.interpolate(self.confidence(fused), size=size, mode="bilinear", align_corners=False)
             return ModelOutput(logits=None, confidence_logits=confidence)
-        return self._graph_forward(inputs, fused, cnn_logits, size, generator, energy_labels)
+        # selab decision: under bf16 autocast the backbone and neck compute in bfloat16, the graph part in
+        # float32: the pooling's sparse product has no bfloat16 CPU kernel, and the Graph LSTM's gates and the
+        # sampler's log-probabilities want the range (the graph part is a small share of the FLOPs).
+        with torch.autocast(device.type, enabled=False):
+            return self._graph_forward(inputs, fused.float(), cnn_logits.float(), size, generator, energy_labels)
 
     # -- graph variants ---------------------------------------------------------------------------------
     def update_rank(self, order_name: str, confidence: torch.Tensor, graph: Graph,

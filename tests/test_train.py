@@ -170,13 +170,7 @@ def test_pascal_evaluation_uses_full_resolution_masks(tmp_path, pascal_root):
     assert metrics["num_images"] == 2 and metrics["image_size"] == 32
 
 
-# The graph part refuses bfloat16 today (model side): the pixel-to-node pooling's sparse CSR product has no
-# bfloat16 kernel on the CPU, and GraphLSTM checks for float32/float64 inputs. Strict: the test says when it works.
-GRAPH_BF16 = pytest.mark.xfail(strict=True, raises=(NotImplementedError, ValueError),
-                               reason="the graph part does not run under bf16 autocast yet (selab.model)")
-
-
-@pytest.mark.parametrize("variant", ["cnn", pytest.param("se_lstm", marks=GRAPH_BF16)])
+@pytest.mark.parametrize("variant", ["cnn", "graph_lstm", "se_lstm"])
 def test_bf16_training_runs_with_finite_losses(tmp_path, variant):
     """precision="bf16": autocast on the CPU, through the Graph LSTM level loop and the MH sampler for se_lstm."""
     model = {"feature_channels": 8, "hidden_channels": 8, "num_layers": 2}
