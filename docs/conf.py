@@ -17,7 +17,6 @@ import importlib
 import inspect
 import pkgutil
 import sys
-import warnings
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
@@ -159,26 +158,3 @@ def copy_notebooks() -> None:
 
 generate_api()
 copy_notebooks()
-
-
-# numpydoc also reads the raw docstrings for signatures and warns about the "Example" headings that
-# example_heading renames for the page itself; other unknown sections still fail the build (GL06).
-warnings.filterwarnings("ignore", message="Unknown section Example in the docstring", category=UserWarning)
-
-
-def example_heading(app, what, name, obj, options, lines) -> None:
-    """Read a docstring's "Example" section as numpydoc's "Examples".
-
-    Most of selab's docstrings title the section "Example"; numpydoc knows only "Examples" and drops
-    an unknown section from the page (GL06 above makes that a warning). Renaming the headings in the
-    code is one ``sed`` once the parallel branches are merged; until then this keeps them rendered.
-    """
-    for k in range(len(lines) - 1):
-        if lines[k].strip() == "Example" and lines[k + 1].strip() == "-------":
-            indent = lines[k][: len(lines[k]) - len(lines[k].lstrip())]
-            lines[k], lines[k + 1] = indent + "Examples", indent + "--------"
-
-
-def setup(app):
-    # Before numpydoc's own autodoc-process-docstring handler (priority 500).
-    app.connect("autodoc-process-docstring", example_heading, priority=100)

@@ -49,8 +49,8 @@ def colorize(mask: np.ndarray) -> np.ndarray:
     -------
     ndarray of uint8, shape (H, W, 3)
 
-    Example
-    -------
+    Examples
+    --------
     >>> colorize(np.array([[0, 1]])).shape
     (1, 2, 3)
     """

@@ -59,8 +59,8 @@ __all__ = [
 def to_numpy(value: Any) -> np.ndarray:
     """Return ``value`` as a numpy array (torch tensors are detached and moved to the CPU).
 
-    Example
-    -------
+    Examples
+    --------
     >>> to_numpy([1, 2]).tolist()
     [1, 2]
     """
@@ -74,8 +74,8 @@ def to_image(image: Any) -> np.ndarray:
 
     Accepts ``[H,W,3]`` uint8 or float, ``[H,W]`` grey, or a torch/numpy ``[3,H,W]`` tensor.
 
-    Example
-    -------
+    Examples
+    --------
     >>> to_image(np.zeros((3, 4, 5), dtype=np.float32)).shape
     (4, 5, 3)
     """
@@ -107,8 +107,8 @@ def new_axes(ax: Axes | None = None, figsize: tuple[float, float] = (5, 5)) -> A
 def show_image(image: Any, ax: Axes | None = None, title: str | None = None) -> Axes:
     """Draw an image without ticks.
 
-    Example
-    -------
+    Examples
+    --------
     >>> ax = show_image(np.zeros((4, 4, 3)))
     """
     ax = new_axes(ax)
@@ -129,8 +129,8 @@ def draw_boundaries(
 ) -> Axes:
     """Draw ``image`` with the borders between the regions of ``labels [H,W]`` marked.
 
-    Example
-    -------
+    Examples
+    --------
     >>> ax = draw_boundaries(np.zeros((4, 4, 3)), np.array([[0, 0, 1, 1]] * 4))
     """
     image = to_image(image).copy()
@@ -145,8 +145,8 @@ def draw_boundaries(
 def boundary_mask(labels: Any) -> np.ndarray:
     """Pixels whose right or lower neighbour lies in another region: one-pixel borders, bool [H,W].
 
-    Example
-    -------
+    Examples
+    --------
     >>> boundary_mask(np.array([[0, 0, 1]])).tolist()
     [[False, True, False]]
     """
@@ -193,8 +193,8 @@ def draw_graph(
     colorbar : str, optional
         When given, add a colour bar for the edge values with this label.
 
-    Example
-    -------
+    Examples
+    --------
     >>> ax = draw_graph(np.array([[0], [1]]), np.array([[0.0, 0.0], [1.0, 1.0]]), edge_values=[0.5])
     """
     ax = new_axes(ax)
@@ -243,8 +243,8 @@ def draw_region_graph(
 ) -> Axes:
     """Draw the superpixel borders of ``labels`` over ``image`` and the region graph on top.
 
-    Example
-    -------
+    Examples
+    --------
     >>> labels = np.array([[0, 0, 1, 1]] * 4)
     >>> ax = draw_region_graph(np.zeros((4, 4, 3)), labels, [[0], [1]], [[1.5, 0.5], [1.5, 2.5]])
     """
@@ -260,8 +260,8 @@ def border_pixels(assignment: Any, edge_index: Any) -> tuple[np.ndarray, np.ndar
     nodes belongs to the edge joining them; both pixels of the pair are returned, so a border is two
     pixels wide. Pairs of nodes without an edge in ``edge_index`` are left out.
 
-    Example
-    -------
+    Examples
+    --------
     >>> pixel, edge = border_pixels(np.array([[0, 1, 1]]), np.array([[0], [1]]))
     >>> pixel.tolist(), edge.tolist()
     ([0, 1], [0, 0])
@@ -309,8 +309,8 @@ def draw_border_values(
     place, so the merge probabilities of a large node with each of its neighbours can be told apart.
     Where borders meet, the larger value is shown. ``width`` widens the borders (pixels).
 
-    Example
-    -------
+    Examples
+    --------
     >>> ax = draw_border_values(np.array([[0, 0, 1, 1]] * 4), [[0], [1]], [0.9])
     >>> float(np.nanmax(ax.images[-1].get_array()))
     0.9
@@ -355,8 +355,8 @@ def paint_nodes(
 ) -> Axes:
     """Paint every region of ``labels [H,W]`` with its node's value (a rank, a level, a gate).
 
-    Example
-    -------
+    Examples
+    --------
     >>> ax = paint_nodes(np.array([[0, 1]]), np.array([0.2, 0.8]))
     """
     ax = new_axes(ax)
@@ -379,8 +379,8 @@ def paint_nodes(
 def partition_colors(num_parts: int, seed: int = 0) -> np.ndarray:
     """``num_parts`` distinct-looking random RGB colours in [0, 1], the same for the same seed.
 
-    Example
-    -------
+    Examples
+    --------
     >>> partition_colors(3).shape
     (3, 3)
     """
@@ -410,8 +410,8 @@ def draw_partition(
     are close. With ``node_classes [N]`` (e.g. each clique's majority class) every part takes its
     class colour (:data:`selab.classes.CLASS_COLORS`) instead of a random one.
 
-    Example
-    -------
+    Examples
+    --------
     >>> ax = draw_partition(np.array([[0, 0, 1]]))
     >>> ax = draw_partition(np.array([[0, 0, 1]]), node_classes=[2, 1])
     """
@@ -441,8 +441,8 @@ def draw_no_data(ax: Axes, text: str, image: Any | None = None, title: str | Non
     For panels that depend on data an input may lack (the ground truth of a photo): the panel keeps its
     place and tells the reader why it is empty, rather than disappearing.
 
-    Example
-    -------
+    Examples
+    --------
     >>> from matplotlib.figure import Figure
     >>> draw_no_data(Figure().subplots(), "no ground truth").texts[0].get_text()
     'no ground truth'
@@ -461,8 +461,8 @@ def class_handles(classes: Sequence[int] | None = None) -> list[Patch]:
     """Legend patches of the class colours (all classes, or only ``classes``), named by
     :data:`selab.classes.CLASS_NAMES`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> [h.get_label() for h in class_handles([0, 1])]
     ['background', 'head']
     """
@@ -489,8 +489,8 @@ def figure_class_legend(figure: Any, classes: Sequence[int] | None = None, title
     For figures whose several panels share the colours (prediction, ground truth, hierarchy nodes):
     one legend says which colour is which part without shrinking any panel.
 
-    Example
-    -------
+    Examples
+    --------
     >>> from matplotlib.figure import Figure
     >>> figure_class_legend(Figure(), title="classes").get_title().get_text()
     'classes'
@@ -513,8 +513,8 @@ def draw_segmentation(
 ) -> Axes:
     """Draw a class map ``mask [H,W]`` in :data:`selab.classes.CLASS_COLORS`, over ``image`` if given.
 
-    Example
-    -------
+    Examples
+    --------
     >>> ax = draw_segmentation(np.array([[0, 1], [2, 6]]))
     """
     ax = new_axes(ax)
@@ -542,8 +542,8 @@ def draw_edge_histogram(
 
     ``target_labels`` names the two groups (target 1, target 0) in the legend.
 
-    Example
-    -------
+    Examples
+    --------
     >>> ax = draw_edge_histogram([0.1, 0.9, 0.8], target=[0, 1, 1])
     """
     ax = new_axes(ax, figsize=(4, 3))
@@ -580,8 +580,8 @@ def draw_mh_trace(
     current_energy : float array [S], optional
         Energy of the chain's state after each step (drawn as a step line).
 
-    Example
-    -------
+    Examples
+    --------
     >>> ax = draw_mh_trace([3.0, 2.0, 2.5], [True, True, False])
     """
     ax = new_axes(ax, figsize=(5, 3))
@@ -607,8 +607,8 @@ def hierarchy_layout(clusters: Sequence[Any], pos: Any) -> list[np.ndarray]:
 
     Level 0 nodes sit at their own column; a coarser node at the mean x of its members.
 
-    Example
-    -------
+    Examples
+    --------
     >>> [x.tolist() for x in hierarchy_layout([np.array([0, 0, 1])], np.array([[0, 0], [0, 2], [0, 4.0]]))]
     [[0.0, 2.0, 4.0], [1.0, 4.0]]
     """
@@ -632,8 +632,8 @@ def hierarchy_blocks(clusters: Sequence[Any], pos: Any, sizes: Any | None = None
     (one int array per level, e.g. every node's majority class) siblings and top nodes are ordered by
     group first, then by column: each class then forms one band per parent (and one band at the top).
 
-    Example
-    -------
+    Examples
+    --------
     >>> blocks = hierarchy_blocks([np.array([1, 1, 0])], np.array([[0, 0], [0, 1], [0, 5.0]]), [1, 1, 2])
     >>> [(left.tolist(), width.tolist()) for left, width in blocks]
     [([0.0, 0.25, 0.5], [0.25, 0.25, 0.5]), ([0.5, 0.0], [0.5, 0.5])]
@@ -711,8 +711,8 @@ def draw_hierarchy(
     groups : list of int arrays, optional
         Orders siblings by group before column (see :func:`hierarchy_blocks`), e.g. the node classes.
 
-    Example
-    -------
+    Examples
+    --------
     >>> ax = draw_hierarchy([np.array([0, 0, 1]), np.array([0, 0])], np.array([[0, 0], [0, 2], [0, 4.0]]))
     >>> len(ax.collections)  # one row of blocks per level
     3
@@ -763,8 +763,8 @@ def demo_image(name: str = "astronaut", size: int | None = 256) -> np.ndarray:
 
     ``size`` rescales the longer side to that many pixels (None keeps the original size).
 
-    Example
-    -------
+    Examples
+    --------
     >>> demo_image("chelsea", 64).shape
     (43, 64, 3)
     """

@@ -132,8 +132,8 @@ class FigureApp:
     def readout_html(self) -> str:
         """The readout as HTML: each field in a no-wrap span, so that lines break only between fields.
 
-        Example
-        -------
+        Examples
+        --------
         >>> class Two(FigureApp):
         ...     def compute(self): return {"a": 1, "b": "x y"}
         ...     def draw(self, figure): pass
@@ -186,8 +186,8 @@ class SuperpixelExplorer(FigureApp):
     State: ``n_segments``, ``compactness``, ``num_nodes``, ``num_edges``, ``mean_degree``, plus the
     arrays ``labels [H,W]``, ``edge_index [2,E]`` and ``pos [N,2]``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> from skimage.data import astronaut
     >>> app = SuperpixelExplorer(astronaut()[::4, ::4], n_segments=100)
     >>> app.controls["n_segments"].value = 200
@@ -269,8 +269,8 @@ class UpdateOrderExplorer(FigureApp):
     x : float tensor [N, C], optional
         Node features; default the mean colour and the normalised centroid of each superpixel.
 
-    Example
-    -------
+    Examples
+    --------
     >>> from selab.superpixels import slic
     >>> image = viz.demo_image("astronaut", 64)
     >>> app = UpdateOrderExplorer(image, slic(image, 60))
@@ -397,8 +397,8 @@ def mh_table(trace: Any) -> dict[str, np.ndarray]:
     Columns: ``energy``, ``log_q``, ``alpha``, ``accepted``, ``num_clusters`` of each proposal, and
     ``state_energy``: the energy of the chain's state after the step.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from selab.evolve import PartitionEnergy, metropolis_hastings
     >>> energy = PartitionEnergy(node_labels=torch.tensor([0, 0, 1]))
@@ -439,8 +439,8 @@ class MHChainExplorer(FigureApp):
         ``energy(cluster [N]) -> float``, e.g. :class:`selab.energy.PartitionEnergy`.
     num_steps, merge_budget, seed : the chain's settings (see :func:`selab.mh.metropolis_hastings`).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from selab.evolve import PartitionEnergy
     >>> from selab.superpixels import adjacency, slic
@@ -551,8 +551,8 @@ def photo_sample(source: Any, image_size: int, mask: Any | None = None, name: st
     (``selab.data.resize_image``). ``mask`` (a label PNG's path or a class-id array of the photo's
     size) is resized with the nearest label.
 
-    Example
-    -------
+    Examples
+    --------
     >>> sample = photo_sample("astronaut", 64)
     >>> sample["image"].shape, sample["id"]
     (torch.Size([3, 64, 64]), 'astronaut')
@@ -605,8 +605,8 @@ def photo_samples(sources: str | Any, image_size: int, masks: str | Any | None =
     """:func:`photo_sample` of every photo of ``sources``: a list, or one comma-separated string (a
     notebook parameter such as ``"astronaut,camera"``); ``masks`` likewise, one per photo ("" for none).
 
-    Example
-    -------
+    Examples
+    --------
     >>> [s["id"] for s in photo_samples("astronaut, camera", 32)]
     ['astronaut', 'camera']
     """
@@ -631,8 +631,8 @@ def as_batch(sample: dict, n_segments: int | None = None, compactness: float = 1
     """A model batch of one image from a sample dict (``image [3,S,S]``, optional ``mask [S,S]`` and
     ``superpixels [S,S]``; SLIC with ``n_segments`` when the superpixels are missing).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> batch = as_batch({"image": torch.rand(3, 32, 32)}, n_segments=20)
     >>> batch["image"].shape, batch["superpixels"].shape
@@ -761,8 +761,8 @@ def merge_colour_floor(merge_prob: Any) -> float:
     paints every edge the same yellow. Starting the scale at a tenth below nearly all of them (the
     colour bar says where) lets them be told apart, and keeps round, comparable bounds.
 
-    Example
-    -------
+    Examples
+    --------
     >>> merge_colour_floor(np.array([0.66, 0.9, 0.99])), merge_colour_floor(np.zeros(0))
     (0.6, 0.0)
     """
@@ -812,8 +812,8 @@ class EvolutionExplorer(FigureApp):
         probabilities (about 0.5) and predictions mean nothing yet.
     structure, energy, seed, n_segments : see :func:`evolution_forward` and :func:`as_batch`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from selab.model import ModelConfig, SELabModel
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
