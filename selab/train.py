@@ -7,14 +7,16 @@ synthetic data (prepared by :mod:`selab.prepare`), and evaluates them with the b
 from a confusion matrix accumulated over the split, at each mask's full resolution). The paper's recipe
 is SGD (momentum 0.9, weight decay 5e-4, lr 1e-3 for new layers and 1e-4 for pretrained ones, batch 2)
 and a two-step schedule (first the confidence layer, then all): ``TrainConfig(optimizer="sgd", lr=1e-3,
-backbone_lr_scale=0.1, weight_decay=5e-4, batch_size=2, two_step_epochs=E1)``. selab's defaults
-(AdamW, poly schedule, batch 8) train faster on a CPU.
+backbone_lr_scale=0.1, weight_decay=5e-4, batch_size=2, two_step_epochs=E1)``, and the whole network
+fine-tuned with the paper's augmentation: add ``backbone="efficientnet_lite0", freeze_backbone=False,
+augmentation="paper"`` (:mod:`selab.augment`). selab's defaults (AdamW, poly schedule, batch 8, a frozen
+pretrained backbone with cached features) train faster on a CPU.
 
 A run folder holds ``config.json``, ``checkpoints/last.pt`` (+ ``best.pt``), ``metrics.json``
 (per-epoch list + final), ``metrics.csv`` and ``figures/*.png``. Checkpoints are written atomically
 and carry the model, optimizer, scheduler, epoch, step and every RNG state, so ``resume=True``
 continues an interrupted run (Ctrl-C saves one mid-epoch) to the same result as an uninterrupted one:
-the shuffling, flips and Metropolis-Hastings draws of an epoch come from generators seeded by
+the shuffling, augmentation and Metropolis-Hastings draws of an epoch come from generators seeded by
 ``(seed, epoch)`` (:mod:`selab.seeds`), not from a global stream.
 
 Examples
