@@ -46,14 +46,14 @@ from selab.classes import NUM_CLASSES
 from selab.data import DATASETS, check_dataset
 from selab.model import ORDERS, VARIANTS, ModelConfig
 from selab.predict import predict_files
-from selab.train import (LR_SCHEDULES, OPTIMIZERS, PRECISIONS, TrainConfig, TrainingDiverged, evaluate,
-                         load_checkpoint, load_model, run)
+from selab.train import (AUGMENTATIONS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, TrainConfig, TrainingDiverged,
+                         evaluate, load_checkpoint, load_model, run)
 
 # ``selab train`` has one flag per TrainConfig field: its type and default from the dataclass, its help from
 # the docstring's Parameters section, so that the command line cannot drift from the config. What the
 # dataclass cannot say is here: the allowed values, and the flags that keep their historical names.
 TRAIN_CHOICES = {"variant": VARIANTS, "backbone": BACKBONES, "dataset": DATASETS, "optimizer": OPTIMIZERS,
-                 "schedule": LR_SCHEDULES, "precision": PRECISIONS}
+                 "schedule": LR_SCHEDULES, "precision": PRECISIONS, "augmentation": AUGMENTATIONS}
 TRAIN_FLAGS = {"out_dir": ("--out", "--out-dir"), "progress": ("--quiet", "--no-progress")}
 # ModelConfig fields with a flag of their own (TrainConfig.model); any other one via --model-option KEY=JSON.
 MODEL_FLAGS = ("hidden_channels", "num_layers", "order", "merge_loss_weight")

@@ -8,8 +8,12 @@ for the features); :func:`collate` batches its items; :class:`TrainingData` shuf
 epoch with generators seeded by ``(seed, epoch)`` (:mod:`selab.seeds`), :func:`evaluation_loader`
 keeps the full-resolution masks for scoring.
 
-selab decision: with cached features the only augmentation is a horizontal flip, applied to the image,
-the mask, the superpixels and every feature map alike.
+Augmentation (``TrainConfig.augment``, ``TrainConfig.augmentation``): ``"flip"`` mirrors a sample
+horizontally, image, mask, superpixels and every cached feature map alike; ``"paper"`` applies the paper's
+crops around the people, scale, rotation, flip and colour-intensity scaling (:mod:`selab.augment`) to the
+full-resolution image and mask and to the cached superpixel map. selab decision: with cached features only
+the flip is possible (a feature map cannot follow a crop or a rotation of its image: it would have to be
+computed again), so ``"paper"`` needs uncached features (a trained backbone, or ``cache_features=False``).
 
 Examples
 --------
@@ -36,9 +40,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from selab import distributed, superpixels
+from selab.augment import Augmentation
 from selab.data import check_files, make_dataset, resize_image
 from selab.files import atomic_save, atomic_write
-from selab.seeds import FLIPS, SHUFFLE, epoch_generator
+from selab.seeds import AUGMENT, FLIPS, SHUFFLE, epoch_generator
 
 if TYPE_CHECKING:  # type hints only: selab.train imports this module
     from selab.model import SELabModel
@@ -171,7 +176,8 @@ class PreparedSplit(torch.utils.data.Dataset):
     Items: ``image`` [3,S,S], ``mask`` [S,S], ``superpixels`` [S,S] (graph variants), ``features`` (list of
     [C_i,h_i,w_i] float16, cached), ``id``, and for evaluation ``full_mask`` / ``full_image`` at the
     original resolution. ``flips`` (a bool tensor per index) mirrors a sample horizontally: image, mask,
-    superpixels and every feature map alike.
+    superpixels and every feature map alike. ``draws`` (one row of :meth:`selab.augment.Augmentation.draws`
+    per index) applies the paper's augmentation instead, the flip included.
     """
 
     def __init__(self, config: TrainConfig, split: str, limit: int | None, keep_full: bool):
@@ -187,7 +193,7 @@ class PreparedSplit(torch.utils.data.Dataset):
         if config.use_feature_cache:
             tag = f"{config.backbone}-os{model_config.output_stride}-{'imagenet' if model_config.pretrained else 'random'}"
             self.feature_dir = config.cache_root / "features" / self.cache_key / f"{tag}-s{self.size}"
-        self.flips = None
+        self.flips, self.draws, self.augmentation = None, None, Augmentation()
 
     def __len__(self) -> int:
         return len(self.base)
@@ -239,7 +245,13 @@ class PreparedSplit(torch.utils.data.Dataset):
         if self.keep_full:
             item["full_mask"] = sample["mask"].long()
             item["full_image"] = sample["image"].float()
-        if self.flips is not None and bool(self.flips[index]):
+        flip = self.flips is not None and bool(self.flips[index])
+        if self.draws is not None:
+            if "features" in item:
+                raise ValueError("PreparedSplit: the paper's augmentation cannot transform cached features")
+            item.update(self.augmentation(sample["image"], sample["mask"], item.get("superpixels"), self.size,
+                                          self.draws[index], flip, self.config.ignore_index))
+        elif flip:
             for key in ("image", "mask", "superpixels"):
                 if key in item:
                     item[key] = item[key].flip(-1)
@@ -317,7 +329,7 @@ def _loader(dataset, batch_size: int, num_workers: int) -> torch.utils.data.Data
 
 
 class TrainingData:
-    """The training split, with a shuffling and flipping that depend only on (seed, epoch)."""
+    """The training split, with a shuffling and augmentation that depend only on (seed, epoch)."""
 
     def __init__(self, config: TrainConfig, model: SELabModel):
         self.config = config
@@ -337,6 +349,10 @@ class TrainingData:
         """Epoch ``epoch``'s batches in ``order``, from batch ``start_step`` on (a resumed epoch)."""
         flips = torch.rand(len(self.dataset), generator=epoch_generator(self.config.seed, epoch, FLIPS)) < 0.5
         self.dataset.flips = flips if self.config.augment else None
+        self.dataset.draws = None
+        if self.config.augment and self.config.augmentation == "paper":
+            self.dataset.draws = self.dataset.augmentation.draws(
+                len(self.dataset), epoch_generator(self.config.seed, epoch, AUGMENT))
         # distributed: batch_size is the global batch; this process takes its share of each (selab.distributed)
         local_batch = distributed.local_batch_size(self.config.batch_size)
         remaining = distributed.shard(order.tolist())[start_step * local_batch :]

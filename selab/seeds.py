@@ -3,7 +3,7 @@
 Two kinds of randomness, one rule each:
 
 * **Per-epoch streams** (:func:`epoch_generator`): every random draw of a training epoch that decides
-  what is computed (the shuffle, the flips, the model's Metropolis-Hastings proposals and noisy update
+  what is computed (the shuffle, the flips, the other augmentations, the model's Metropolis-Hastings proposals and noisy update
   orders) comes from a generator that depends only on ``(seed, epoch, stream)``. Resuming an epoch
   therefore replays the same draws, whatever ran before. The data streams live on the CPU (the
   DataLoader's side); the model's stream lives on the model's device, because the model draws on it
@@ -29,6 +29,8 @@ import torch
 
 # The per-epoch streams: training-set order, horizontal flips, and the model's own draws.
 SHUFFLE, FLIPS, MODEL = 0, 1, 2
+# The paper's augmentation (selab.augment): crops, scales, rotations and colour factors of every sample.
+AUGMENT = 3
 
 
 def epoch_generator(seed: int, epoch: int, stream: int, device="cpu") -> torch.Generator:

@@ -7,14 +7,16 @@ synthetic data (prepared by :mod:`selab.prepare`), and evaluates them with the b
 from a confusion matrix accumulated over the split, at each mask's full resolution). The paper's recipe
 is SGD (momentum 0.9, weight decay 5e-4, lr 1e-3 for new layers and 1e-4 for pretrained ones, batch 2)
 and a two-step schedule (first the confidence layer, then all): ``TrainConfig(optimizer="sgd", lr=1e-3,
-backbone_lr_scale=0.1, weight_decay=5e-4, batch_size=2, two_step_epochs=E1)``. selab's defaults
-(AdamW, poly schedule, batch 8) train faster on a CPU.
+backbone_lr_scale=0.1, weight_decay=5e-4, batch_size=2, two_step_epochs=E1)``, and the whole network
+fine-tuned with the paper's augmentation: add ``backbone="efficientnet_lite0", freeze_backbone=False,
+augmentation="paper"`` (:mod:`selab.augment`). selab's defaults (AdamW, poly schedule, batch 8, a frozen
+pretrained backbone with cached features) train faster on a CPU.
 
 A run folder holds ``config.json``, ``checkpoints/last.pt`` (+ ``best.pt``), ``metrics.json``
 (per-epoch list + final), ``metrics.csv`` and ``figures/*.png``. Checkpoints are written atomically
 and carry the model, optimizer, scheduler, epoch, step and every RNG state, so ``resume=True``
 continues an interrupted run (Ctrl-C saves one mid-epoch) to the same result as an uninterrupted one:
-the shuffling, flips and Metropolis-Hastings draws of an epoch come from generators seeded by
+the shuffling, augmentation and Metropolis-Hastings draws of an epoch come from generators seeded by
 ``(seed, epoch)`` (:mod:`selab.seeds`), not from a global stream.
 
 Examples
@@ -65,6 +67,7 @@ from selab.seeds import MODEL, epoch_generator, rng_state, seed_everything, set_
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("poly", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
+AUGMENTATIONS = ("flip", "paper")
 
 
 @dataclass
@@ -124,7 +127,12 @@ class TrainConfig:
         at 321 x 321, scaled with the image area; selab decision). The one place to set it: the model
         records it (``ModelConfig.n_segments``) for prediction.
     augment : bool
-        Random horizontal flips in training.
+        Augment the training images (see ``augmentation``); off: no augmentation at all.
+    augmentation : {"flip", "paper"}
+        ``flip``: random horizontal flips (the only augmentation cached features can follow). ``paper``:
+        the paper's random crops around the people, scale, rotation, flips and colour-intensity scaling
+        (:mod:`selab.augment`), on uncached features only (``freeze_backbone=False`` or
+        ``cache_features=False``). selab decision: ``flip`` by default, so that earlier runs keep their results.
     model : dict
         Further :class:`~selab.model.ModelConfig` fields (``hidden_channels``, ``num_layers``, ...).
     seed : int
@@ -179,6 +187,7 @@ class TrainConfig:
     cache_dir: str | None = None
     n_segments: int | None = None
     augment: bool = True
+    augmentation: str = "flip"
     model: dict = field(default_factory=dict)
     seed: int = 0
     out_dir: str = "runs/default"
@@ -231,6 +240,11 @@ class TrainConfig:
             bad("schedule", f"one of {LR_SCHEDULES}")
         if self.precision not in PRECISIONS:
             bad("precision", f"one of {PRECISIONS}")
+        if self.augmentation not in AUGMENTATIONS:
+            bad("augmentation", f"one of {AUGMENTATIONS}")
+        if self.augment and self.augmentation == "paper" and self.use_feature_cache:
+            bad("augmentation", "'flip' with cached features (a cached feature map cannot follow a crop or a "
+                "rotation): for 'paper' train the backbone (freeze_backbone=False) or set cache_features=False")
         if not isinstance(self.model, dict):
             bad("model", "a dict of ModelConfig fields")
         for key in ("variant", "backbone", "freeze_backbone", "n_segments"):
@@ -320,11 +334,24 @@ def check_device(device: str, what: str = "device") -> torch.device:
 # optimisation
 # ---------------------------------------------------------------------------------------------------
 def build_optimizer(model: SELabModel, config: TrainConfig) -> torch.optim.Optimizer:
-    """Two parameter groups: the pretrained backbone (``lr * backbone_lr_scale``) and the new layers."""
+    """Two parameter groups: the new layers (``lr``), then the trained backbone.
+
+    The backbone learns at ``lr * backbone_lr_scale`` when it starts from pretrained weights (the paper:
+    1e-3 for new layers, 1e-4 for pretrained ones); a backbone trained from scratch (``small``, or
+    ``efficientnet_lite0`` with ``model={"pretrained": False}``) is a new layer and learns at ``lr``. A
+    frozen backbone has no group.
+
+    Examples
+    --------
+    >>> config = TrainConfig(backbone="efficientnet_lite0", freeze_backbone=False, lr=1e-3)  # doctest: +SKIP
+    >>> [g["lr"] for g in build_optimizer(SELabModel(config.model_config()), config).param_groups]  # doctest: +SKIP
+    [0.001, 0.0001]
+    """
     backbone = [p for p in model.backbone.parameters() if p.requires_grad]
     backbone_ids = {id(p) for p in model.backbone.parameters()}
     new = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]
-    scale = config.backbone_lr_scale if (config.backbone != "small") else 1.0
+    pretrained = config.backbone != "small" and model.config.pretrained
+    scale = config.backbone_lr_scale if pretrained else 1.0
     groups = [{"params": new, "lr": config.lr}]
     if backbone:
         groups.append({"params": backbone, "lr": config.lr * scale})

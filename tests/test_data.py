@@ -11,6 +11,7 @@ import selab.superpixels
 from selab import data
 from selab.data import ImageMaskFolder, PascalPersonParts, SyntheticPersonParts, make_dataset
 from selab.prepare import PreparedSplit, SuperpixelCache, collate
+from selab.superpixels import check_labels
 from selab.train import TrainConfig
 
 
@@ -141,6 +142,20 @@ def test_prepared_split_resizes_flips_and_collates(tmp_path):
     data = collate([split[0], split[1], split[2]])
     assert data["image"].shape == (3, 3, 24, 24) and data["superpixels"].shape == (3, 24, 24)
     assert data["ids"] == ["a", "b", "c"] and [m.shape for m in data["full_masks"]] == [(12, 16)] * 3
+
+
+def test_prepared_split_applies_the_papers_augmentation_to_the_full_resolution_sample(tmp_path):
+    root = _pascal(tmp_path / "p", ids=("a", "b"))
+    config = TrainConfig(variant="graph_lstm", dataset="pascal_person_part", data_root=str(root), image_size=24,
+                         n_segments=10, cache_dir=str(tmp_path / "cache"), progress=False, augmentation="paper")
+    split = PreparedSplit(config, "train", limit=None, keep_full=False)
+    plain = split[0]
+    split.draws = split.augmentation.draws(2, torch.Generator().manual_seed(0))
+    item = split[0]
+    assert item["image"].shape == (3, 24, 24) and item["mask"].shape == item["superpixels"].shape == (24, 24)
+    assert not torch.equal(item["image"], plain["image"])
+    assert check_labels(item["superpixels"]) == int(item["superpixels"].max()) + 1
+    assert torch.equal(split[0]["image"], item["image"])  # the draws decide, nothing else
 
 
 def test_make_dataset_by_name(tmp_path):
