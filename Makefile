@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job: a papermill training run of the Structure-evolving LSTM on the built-in synthetic data,
-# into its own run folder (about 1.5 min on 2 cores, validation mIoU about 35%). 0 selects selab's
+# into its own run folder (about 1.5 min on 2 cores, validation mIoU about 37%). 0 selects selab's
 # quick-run defaults (256 images, 3 evolving layers, 64 hidden); the notebook's own defaults are smaller
 # still, for nbval.
 RUN_PARAMS ?= -p num_images 0 -p val_images 0 -p num_layers 0 -p hidden_channels 0 -p epochs 30 -p image_size 96
