@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="test the model another way, e.g. 'evolution={\"eval_mode\": \"mh\"}' or 'eval_samples=4'")
     evaluate.add_argument("--per-image", default=None, metavar="NPZ",
                           help="also save every image's confusion matrix (for selab.compare)")
+    evaluate.add_argument("--tta", choices=["flip"], default=None,
+                          help="test-time augmentation: also the mirror image, logits averaged (reported apart)")
     evaluate.add_argument("--quiet", action="store_true")
 
     predict = commands.add_parser("predict", help="parse photos with a shipped model or a run folder")
@@ -286,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate(args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
                               image_size=args.image_size, limit=args.limit, out=args.out, device=args.device,
                               batch_size=args.batch_size, progress=not args.quiet, cache_dir=args.cache_dir,
-                              per_image_out=args.per_image, model_options=_key_json_options(args.model_option))
+                              per_image_out=args.per_image, model_options=_key_json_options(args.model_option),
+                              tta=args.tta)
             print(json.dumps(result, indent=2))
     except TrainingDiverged as error:
         print(f"selab {args.command}: error: {error}", file=sys.stderr)

@@ -835,16 +835,31 @@ def autocast(precision: str, device) -> torch.autocast:
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def mirrored(data: dict) -> dict:
+    """The model's inputs of a batch, mirrored left to right: image, superpixels and cached features alike.
+
+    selab decision: with cached features the mirror image's features are the mirrored features (as
+    training's flips are), not the backbone's features of the mirrored image.
+    """
+    out = {key: data[key].flip(-1) for key in ("image", "superpixels") if data.get(key) is not None}
+    if data.get("features") is not None:
+        out["features"] = [f.flip(-1) for f in data["features"]]
+    return out
+
+
 @torch.no_grad()
 def evaluate_model(model: SELabModel, loader, device, progress: bool = False, num_examples: int = 0,
                    description: str = "evaluate", per_image: list | None = None,
-                   ignore_index: int | None = None, precision: str = "fp32") -> tuple[dict, list]:
+                   ignore_index: int | None = None, precision: str = "fp32",
+                   flip: bool = False) -> tuple[dict, list]:
     """Scores over a loader of evaluation batches (each holds the full-resolution ``full_masks``).
 
     Logits [B,K,S,S] are upsampled (bilinear) to each mask's own size before the argmax, and the
     confusion matrix accumulates over the whole split (pixels labelled ``ignore_index`` left out).
     ``per_image``, a list, receives one ``(id, confusion [K,K])`` pair per image (for paired
     comparisons of runs, :mod:`selab.compare`). ``precision="bf16"``: the forward pass under autocast.
+    ``flip=True``: test-time augmentation, the mean of the logits of each image and of its mirror image
+    (mirrored back); the hierarchy statistics are those of the unmirrored pass.
     """
     model.eval()
     distributed.broadcast_buffers(model)  # distributed: every process evaluates rank 0's model
@@ -854,7 +869,9 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
         data = to_device(data, device)
         with autocast(precision, device):
             output = model(data)
-        logits = output.logits.float()
+            logits = output.logits.float()
+            if flip:
+                logits = (logits + model(mirrored(data)).logits.float().flip(-1)) / 2
         if output.levels and "mask" in data:
             hierarchy.append(hierarchy_stats(output.levels, data["mask"], model.config.num_classes))
         for b, full_mask in enumerate(data["full_masks"]):
@@ -887,12 +904,14 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
              split: str = "val", image_size: int | None = None, limit: int | None = None,
              out: str | None = None, device: str = "auto", batch_size: int = 8, progress: bool = True,
              cache_dir: str | None = None, per_image_out: str | None = None,
-             model_options: dict | None = None) -> dict:
+             model_options: dict | None = None, tta: str | None = None) -> dict:
     """Evaluate a trained model on a split; optionally write the metrics to ``out`` (JSON).
 
     ``model_options`` tests the model another way (:func:`load_model`); ``per_image_out`` (an ``.npz``
     path) also saves every image's confusion matrix
     (:func:`selab.metrics.save_per_image`), for paired comparisons with :mod:`selab.compare`.
+    ``tta="flip"``: test-time augmentation, each image and its mirror image (:func:`evaluate_model`);
+    recorded as ``test_time_augmentation`` in the result, so that it is reported apart from single-pass scores.
 
     Returns ``{"mean_iou", "per_class_iou" (by class name), "pixel_accuracy"}`` in percent, plus
     ``checkpoint``, ``checkpoint_file`` (the file used: in a run folder ``best.pt``, or ``last.pt`` when
@@ -903,6 +922,8 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
     --------
     >>> evaluate("runs/quick", dataset="synthetic", split="val")["mean_iou"]  # doctest: +SKIP
     """
+    if tta not in (None, "flip"):
+        raise ValueError(f"evaluate: tta must be None or 'flip', got {tta!r}")
     torch_device = check_device(device, "evaluate: device")
     if out:
         writable_folder(Path(out).parent, "evaluate: out")
@@ -926,13 +947,14 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
     loader = evaluation_loader(config, model)
     per_image = [] if per_image_out else None
     scores, _ = evaluate_model(model, loader, torch_device, progress=progress, per_image=per_image,
-                               ignore_index=config.ignore_index, precision=config.precision)
+                               ignore_index=config.ignore_index, precision=config.precision, flip=tta == "flip")
     if per_image_out:
         save_per_image(Path(per_image_out), per_image)
     result = dict(scores)
     result.update({"checkpoint": str(checkpoint_or_run_dir), "checkpoint_file": checkpoint["path"],
                    "dataset": dataset, "split": split,
-                   "num_images": len(loader.dataset), "image_size": config.image_size})
+                   "num_images": len(loader.dataset), "image_size": config.image_size,
+                   "test_time_augmentation": tta})
     if out:
         atomic_write_text(json.dumps(result, indent=2), Path(out))
     return result
