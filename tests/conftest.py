@@ -28,3 +28,21 @@ def pascal_root() -> Path:
     if not (PASCAL_ROOT / "JPEGImages").is_dir():
         pytest.skip(f"PASCAL-Person-Part not found at {PASCAL_ROOT} (set SELAB_PASCAL_ROOT)")
     return PASCAL_ROOT
+
+
+def _synthetic_batch(size: int, seed: int, n_segments: int) -> dict:
+    """Two generated images of ``size`` px: ``image``, SLIC ``superpixels`` and ``mask``, as a model reads them."""
+    from selab.superpixels import slic
+    from selab.synthetic import SyntheticPersonParts
+
+    ds = SyntheticPersonParts(2, size, seed=seed)
+    samples = [ds[i] for i in range(2)]
+    return {"image": torch.stack([s["image"] for s in samples]),
+            "superpixels": torch.stack([torch.from_numpy(slic(s["image"], n_segments=n_segments)) for s in samples]),
+            "mask": torch.stack([s["mask"] for s in samples])}
+
+
+@pytest.fixture(scope="session")
+def synthetic_batch():
+    """The factory ``synthetic_batch(size, seed, n_segments)`` of small model batches (:func:`_synthetic_batch`)."""
+    return _synthetic_batch

@@ -9,8 +9,7 @@ import torch
 from selab.graph import canonical_cluster, coarsen, graph_from_superpixels, level_majority_labels
 from selab.loss import compute_loss, merge_loss, merge_target, merge_targets
 from selab.model import build_model
-from selab.superpixels import node_label_histogram, node_majority_labels, slic
-from selab.synthetic import SyntheticPersonParts
+from selab.superpixels import node_label_histogram, node_majority_labels
 
 
 def _levels(seed=0):
@@ -66,12 +65,8 @@ def test_merge_target_and_loss():
 
 
 @pytest.fixture(scope="module")
-def batch():
-    ds = SyntheticPersonParts(2, 48, seed=3)
-    samples = [ds[i] for i in range(2)]
-    return {"image": torch.stack([s["image"] for s in samples]),
-            "superpixels": torch.stack([torch.from_numpy(slic(s["image"], n_segments=40)) for s in samples]),
-            "mask": torch.stack([s["mask"] for s in samples])}
+def batch(synthetic_batch):
+    return synthetic_batch(48, seed=3, n_segments=40)
 
 
 def test_compute_loss_sums_its_weighted_parts(batch):

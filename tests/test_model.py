@@ -5,18 +5,12 @@ import torch.nn.functional as F
 
 from selab.loss import merge_targets
 from selab.model import ModelConfig, SELabModel, build_model
-from selab.superpixels import pool_to_nodes, slic, upsample_and_pool
-from selab.synthetic import SyntheticPersonParts
+from selab.superpixels import pool_to_nodes, upsample_and_pool
 
 
 @pytest.fixture(scope="module")
-def tiny_batch():
-    ds = SyntheticPersonParts(2, 48, seed=3)
-    samples = [ds[i] for i in range(2)]
-    image = torch.stack([s["image"] for s in samples])
-    superpixels = torch.stack([torch.from_numpy(slic(s["image"], n_segments=40)) for s in samples])
-    mask = torch.stack([s["mask"] for s in samples])
-    return {"image": image, "superpixels": superpixels, "mask": mask}
+def tiny_batch(synthetic_batch):
+    return synthetic_batch(48, seed=3, n_segments=40)
 
 
 def test_upsample_and_pool_equals_upsample_then_pool():
@@ -147,12 +141,8 @@ def test_build_model_rejects_unknown_fields():
 
 # ------------------------------------------------------------------ the default configuration is unchanged
 @pytest.fixture(scope="module")
-def batch64():
-    ds = SyntheticPersonParts(2, 64, seed=5)
-    samples = [ds[i] for i in range(2)]
-    return {"image": torch.stack([s["image"] for s in samples]),
-            "superpixels": torch.stack([torch.from_numpy(slic(s["image"], n_segments=60)) for s in samples]),
-            "mask": torch.stack([s["mask"] for s in samples])}
+def batch64(synthetic_batch):
+    return synthetic_batch(64, seed=5, n_segments=60)
 
 
 # Recorded at 7ebce88, before the issue-19 options (next_input, next_state, eval_samples, energy, per-layer
