@@ -72,6 +72,11 @@ class ModelConfig:
         Keep the backbone fixed (eval mode, no gradients); lets :mod:`selab.train` cache its features.
     feature_channels : int
         Channels of the fused CNN features (the two-layer conv neck).
+    feature_strides : list of int, optional
+        The backbone's feature maps the neck reads, by stride (``None``, the default: all of them, e.g.
+        8, 16 and 32 for EfficientNet-Lite0). ``[8]`` keeps only the finest map, whose receptive field is
+        local: an ablation that asks whether the graph layers supply the context the coarse maps otherwise
+        bring (selab option, not in the papers).
     hidden_channels : int
         Graph LSTM hidden size (paper: not given; selab decision 64-256).
     num_layers : int, optional
@@ -150,6 +155,7 @@ class ModelConfig:
     output_stride: int = 8
     freeze_backbone: bool = False
     feature_channels: int = 128
+    feature_strides: list[int] | None = None
     hidden_channels: int = 64
     num_layers: int | None = None
     residual: bool = True
@@ -294,12 +300,15 @@ class FeatureNeck(nn.Module):
     features" of the DESIGN reference, fed richer concatenated stride-8/16/32 features.
     """
 
-    def __init__(self, in_channels: list[int], out_channels: int):
+    def __init__(self, in_channels: list[int], out_channels: int, used: list[int] | None = None):
         super().__init__()
-        self.reduce = conv_bn_relu(sum(in_channels), out_channels, 1)
+        # `used`: the indices of the backbone's maps the neck reads (ModelConfig.feature_strides); all by default.
+        self.used = list(range(len(in_channels))) if used is None else list(used)
+        self.reduce = conv_bn_relu(sum(in_channels[i] for i in self.used), out_channels, 1)
         self.refine = conv_bn_relu(out_channels, out_channels, 3)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        features = [features[i] for i in self.used]
         size = features[0].shape[-2:]
         fused = torch.cat(
             [features[0]]
@@ -333,7 +342,12 @@ class SELabModel(nn.Module):
         self.backbone = build_backbone(config.backbone, pretrained=config.pretrained, output_stride=config.output_stride)
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
-        self.neck = FeatureNeck(self.backbone.out_channels, config.feature_channels)
+        strides = list(self.backbone.strides)
+        if config.feature_strides is not None and not set(config.feature_strides) <= set(strides):
+            raise ValueError(f"ModelConfig.feature_strides: expected strides of the {config.backbone!r} backbone "
+                             f"({strides}), got {config.feature_strides!r}")
+        used = None if config.feature_strides is None else [strides.index(s) for s in sorted(set(config.feature_strides))]
+        self.neck = FeatureNeck(self.backbone.out_channels, config.feature_channels, used)
         self.dropout = nn.Dropout2d(config.dropout)
         K, C, H = config.num_classes, config.feature_channels, config.hidden_channels
         # The CNN part of the final 1x1 classifier; for the graph variants its node part is `node_classifiers`.

@@ -125,6 +125,22 @@ def test_cached_features_give_the_same_logits(tiny_batch):
     torch.testing.assert_close(direct, cached)
 
 
+def test_feature_strides_selects_what_the_neck_reads(tiny_batch):
+    model = build_model({"variant": "graph_lstm", "freeze_backbone": True, "feature_channels": 8,
+                         "hidden_channels": 8, "feature_strides": [8]}).eval()
+    assert model.neck.reduce[0].in_channels == model.backbone.out_channels[0]
+    with torch.no_grad():
+        features = model.backbone(tiny_batch["image"])
+        logits = model(dict(tiny_batch, features=features)).logits
+        # the stride-16 map is not read: replacing it changes nothing
+        other = [features[0], torch.randn_like(features[1])]
+        torch.testing.assert_close(model(dict(tiny_batch, features=other)).logits, logits, rtol=0, atol=0)
+    every = build_model({"variant": "cnn", "feature_channels": 8})
+    assert every.neck.reduce[0].in_channels == sum(every.backbone.out_channels)
+    with pytest.raises(ValueError, match="feature_strides"):
+        build_model({"variant": "cnn", "feature_channels": 8, "feature_strides": [4]})
+
+
 @pytest.mark.parametrize("field,value", [("variant", "unet"), ("backbone", "vgg"), ("hidden_channels", 0),
                                          ("order", "sideways"), ("dropout", 1.5), ("output_stride", 4)])
 def test_config_names_the_bad_parameter(field, value):
