@@ -852,21 +852,25 @@ TTA_SCALES = (0.75, 1.0, 1.25)
 
 
 def tta_sizes(size: int, scales, multiple: int) -> list[int]:
-    """The image size of each test-time scale: ``size * scale`` rounded to the nearest multiple of ``multiple``.
+    """The image sizes of the test-time scales: ``size * scale`` rounded to the nearest multiple of ``multiple``.
 
     selab decision: ``multiple`` is the backbone's coarsest stride (32 for EfficientNet-Lite), so that every
     stride-2 convolution sees an even input: EfficientNet-Lite0's static padding (computed for 224 px) is
     then exactly the padding of the rescaled input (:func:`selab.backbones.load_efficientnet_lite`), and
     the feature grids of every scale line up with the image. Scale 1 keeps ``size`` as it is (the
-    single-scale pass). Ties round up.
+    single-scale pass). Ties round up. A scale that rounds to a size already listed is dropped (at small
+    sizes scales collapse: 0.75 x 64 px rounds to 64), so no pass is counted twice in the average.
 
     Examples
     --------
     >>> tta_sizes(320, (0.75, 1.0, 1.25), 32)
     [256, 320, 416]
+    >>> tta_sizes(64, (0.75, 1.0, 1.25), 32)
+    [64, 96]
     """
-    return [size if scale == 1 else max(multiple, int(math.floor(size * scale / multiple + 0.5)) * multiple)
-            for scale in scales]
+    rounded = [size if scale == 1 else max(multiple, int(math.floor(size * scale / multiple + 0.5)) * multiple)
+               for scale in scales]
+    return list(dict.fromkeys(rounded))
 
 
 def rescaled(data: dict, size: int) -> dict:
@@ -948,8 +952,9 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
             logits = logits_of(data, output)
             passes = [logits]
             if scales is not None:
-                sizes = tta_sizes(data["image"].shape[-1], scales, max(model.backbone.strides))
-                passes += [logits_of(rescaled(data, size)) for scale, size in zip(scales, sizes) if scale != 1]
+                single = data["image"].shape[-1]
+                sizes = tta_sizes(single, scales, max(model.backbone.strides))
+                passes += [logits_of(rescaled(data, size)) for size in sizes if size != single]
         if output.levels and "mask" in data:
             hierarchy.append(hierarchy_stats(output.levels, data["mask"], model.config.num_classes))
         for b, full_mask in enumerate(data["full_masks"]):
@@ -996,7 +1001,7 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
     ``tta``: test-time augmentation (:func:`evaluate_model`), one of :data:`TTA_MODES`: ``"flip"``, each
     image and its mirror image; ``"scale"``, each image at every scale of ``tta_scales`` (default
     0.75, 1, 1.25; must include 1); ``"flip,scale"``, both. Recorded as ``test_time_augmentation`` in the
-    result (with ``tta_scales`` and the image size of each, ``tta_sizes``, both ``None`` without
+    result (with ``tta_scales`` and the image sizes run, ``tta_sizes``, both ``None`` without
     ``"scale"``), so that it is reported apart from single-pass scores.
 
     Returns ``{"mean_iou", "per_class_iou" (by class name), "pixel_accuracy"}`` in percent, plus

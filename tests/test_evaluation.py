@@ -92,6 +92,7 @@ def test_rescaled_inputs_keep_the_superpixel_partition():
 
     assert tta_sizes(320, (0.75, 1.0, 1.25), 32) == [256, 320, 416]
     assert tta_sizes(48, (0.5, 1.0, 2.0), 16) == [32, 48, 96] and tta_sizes(50, (1.0, 0.1), 16) == [50, 16]
+    assert tta_sizes(64, (0.75, 1.0, 1.25), 32) == [64, 96]  # 0.75 x 64 rounds to 64: one pass, not two
     # Four superpixels (2 x 2 blocks of an 8 x 8 map); label 0 is also the bottom-right corner block.
     superpixels = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 0]]).repeat_interleave(2, 0)
     superpixels = superpixels.repeat_interleave(2, 1)[None]
