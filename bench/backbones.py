@@ -3,12 +3,14 @@
 For each of Lite0, Lite1, Lite2 at S px (default 320), one thread:
 
 - ``forward_ms`` / ``forward_cpu_ms``: the median wall / CPU time of the backbone (strides 8/16/32) on
-  one image: what filling the feature cache costs per image, and what an uncached (trained-backbone)
-  step pays per forward;
+  one image (the backbones taking turns, in a shuffled order, in every repeat), and the ratio to Lite0:
+  what filling the feature cache costs per image, and what an uncached (trained-backbone) step pays per
+  forward;
 - ``padding_rel_diff_S``: how far the features of "static" padding (the library's, computed for the
   native 224/240/260 px input) are from "dynamic" padding (computed for the actual input), as
   ||static - dynamic|| / ||dynamic|| per stride (8, 16, 32) over the first N validation images of
   PASCAL-Person-Part, at S px and at S+1 px (the paper's 321 when S=320); the two shapes where they differ;
+- ``params_m``: parameters of the MBConv blocks, in millions (the backbone's weights less the 3x3 stem's);
 - ``top1``: the ImageNet class (index) of the full classifier with the backbone's default padding on
   skimage's astronaut and chelsea, at S px.
 
@@ -28,17 +30,21 @@ from selab.backbones import (DEFAULT_PADDING, IMAGENET_MEAN, IMAGENET_STD, Effic
 from selab.data import make_dataset, resize_image
 
 
-def forward_ms(net, image, repeats):
-    """Median wall and CPU (process) time of one forward, in ms: on a shared machine CPU time is the steadier."""
+def forward_ms(nets, image, repeats):
+    """Median wall and CPU (process) time of one forward of each net, in ms, the nets taking turns in a
+    shuffled order in every repeat (ratios within one run); on a shared machine CPU time is the steadier."""
+    wall, cpu = ([[] for _ in nets] for _ in range(2))
+    order = np.random.default_rng(0)
     with torch.no_grad():
-        net(image)  # warm-up
-        wall, cpu = [], []
+        for net in nets:
+            net(image)  # warm-up
         for _ in range(repeats):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            net(image)
-            wall.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - start_cpu)
-    return 1000 * float(np.median(wall)), 1000 * float(np.median(cpu))
+            for i in order.permutation(len(nets)):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                nets[i](image)
+                wall[i].append(time.perf_counter() - start)
+                cpu[i].append(time.process_time() - start_cpu)
+    return [(1000 * float(np.median(w)), 1000 * float(np.median(c))) for w, c in zip(wall, cpu)]
 
 
 def padding_diff(level, images):
@@ -81,20 +87,19 @@ def main():
     torch.set_num_threads(1)
     dataset = make_dataset("pascal_person_part", args.data_root, split="val", limit=args.images)
     photos = [dataset[i]["image"] for i in range(len(dataset))]
+    backbones = [EfficientNetLiteBackbone(level).eval() for level in (0, 1, 2)]
+    times = forward_ms(backbones, resize_image(photos[0], args.size)[None], args.repeats)
     rows = []
-    for level in (0, 1, 2):
-        backbone = EfficientNetLiteBackbone(level).eval()
+    for level, backbone, (wall, cpu) in zip((0, 1, 2), backbones, times):
         row = {"backbone": f"efficientnet_lite{level}", "padding": backbone.padding,
                "out_channels": backbone.out_channels,
                "params_m": sum(p.numel() for p in backbone.net._blocks.parameters()) / 1e6,
-               }
-        row["forward_ms"], row["forward_cpu_ms"] = forward_ms(backbone, resize_image(photos[0], args.size)[None],
-                                                              args.repeats)
+               "forward_ms": wall, "forward_cpu_ms": cpu, "forward_cpu_vs_lite0": cpu / times[0][1]}
         for size in (args.size, args.size + 1):
             row[f"padding_rel_diff_{size}"] = padding_diff(level, [resize_image(p, size) for p in photos])
         row["top1"] = top1(level, args.size)
         rows.append(row)
-    header = ["backbone", "padding", "out_channels", "params_m", "forward_ms", "forward_cpu_ms",
+    header = ["backbone", "padding", "out_channels", "params_m", "forward_ms", "forward_cpu_ms", "forward_cpu_vs_lite0",
               f"padding_rel_diff_{args.size}", f"padding_rel_diff_{args.size + 1}", "top1"]
     print(" | ".join(header))
     for row in rows:
