@@ -922,7 +922,7 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
     """Scores over a loader of evaluation batches (each holds the full-resolution ``full_masks``).
 
     Logits [B,K,S,S] are upsampled (bilinear) to each mask's own size before the argmax, and the
-    confusion matrix accumulates over the split (pixels labelled ``ignore_index`` left out).
+    confusion matrix accumulates over the whole split (pixels labelled ``ignore_index`` left out).
     ``per_image``, a list, receives one ``(id, confusion [K,K])`` pair per image (for paired
     comparisons of runs, :mod:`selab.compare`). ``precision="bf16"``: the forward pass under autocast.
     ``flip=True``: test-time augmentation, the mean of the logits of each image and of its mirror image
@@ -947,14 +947,15 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
 
     for data in tqdm(loader, desc=description, disable=not progress, leave=False):
         data = to_device(data, device)
+        scaled = []  # the batch at the other scales, resized outside autocast (in float32)
+        if scales is not None:
+            single = data["image"].shape[-1]
+            scaled = [rescaled(data, size) for size in tta_sizes(single, scales, max(model.backbone.strides))
+                      if size != single]
         with autocast(precision, device):
             output = model(data)
             logits = logits_of(data, output)
-            passes = [logits]
-            if scales is not None:
-                single = data["image"].shape[-1]
-                sizes = tta_sizes(single, scales, max(model.backbone.strides))
-                passes += [logits_of(rescaled(data, size)) for size in sizes if size != single]
+            passes = [logits] + [logits_of(inputs) for inputs in scaled]
         if output.levels and "mask" in data:
             hierarchy.append(hierarchy_stats(output.levels, data["mask"], model.config.num_classes))
         for b, full_mask in enumerate(data["full_masks"]):
