@@ -48,6 +48,7 @@ from selab.model import ORDERS, VARIANTS, ModelConfig
 from selab.predict import predict_files
 from selab.train import (AUGMENTATIONS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, TrainConfig, TrainingDiverged,
                          evaluate, load_checkpoint, load_model, run)
+from selab.train import TTA_MODES, TTA_SCALES
 
 # ``selab train`` has one flag per TrainConfig field: its type and default from the dataclass, its help from
 # the docstring's Parameters section, so that the command line cannot drift from the config. What the
@@ -142,6 +143,14 @@ def add_dataclass_arguments(parser, cls, names, choices: dict, flags: dict, use_
                             metavar="{true,false}" if kind is bool else None, **options)
 
 
+def _scales(text: str) -> tuple[float, ...]:
+    """``--tta-scales 0.75,1,1.25`` -> (0.75, 1.0, 1.25)."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.75,1,1.25, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selab", description="Train and evaluate Graph LSTM / SE-LSTM parsers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -173,8 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="test the model another way, e.g. 'evolution={\"eval_mode\": \"mh\"}' or 'eval_samples=4'")
     evaluate.add_argument("--per-image", default=None, metavar="NPZ",
                           help="also save every image's confusion matrix (for selab.compare)")
-    evaluate.add_argument("--tta", choices=["flip"], default=None,
-                          help="test-time augmentation: also the mirror image, logits averaged (reported apart)")
+    evaluate.add_argument("--tta", choices=TTA_MODES, default=None,
+                          help="test-time augmentation, logits averaged (reported apart): 'flip' also the mirror "
+                               "image, 'scale' also every --tta-scales size, 'flip,scale' both")
+    evaluate.add_argument("--tta-scales", type=_scales, default=TTA_SCALES, metavar="S,S,...",
+                          help="scales of --tta scale, including 1 (default: %(default)s)")
     evaluate.add_argument("--quiet", action="store_true")
 
     predict = commands.add_parser("predict", help="parse photos with a shipped model or a run folder")
@@ -289,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                               image_size=args.image_size, limit=args.limit, out=args.out, device=args.device,
                               batch_size=args.batch_size, progress=not args.quiet, cache_dir=args.cache_dir,
                               per_image_out=args.per_image, model_options=_key_json_options(args.model_option),
-                              tta=args.tta)
+                              tta=args.tta, tta_scales=args.tta_scales)
             print(json.dumps(result, indent=2))
     except TrainingDiverged as error:
         print(f"selab {args.command}: error: {error}", file=sys.stderr)

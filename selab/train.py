@@ -53,8 +53,9 @@ from matplotlib.patches import Patch
 from tqdm.auto import tqdm
 
 from selab import distributed
+from selab.augment import renumber
 from selab.classes import CLASS_COLORS, CLASS_NAMES, colorize
-from selab.data import DATASETS
+from selab.data import DATASETS, resize_image
 from selab.evolve import StructureEvolution, combine_hierarchy_stats, hierarchy_stats
 from selab.files import atomic_save, atomic_write_text, writable_folder
 from selab.loss import _cross_entropy, compute_loss  # noqa: F401  (_cross_entropy: tests reach it here)
@@ -81,8 +82,9 @@ class TrainConfig:
     ----------
     variant : {"cnn", "graph_lstm", "se_lstm"}
         The model (:class:`selab.model.ModelConfig`).
-    backbone : {"small", "efficientnet_lite0"}
-        ``small``: a CNN trained from scratch; ``efficientnet_lite0``: ImageNet-pretrained.
+    backbone : {"small", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
+        ``small``: a CNN trained from scratch; ``efficientnet_lite0/1/2``: ImageNet-pretrained
+        (:data:`selab.backbones.BACKBONES`).
     dataset : {"synthetic", "pascal_person_part", "folder"}
         Built-in generated data, PASCAL-Person-Part, or an image/mask folder (:mod:`selab.data`).
     data_root : str, optional
@@ -117,7 +119,7 @@ class TrainConfig:
         The paper's two-step training: for the first epochs only the CNN features and the confidence
         layer learn (on the confidence maps), then everything.
     freeze_backbone : bool, optional
-        Default: frozen for ``efficientnet_lite0``, trained for ``small``.
+        Default: frozen for the pretrained ``efficientnet_lite*``, trained for ``small``.
     cache_features : bool, optional
         Cache the frozen backbone's features on disk (default: whenever the backbone is frozen).
     cache_dir : str, optional
@@ -845,11 +847,78 @@ def mirrored(data: dict) -> dict:
     return {key: data[key].flip(-1) for key in ("image", "superpixels") if data.get(key) is not None}
 
 
+TTA_MODES = ("flip", "scale", "flip,scale")
+TTA_SCALES = (0.75, 1.0, 1.25)
+
+
+def tta_sizes(size: int, scales, multiple: int) -> list[int]:
+    """The image sizes of the test-time scales: ``size * scale`` rounded to the nearest multiple of ``multiple``.
+
+    selab decision: ``multiple`` is the backbone's coarsest stride (32 for EfficientNet-Lite), so that every
+    stride-2 convolution sees an even input: EfficientNet-Lite0's static padding (computed for 224 px) is
+    then exactly the padding of the rescaled input (:func:`selab.backbones.load_efficientnet_lite`), and
+    the feature grids of every scale line up with the image. Scale 1 keeps ``size`` as it is (the
+    single-scale pass). Ties round up. A scale that rounds to a size already listed is dropped (at small
+    sizes scales collapse: 0.75 x 64 px rounds to 64), so no pass is counted twice in the average.
+
+    Examples
+    --------
+    >>> tta_sizes(320, (0.75, 1.0, 1.25), 32)
+    [256, 320, 416]
+    >>> tta_sizes(64, (0.75, 1.0, 1.25), 32)
+    [64, 96]
+    """
+    rounded = [size if scale == 1 else max(multiple, int(math.floor(size * scale / multiple + 0.5)) * multiple)
+               for scale in scales]
+    return list(dict.fromkeys(rounded))
+
+
+def rescaled(data: dict, size: int) -> dict:
+    """The model's inputs for a batch's images at ``size`` x ``size`` (multi-scale test-time augmentation).
+
+    Each image is resized from its full-resolution original (``full_images``, with the antialiased
+    resize of :mod:`selab.prepare`), so a larger scale sees real detail rather than an upsampled
+    S x S image. selab decision: the superpixels are the batch's own S x S map resized with nearest
+    neighbour and :func:`~selab.augment.renumber`-ed (as the paper's scaling augmentation treats them in
+    training), not SLIC run again at the new size: every scale then parses the same partition (the graph
+    only changes where a tiny superpixel vanishes or splits), the scales differ in their CNN features
+    alone, and evaluation runs no SLIC. Cached features are left out (the backbone computes the
+    rescaled image's own).
+
+    Examples
+    --------
+    >>> data = {"image": torch.rand(1, 3, 8, 8), "full_images": [torch.rand(3, 20, 30)],
+    ...         "superpixels": torch.arange(4).repeat_interleave(16).view(1, 8, 8)}
+    >>> small = rescaled(data, 4)
+    >>> tuple(small["image"].shape), small["superpixels"].unique().tolist()
+    ((1, 3, 4, 4), [0, 1, 2, 3])
+    """
+    device = data["image"].device
+    out = {"image": torch.stack([resize_image(image, size) for image in data["full_images"]]).to(device)}
+    superpixels = data.get("superpixels")
+    if superpixels is not None:
+        nearest = F.interpolate(superpixels[:, None].double(), size=(size, size), mode="nearest-exact")[:, 0]
+        out["superpixels"] = torch.stack([renumber(s.long()) for s in nearest.cpu()]).to(superpixels.device)
+    return out
+
+
+def _check_tta_scales(scales) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"tta_scales: expected a list of positive numbers, got {scales!r}") from None
+    if not scales or any(not (s > 0 and math.isfinite(s)) for s in scales) or 1.0 not in scales:
+        raise ValueError(f"tta_scales: expected positive numbers including 1 (the single-scale pass), got {scales!r}")
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"tta_scales: each scale once, got {scales!r}")
+    return scales
+
+
 @torch.no_grad()
 def evaluate_model(model: SELabModel, loader, device, progress: bool = False, num_examples: int = 0,
                    description: str = "evaluate", per_image: list | None = None,
                    ignore_index: int | None = None, precision: str = "fp32",
-                   flip: bool = False) -> tuple[dict, list]:
+                   flip: bool = False, scales=None) -> tuple[dict, list]:
     """Scores over a loader of evaluation batches (each holds the full-resolution ``full_masks``).
 
     Logits [B,K,S,S] are upsampled (bilinear) to each mask's own size before the argmax, and the
@@ -857,24 +926,46 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
     ``per_image``, a list, receives one ``(id, confusion [K,K])`` pair per image (for paired
     comparisons of runs, :mod:`selab.compare`). ``precision="bf16"``: the forward pass under autocast.
     ``flip=True``: test-time augmentation, the mean of the logits of each image and of its mirror image
-    (mirrored back); the hierarchy statistics are those of the unmirrored pass.
+    (mirrored back). ``scales`` (e.g. ``(0.75, 1, 1.25)``, must include 1): multi-scale test-time
+    augmentation, the whole model run again on each image at every other scale (:func:`tta_sizes`,
+    :func:`rescaled`), every scale's logits upsampled to the mask's resolution and averaged there with the
+    single-scale ones (with ``flip``, every scale also with its mirror image). The hierarchy statistics
+    are those of the single-scale, unmirrored pass.
     """
+    if scales is not None:
+        scales = _check_tta_scales(scales)
     model.eval()
     distributed.broadcast_buffers(model)  # distributed: every process evaluates rank 0's model
     matrix = ConfusionMatrix(model.config.num_classes, ignore_index=ignore_index)
     examples, hierarchy = [], []
+
+    def logits_of(inputs, output=None):
+        logits = (model(inputs) if output is None else output).logits.float()
+        if flip:
+            logits = (logits + model(mirrored(inputs)).logits.float().flip(-1)) / 2
+        return logits
+
     for data in tqdm(loader, desc=description, disable=not progress, leave=False):
         data = to_device(data, device)
+        scaled = []  # the batch at the other scales, resized outside autocast (in float32)
+        if scales is not None:
+            single = data["image"].shape[-1]
+            scaled = [rescaled(data, size) for size in tta_sizes(single, scales, max(model.backbone.strides))
+                      if size != single]
         with autocast(precision, device):
             output = model(data)
-            logits = output.logits.float()
-            if flip:
-                logits = (logits + model(mirrored(data)).logits.float().flip(-1)) / 2
+            logits = logits_of(data, output)
+            passes = [logits] + [logits_of(inputs) for inputs in scaled]
         if output.levels and "mask" in data:
             hierarchy.append(hierarchy_stats(output.levels, data["mask"], model.config.num_classes))
         for b, full_mask in enumerate(data["full_masks"]):
-            upsampled = F.interpolate(logits[b : b + 1], size=tuple(full_mask.shape), mode="bilinear",
-                                      align_corners=False)
+            size = tuple(full_mask.shape)
+            upsampled = F.interpolate(logits[b : b + 1], size=size, mode="bilinear", align_corners=False)
+            if len(passes) > 1:
+                for other in passes[1:]:
+                    upsampled = upsampled + F.interpolate(other[b : b + 1], size=size, mode="bilinear",
+                                                          align_corners=False)
+                upsampled = upsampled / len(passes)
             prediction = upsampled[0].argmax(0)
             image_matrix = confusion_matrix(prediction, full_mask.to(prediction.device), model.config.num_classes,
                                             ignore_index)
@@ -902,14 +993,17 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
              split: str = "val", image_size: int | None = None, limit: int | None = None,
              out: str | None = None, device: str = "auto", batch_size: int = 8, progress: bool = True,
              cache_dir: str | None = None, per_image_out: str | None = None,
-             model_options: dict | None = None, tta: str | None = None) -> dict:
+             model_options: dict | None = None, tta: str | None = None, tta_scales=TTA_SCALES) -> dict:
     """Evaluate a trained model on a split; optionally write the metrics to ``out`` (JSON).
 
     ``model_options`` tests the model another way (:func:`load_model`); ``per_image_out`` (an ``.npz``
     path) also saves every image's confusion matrix
     (:func:`selab.metrics.save_per_image`), for paired comparisons with :mod:`selab.compare`.
-    ``tta="flip"``: test-time augmentation, each image and its mirror image (:func:`evaluate_model`);
-    recorded as ``test_time_augmentation`` in the result, so that it is reported apart from single-pass scores.
+    ``tta``: test-time augmentation (:func:`evaluate_model`), one of :data:`TTA_MODES`: ``"flip"``, each
+    image and its mirror image; ``"scale"``, each image at every scale of ``tta_scales`` (default
+    0.75, 1, 1.25; must include 1); ``"flip,scale"``, both. Recorded as ``test_time_augmentation`` in the
+    result (with ``tta_scales`` and the image sizes run, ``tta_sizes``, both ``None`` without
+    ``"scale"``), so that it is reported apart from single-pass scores.
 
     Returns ``{"mean_iou", "per_class_iou" (by class name), "pixel_accuracy"}`` in percent, plus
     ``checkpoint``, ``checkpoint_file`` (the file used: in a run folder ``best.pt``, or ``last.pt`` when
@@ -920,8 +1014,9 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
     --------
     >>> evaluate("runs/quick", dataset="synthetic", split="val")["mean_iou"]  # doctest: +SKIP
     """
-    if tta not in (None, "flip"):
-        raise ValueError(f"evaluate: tta must be None or 'flip', got {tta!r}")
+    if tta not in (None, *TTA_MODES):
+        raise ValueError(f"evaluate: tta must be None or one of {TTA_MODES}, got {tta!r}")
+    scales = _check_tta_scales(tta_scales) if tta is not None and "scale" in tta else None
     torch_device = check_device(device, "evaluate: device")
     if out:
         writable_folder(Path(out).parent, "evaluate: out")
@@ -945,14 +1040,17 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
     loader = evaluation_loader(config, model)
     per_image = [] if per_image_out else None
     scores, _ = evaluate_model(model, loader, torch_device, progress=progress, per_image=per_image,
-                               ignore_index=config.ignore_index, precision=config.precision, flip=tta == "flip")
+                               ignore_index=config.ignore_index, precision=config.precision,
+                               flip=tta is not None and "flip" in tta, scales=scales)
     if per_image_out:
         save_per_image(Path(per_image_out), per_image)
     result = dict(scores)
     result.update({"checkpoint": str(checkpoint_or_run_dir), "checkpoint_file": checkpoint["path"],
                    "dataset": dataset, "split": split,
                    "num_images": len(loader.dataset), "image_size": config.image_size,
-                   "test_time_augmentation": tta})
+                   "test_time_augmentation": tta, "tta_scales": None if scales is None else list(scales),
+                   "tta_sizes": None if scales is None else tta_sizes(config.image_size, scales,
+                                                                      max(model.backbone.strides))})
     if out:
         atomic_write_text(json.dumps(result, indent=2), Path(out))
     return result

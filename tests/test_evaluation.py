@@ -82,4 +82,93 @@ def test_flip_test_time_augmentation_averages_the_mirror_images_logits(se_run, t
     assert result["test_time_augmentation"] == "flip"
     assert evaluate(se_run, dataset="synthetic", progress=False)["test_time_augmentation"] is None
     with pytest.raises(ValueError, match="tta"):
-        evaluate(se_run, dataset="synthetic", progress=False, tta="scale")
+        evaluate(se_run, dataset="synthetic", progress=False, tta="zoom")
+
+
+def test_rescaled_inputs_keep_the_superpixel_partition():
+    import torch
+
+    from selab.train import rescaled, tta_sizes
+
+    assert tta_sizes(320, (0.75, 1.0, 1.25), 32) == [256, 320, 416]
+    assert tta_sizes(48, (0.5, 1.0, 2.0), 16) == [32, 48, 96] and tta_sizes(50, (1.0, 0.1), 16) == [50, 16]
+    assert tta_sizes(64, (0.75, 1.0, 1.25), 32) == [64, 96]  # 0.75 x 64 rounds to 64: one pass, not two
+    # Four superpixels (2 x 2 blocks of an 8 x 8 map); label 0 is also the bottom-right corner block.
+    superpixels = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 0]]).repeat_interleave(2, 0)
+    superpixels = superpixels.repeat_interleave(2, 1)[None]
+    full = torch.rand(3, 24, 16)
+    data = {"image": torch.rand(1, 3, 8, 8), "full_images": [full], "superpixels": superpixels}
+    big = rescaled(data, 16)
+    from selab.data import resize_image
+    assert torch.equal(big["image"][0], resize_image(full, 16))
+    # Each 8 x 8 block keeps its place; the lone corner pixel of label 0 is a node of its own (5 nodes).
+    expected = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 4]])
+    assert torch.equal(big["superpixels"][0], expected.repeat_interleave(4, 0).repeat_interleave(4, 1))
+    small = rescaled({**data, "features": [torch.rand(1, 4, 1, 1)]}, 4)
+    assert "features" not in small and small["superpixels"].shape == (1, 4, 4)
+    assert small["superpixels"].unique().tolist() == list(range(int(small["superpixels"].max()) + 1))
+
+
+def test_multiscale_test_time_augmentation_averages_every_scales_logits(se_run):
+    import torch
+    import torch.nn.functional as F
+
+    from selab.metrics import confusion_matrix
+    from selab.prepare import evaluation_loader, to_device
+    from selab.train import evaluate_model, load_model, mirrored, rescaled
+
+    model, checkpoint = load_model(se_run)
+    config = TrainConfig.from_dict(dict(checkpoint["train_config"], resume=False, progress=False))
+    loader = evaluation_loader(config, model)
+    with torch.no_grad():
+        data = to_device(next(iter(loader)), "cpu")
+        model.classifier.bias -= model(data).logits.mean((0, 2, 3))  # predictions follow the spatial detail
+    scales, sizes = (0.5, 1.0, 1.5), (32, 48, 80)  # 48 px images, the small backbone's stride 16
+    for flip in (False, True):
+        per_image = []
+        evaluate_model(model, loader, "cpu", per_image=per_image, flip=flip, scales=scales)
+        expected, plain = [], []
+        with torch.no_grad():
+            for data in loader:
+                data = to_device(data, "cpu")
+                passes = []
+                for size in sizes:
+                    inputs = data if size == 48 else rescaled(data, size)
+                    logits = model(inputs).logits
+                    assert logits.shape[-1] == size
+                    if flip:
+                        logits = (logits + model(mirrored(inputs)).logits.flip(-1)) / 2
+                    passes.append(logits)
+                for b, mask in enumerate(data["full_masks"]):
+                    up = [F.interpolate(p[b : b + 1], size=tuple(mask.shape), mode="bilinear", align_corners=False)
+                          for p in passes]
+                    expected.append(confusion_matrix(((up[1] + up[0] + up[2]) / 3)[0].argmax(0), mask, 7))
+                    plain.append(confusion_matrix(up[1][0].argmax(0), mask, 7))
+        assert len(per_image) == len(expected) == 4
+        assert any(not torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(expected, plain))
+        for (_, got), want in zip(per_image, expected):
+            assert torch.equal(torch.as_tensor(got), torch.as_tensor(want))
+
+
+def test_evaluate_records_which_test_time_augmentation(se_run, tmp_path, capsys):
+    import json
+
+    from selab.cli import main
+
+    single = evaluate(se_run, dataset="synthetic", progress=False)
+    assert single["test_time_augmentation"] is None and single["tta_scales"] is None and single["tta_sizes"] is None
+    scaled = evaluate(se_run, dataset="synthetic", progress=False, tta="scale", tta_scales=(1, 2))
+    assert scaled["test_time_augmentation"] == "scale"
+    assert scaled["tta_scales"] == [1.0, 2.0] and scaled["tta_sizes"] == [48, 96]
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(se_run), "--dataset", "synthetic", "--quiet", "--out", str(out),
+                 "--tta", "flip,scale", "--tta-scales", "0.75,1"]) == 0
+    recorded = json.loads(out.read_text())
+    assert recorded["test_time_augmentation"] == "flip,scale" and recorded["tta_sizes"] == [32, 48]
+    for bad in ((0.75, 1.25), (1, -1), (1, 1), "x"):
+        with pytest.raises(ValueError, match="tta_scales"):
+            evaluate(se_run, dataset="synthetic", progress=False, tta="scale", tta_scales=bad)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(se_run), "--tta", "scale", "--tta-scales", "1,big"])
+    assert "--tta-scales" in capsys.readouterr().err
