@@ -45,7 +45,7 @@ from torch import nn
 from selab.backbones import BACKBONES, build_backbone
 from selab.classes import NUM_CLASSES
 from selab.evolve import StructureEvolution
-from selab.graph import Graph, graph_from_superpixels, level_majority_labels, scatter_mean
+from selab.graph import Graph, SuperpixelStructures, graph_from_superpixels, level_majority_labels, scatter_mean
 from selab.graph_lstm import GraphLSTM
 from selab.orders import ORDERS, update_rank
 from selab.superpixels import node_label_histogram, unpool_to_pixels, upsample_and_pool
@@ -349,6 +349,9 @@ class SELabModel(nn.Module):
             )
             # One classifier slice per layer whose states reach the pixels (classified_layers).
             self.node_classifiers = nn.ModuleList(nn.Linear(H, K, bias=False) for _ in self.classified_layers)
+            # selab decision (issue 18): the level-0 graph and pooling matrix of every superpixel map seen,
+            # kept (not a parameter or buffer, never saved); `model.structures = None` turns it off.
+            self.structures = SuperpixelStructures()
             if config.variant == "se_lstm":
                 # One evolution (with its own merge-probability weights) after every layer but the last.
                 self.evolutions = nn.ModuleList(
@@ -453,13 +456,17 @@ class SELabModel(nn.Module):
                            noise=self.config.order_noise, generator=generator)
 
     def _graph_forward(self, inputs, fused, cnn_logits, size, generator, energy_labels) -> ModelOutput:
-        graph = inputs.get("graph")
+        graph, matrix = inputs.get("graph"), None
         if graph is None:
             if inputs.get("superpixels") is None:
                 raise ValueError(
                     f"SELabModel.forward: variant {self.config.variant!r} needs inputs['superpixels'] [B,S,S]"
                 )
-            graph = graph_from_superpixels(torch.as_tensor(inputs["superpixels"]))
+            superpixels = torch.as_tensor(inputs["superpixels"])
+            if getattr(self, "structures", None) is not None and fused.dtype == torch.float32:
+                graph, matrix = self.structures.graph(superpixels, tuple(fused.shape[-2:]))
+            else:
+                graph = graph_from_superpixels(superpixels)
         if tuple(graph.assignment.shape[-2:]) != size:
             raise ValueError(
                 f"SELabModel.forward: superpixels {tuple(graph.assignment.shape)} must match the image size {size}"
@@ -468,7 +475,7 @@ class SELabModel(nn.Module):
         graph = graph.to(device)
         confidence_lowres = self.confidence(fused)
         node_in = upsample_and_pool(torch.cat([fused, confidence_lowres], 1), graph.assignment,
-                                    graph.num_nodes, graph.ptr)
+                                    graph.num_nodes, graph.ptr, None if matrix is None else matrix.to(device))
         # selab decision: a node's confidence is the softmax of its mean confidence logits.
         node_confidence = node_in[:, -self.config.num_classes:].detach().softmax(1)
         x = self.node_input(node_in)
