@@ -269,6 +269,11 @@ class ModelOutput:
     samples : list of ModelOutput
         With ``eval_samples = K > 1`` in ``eval()``: the K structures (their ``levels``, ``states``,
         ``ranks``, ``merge_prob``, ``traces``; no logits); the fields above are those of the first.
+    level_labels : list of LongTensor [N_l]
+        ``se_lstm`` given ``energy_labels``: the majority labels of every evolved level (those the chains'
+        energy read), counted on ``labels_mask``; :func:`selab.loss.compute_loss` takes its merge
+        targets from them when its mask is that one, instead of counting again (issue 18).
+    labels_mask : Tensor [B,S,S], optional
     """
 
     logits: torch.Tensor
@@ -279,6 +284,8 @@ class ModelOutput:
     merge_prob: list = field(default_factory=list)
     traces: list = field(default_factory=list)
     samples: list = field(default_factory=list)
+    level_labels: list = field(default_factory=list)
+    labels_mask: torch.Tensor | None = None
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
@@ -492,6 +499,8 @@ class SELabModel(nn.Module):
 
         out = ModelOutput(logits=None, levels=[graph], confidence_logits=F.interpolate(
             confidence_lowres, size=size, mode="bilinear", align_corners=False))
+        if node_labels_of is not None:
+            out.labels_mask = mask
         cnn_logits = F.interpolate(cnn_logits, size=size, mode="bilinear", align_corners=False)
 
         num_samples = 1 if self.training else self.config.eval_samples
@@ -546,6 +555,8 @@ class SELabModel(nn.Module):
             if hasattr(self, "evolutions"):
                 evolution = self.evolutions[index]
                 node_labels = None if node_labels_of is None else node_labels_of(graph)
+                if node_labels is not None:
+                    out.level_labels.append(node_labels)
                 evolved = evolution(graph, result, node_confidence, node_labels=node_labels,
                                     energy=evolution.energy if node_labels is not None else "prediction",
                                     generator=generator, features=features, state=state)

@@ -218,3 +218,26 @@ def test_model_with_kept_structures_equals_building_them(synthetic_batch):
         for logits, loss, grads in results[1:]:
             assert torch.equal(logits, results[0][0]) and torch.equal(loss, results[0][1]), variant
             assert all(torch.equal(a, b) for a, b in zip(grads, results[0][2])), variant
+
+
+def test_merge_loss_from_the_models_level_labels_equals_counting_again(synthetic_batch):
+    """compute_loss takes the merge targets from the labels the chains' energy read: the same targets."""
+    import dataclasses
+
+    from selab.loss import compute_loss, merge_targets
+    from selab.model import ModelConfig, SELabModel
+
+    batch = synthetic_batch(48, 1, 40)
+    torch.manual_seed(0)
+    model = SELabModel(ModelConfig(variant="se_lstm", backbone="small", feature_channels=8, hidden_channels=8))
+    output = model(batch, generator=torch.Generator().manual_seed(1), energy_labels=batch["mask"])
+    assert len(output.level_labels) == len(output.merge_prob) == 2 and output.labels_mask is batch["mask"]
+    counted = merge_targets(output.levels[:2], batch["mask"], 7)
+    for level, labels, target in zip(output.levels, output.level_labels, counted):
+        assert torch.equal((labels[level.edge_index[0]] == labels[level.edge_index[1]]).float(), target)
+    reused = compute_loss(output, batch, model.config)["merge"]
+    again = compute_loss(dataclasses.replace(output, level_labels=[]), batch, model.config)["merge"]
+    assert torch.equal(reused, again)
+    other_mask = dict(batch, mask=batch["mask"].flip(-1))  # another mask: counted on it, not reused
+    expected = compute_loss(dataclasses.replace(output, level_labels=[]), other_mask, model.config)["merge"]
+    assert torch.equal(compute_loss(output, other_mask, model.config)["merge"], expected)
