@@ -309,7 +309,8 @@ def main() -> None:
             torch.cuda.synchronize()
 
     for variant in timed:  # warm-up; the first step's loss: a baseline revision must give the same
-        first_loss[variant] = float(steps[variant]()["loss"])
+        torch.manual_seed(1)  # the same dropout masks
+        first_loss[variant] = float(steps[variant]()["loss"].detach())
     times = {variant: [] for variant in timed}
     cpu_times = {variant: [] for variant in timed}  # process CPU time: robust to waiting for a core
     shuffle = np.random.default_rng(0)
