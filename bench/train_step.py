@@ -15,8 +15,12 @@ Profiling adds a per-op overhead, so the per-stage table is read as shares; the 
 the unprofiled turns. The floor is the CNN step plus the Graph LSTM layers' own forward+backward,
 taken from the same profile.
 
+``--baseline REV`` adds the graph variants' step with ``selab/`` as it was at git revision REV
+(imported beside the current package), timed in the same shuffled turns, and prints every variant's
+first-step loss: a speed-up that changes no result gives the same loss as its baseline.
+
 Run: ``.venv/bin/python bench/train_step.py [--repeats 5] [--batch 8] [--size 320] [--threads 2]
-[--device cpu]``; prints the tables and writes bench/results/train_step.json.
+[--device cpu] [--baseline REV]``; prints the tables and writes bench/results/train_step.json.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import importlib
 import json
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,6 +87,34 @@ def load_images(count: int, size: int, root: Path) -> tuple[torch.Tensor, torch.
     return torch.stack(out_images), torch.stack(out_masks), source
 
 
+def load_revision(revision: str):
+    """``(selab.model, selab.loss, selab.train)`` as they were at git ``revision``, beside the current package.
+
+    The revision's ``selab/`` is extracted to a temporary folder and imported with the current
+    ``selab`` modules set aside, then those are put back; the old modules keep their own globals, so
+    the old code runs as it was (the hot path has no imports inside functions).
+    """
+    folder = Path(tempfile.mkdtemp(prefix="selab-baseline-"))
+    root = Path(__file__).resolve().parents[1]
+    try:
+        archive = subprocess.run(["git", "archive", revision, "selab"], cwd=root, check=True, capture_output=True).stdout
+    except subprocess.CalledProcessError as error:
+        raise SystemExit(f"--baseline {revision}: git archive failed ({error.stderr.decode().strip()})") from None
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    ours = lambda name: name == "selab" or name.startswith("selab.")  # noqa: E731
+    saved = {name: module for name, module in sys.modules.items() if ours(name)}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(folder))
+    try:
+        return tuple(importlib.import_module(f"selab.{name}") for name in ("model", "loss", "train"))
+    finally:
+        sys.path.remove(str(folder))
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
 # -- stage ranges --------------------------------------------------------------------------------------
 class Stages:
     """Wrap the model's parts in ``record_function`` ranges named after the stages (undone on exit)."""
@@ -114,6 +150,8 @@ class Stages:
             self._wrap(selab.model, "upsample_and_pool", "pooling to nodes")
             self._wrap(model.node_input, "forward", "pooling to nodes")
             self._wrap(selab.model, "graph_from_superpixels", "graph from superpixels")
+            if getattr(model, "structures", None) is not None:
+                self._wrap(model.structures, "graph", "graph from superpixels")
             self._wrap(model, "update_rank", "update order")
             for index, layer in enumerate(model.layers):
                 self._wrap(layer, "forward", f"Graph LSTM layer {index}")
@@ -130,7 +168,7 @@ class Stages:
 
     def __exit__(self, *exc):
         for owner, attribute, original in reversed(self.undo):
-            if isinstance(owner, torch.nn.Module):
+            if isinstance(owner, (torch.nn.Module, selab.model.SuperpixelStructures)):
                 delattr(owner, attribute)  # back to the class's method
             else:
                 setattr(owner, attribute, original)
@@ -197,6 +235,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--random-backbone", action="store_true",
                         help="features from a randomly initialised EfficientNet-Lite0 (same shapes)")
+    parser.add_argument("--baseline", default="", help="also time the graph variants' step with selab/ as it was "
+                        "at this git revision, in the same turns (e.g. the commit before a speed-up)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -219,21 +259,35 @@ def main() -> None:
 
     steps = {}
     models = {}
-    for variant in VARIANTS:
-        config = TrainConfig(variant=variant, backbone="efficientnet_lite0", image_size=args.size,
-                             batch_size=args.batch)
+    first_loss = {}
+    baseline = {}
+    if args.baseline:
+        old_model, old_loss, old_train = load_revision(args.baseline)
+        baseline = {f"{v}@{args.baseline}": (v, old_model.build_model, old_loss.compute_loss, old_train)
+                    for v in VARIANTS[1:]}
+    timed = VARIANTS + tuple(baseline)
+    for variant in timed:
+        base, build, loss_of, train_module = baseline.get(variant, (variant, build_model, compute_loss, None))
+        config_class = TrainConfig if train_module is None else train_module.TrainConfig
+        config = config_class(variant=base, backbone="efficientnet_lite0", image_size=args.size,
+                              batch_size=args.batch)
         torch.manual_seed(0)
-        model = build_model(config.model_config()).to(device).train()
-        optimizer = build_optimizer(model, config)
+        model = build(config.model_config()).to(device).train()
+        optimizer = (build_optimizer if train_module is None else train_module.build_optimizer)(model, config)
         generator = torch.Generator().manual_seed(0)
 
-        def step(model=model, optimizer=optimizer, generator=generator, model_config=config.model_config()):
+        def step(model=model, optimizer=optimizer, generator=generator, model_config=config.model_config(),
+                 loss_of=loss_of):
             output = model(batch, generator=generator, energy_labels=batch["mask"])
-            parts = compute_loss(output, batch, model_config)
+            parts = loss_of(output, batch, model_config)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
             return parts
+
+        if variant in baseline:
+            steps[variant] = step
+            continue
 
         def wrapped_step(step=step, model=model):
             # the loss and optimizer as stages of their own
@@ -254,14 +308,15 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for variant in VARIANTS:  # warm-up
-        steps[variant]()
-    times = {variant: [] for variant in VARIANTS}
-    cpu_times = {variant: [] for variant in VARIANTS}  # process CPU time: robust to waiting for a core
+    for variant in timed:  # warm-up; the first step's loss: a baseline revision must give the same
+        torch.manual_seed(1)  # the same dropout masks
+        first_loss[variant] = float(steps[variant]()["loss"].detach())
+    times = {variant: [] for variant in timed}
+    cpu_times = {variant: [] for variant in timed}  # process CPU time: robust to waiting for a core
     shuffle = np.random.default_rng(0)
     for _ in range(args.repeats):
-        for index in shuffle.permutation(len(VARIANTS)):
-            variant = VARIANTS[index]
+        for index in shuffle.permutation(len(timed)):
+            variant = timed[index]
             sync()
             start, cpu_start = time.perf_counter(), time.process_time()
             steps[variant]()
@@ -304,10 +359,10 @@ def main() -> None:
           f"({num_nodes / args.batch:.0f} per image, SLIC {slic_s:.1f} s), hidden 64, device {device}, "
           f"torch threads {torch.get_num_threads()}; {source}")
     print(f"\n{'variant':12s} {'step ms (median)':>17s} {'/ cnn':>7s} {'CPU ms':>9s} {'/ cnn':>7s}   turns (wall ms)")
-    for variant in VARIANTS:
+    for variant in timed:
         print(f"{variant:12s} {medians[variant]:17.1f} {medians[variant] / medians['cnn']:7.2f} "
               f"{cpu_medians[variant]:9.1f} {cpu_medians[variant] / cpu_medians['cnn']:7.2f}   "
-              + " ".join(f"{t:.0f}" for t in times[variant]))
+              + " ".join(f"{t:.0f}" for t in times[variant]) + f"   (first loss {first_loss[variant]:.9g})")
 
     print(f"\nper stage, profiled (ms forward / backward; profiling overhead included, read the shares)")
     print(f"{'stage':34s}" + "".join(f"{v:>20s}" for v in VARIANTS))
@@ -340,9 +395,8 @@ def main() -> None:
         print(f"{variant:12s} layers {f['layers_ms']:7.1f} ms, floor {f['floor_ms']:7.1f} ms "
               f"({f['floor_ratio_to_cnn']:.2f}x cnn); step {medians[variant]:7.1f} ms = {f['step_over_floor']:.2f}x floor; "
               f"CPU time: floor {f['cpu_floor_ratio_to_cnn']:.2f}x cnn, step {f['cpu_step_over_floor']:.2f}x floor")
-    ratios = {"se_lstm/cnn": medians["se_lstm"] / medians["cnn"], "graph_lstm/cnn": medians["graph_lstm"] / medians["cnn"]}
-    cpu_ratios = {"se_lstm/cnn": cpu_medians["se_lstm"] / cpu_medians["cnn"],
-                  "graph_lstm/cnn": cpu_medians["graph_lstm"] / cpu_medians["cnn"]}
+    ratios = {f"{v}/cnn": medians[v] / medians["cnn"] for v in ("se_lstm", "graph_lstm") + tuple(baseline)}
+    cpu_ratios = {f"{v}/cnn": cpu_medians[v] / cpu_medians["cnn"] for v in ("se_lstm", "graph_lstm") + tuple(baseline)}
     print("ratios (wall): " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()) + " (targets 2.5 and 2); "
           "CPU time: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ratios.items()))
 
@@ -351,7 +405,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "device": str(device),
         "threads": torch.get_num_threads(), "args": vars(args), "source": source, "num_nodes": num_nodes,
         "median_ms": medians, "times_ms": times, "ratios": ratios,
-        "cpu_median_ms": cpu_medians, "cpu_times_ms": cpu_times, "cpu_ratios": cpu_ratios, "floor": floor, "stages": profiles}, indent=2))
+        "first_loss": first_loss, "cpu_median_ms": cpu_medians, "cpu_times_ms": cpu_times, "cpu_ratios": cpu_ratios, "floor": floor, "stages": profiles}, indent=2))
     print(f"\nwrote {RESULTS}")
 
 

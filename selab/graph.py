@@ -30,6 +30,7 @@ from selab.superpixels import _check_integer, adjacency, check_labels, node_labe
 __all__ = [
     "Graph",
     "graph_from_superpixels",
+    "SuperpixelStructures",
     "batch_graphs",
     "unbatch",
     "scatter_mean",
@@ -225,6 +226,112 @@ def graph_from_superpixels(labels, x: torch.Tensor | None = None) -> Graph:
     return Graph(edge_index=edge_index, batch=batch, pos=geometry.pos, size=geometry.count,
                  assignment=assignment, x=node_x,
                  superpixel_assignment=torch.arange(num_nodes, device=lab.device))
+
+
+class SuperpixelStructures:
+    """What depends only on an image's superpixels, computed once per distinct label map and kept.
+
+    The level-0 graph (:func:`graph_from_superpixels`) and the pooling matrix of
+    :func:`selab.superpixels.upsample_and_pool` are functions of the superpixels alone, and a training
+    run feeds the same cached superpixel maps every epoch. This cache keeps both per image, keyed by
+    the map's content (shape, dtype and the SHA-1 digest of its bytes, the feature size), and puts a
+    batch together from the images' entries: the same tensors as computing them for the batch (each
+    image's edges, centroids and matrix rows do not depend on the other images; tested in
+    tests/test_speedups.py). selab decision (issue 18): it fills until ``max_bytes`` and then keeps
+    what it holds (an epoch visits every image once, so evicting the oldest would never hit);
+    ``max_bytes=0`` turns it off.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Memory the entries may take (about 0.2 MB per 320 x 320 map of 1000 superpixels).
+
+    Examples
+    --------
+    >>> structures = SuperpixelStructures()
+    >>> labels = torch.tensor([[[0, 0, 1], [2, 2, 1]]])
+    >>> graph, matrix = structures.graph(labels, feature_size=(1, 2))
+    >>> graph.edge_index.tolist(), matrix.shape, len(structures)
+    ([[0, 0, 1], [1, 2, 2]], (3, 2), 1)
+    """
+
+    def __init__(self, max_bytes: int = 512 << 20):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"SuperpixelStructures.max_bytes: expected an int >= 0, got {max_bytes!r}")
+        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self._entries: dict = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return (f"SuperpixelStructures({len(self)} maps, {self.bytes / 2**20:.1f} of {self.max_bytes / 2**20:.0f} MiB, "
+                f"{self.hits} hits, {self.misses} misses)")
+
+    def _entry(self, labels: torch.Tensor, feature_size) -> dict:
+        import hashlib
+
+        from selab.superpixels import pooling_matrix
+
+        host = labels.detach().cpu().contiguous()
+        key = (tuple(host.shape), str(host.dtype), str(labels.device), feature_size,
+               hashlib.sha1(host.numpy().view(np.uint8).data).digest())
+        entry = self._entries.get(key)
+        if entry is not None:
+            self.hits += 1
+            return entry
+        self.misses += 1
+        graph = graph_from_superpixels(labels)
+        entry = {"num_nodes": graph.num_nodes, "edge_index": graph.edge_index, "pos": graph.pos, "size": graph.size}
+        if feature_size is not None:
+            rows, cols, weights = pooling_matrix(graph.assignment, graph.num_nodes, graph.ptr, feature_size)
+            entry.update(rows=rows, cols=cols, weights=weights, order=torch.argsort(cols, stable=True))
+        size = sum(v.numel() * v.element_size() for v in entry.values() if isinstance(v, torch.Tensor))
+        if self.bytes + size <= self.max_bytes:
+            self._entries[key] = entry
+            self.bytes += size
+        return entry
+
+    def graph(self, superpixels, feature_size: tuple[int, int] | None = None):
+        """The level-0 :class:`Graph` of ``superpixels`` [B,S,S] (or [S,S]) and, with ``feature_size``
+        ``(h, w)``, its float32 :class:`~selab.superpixels.PoolingMatrix` (else ``None``).
+
+        Equal to ``graph_from_superpixels(superpixels)`` and to the matrix
+        :func:`~selab.superpixels.upsample_and_pool` builds for [B,C,h,w] float32 features.
+        """
+        from selab.superpixels import PoolingMatrix
+
+        lab = _as_long_tensor(superpixels, None, "superpixels")
+        if lab.ndim == 2:
+            lab = lab.unsqueeze(0)
+        if lab.ndim != 3:
+            raise ValueError(f"superpixels: expected shape [H,W] or [B,H,W], got {tuple(lab.shape)}")
+        feature_size = None if feature_size is None else (int(feature_size[0]), int(feature_size[1]))
+        entries = [self._entry(lab[b], feature_size) for b in range(lab.shape[0])]
+        counts = [e["num_nodes"] for e in entries]
+        offsets = np.cumsum([0] + counts).tolist()
+        device = lab.device
+        num_nodes = offsets[-1]
+        graph = Graph(
+            edge_index=torch.cat([e["edge_index"] + o for e, o in zip(entries, offsets)], dim=1),
+            batch=torch.repeat_interleave(torch.arange(lab.shape[0], device=device),
+                                          torch.tensor(counts, device=device)),
+            pos=torch.cat([e["pos"] for e in entries]),
+            size=torch.cat([e["size"] for e in entries]),
+            assignment=lab + torch.tensor(offsets[:-1], device=device).view(-1, 1, 1),
+            superpixel_assignment=torch.arange(num_nodes, device=device),
+        )
+        if feature_size is None:
+            return graph, None
+        cells = feature_size[0] * feature_size[1]
+        nnz = np.cumsum([0] + [e["rows"].numel() for e in entries]).tolist()
+        # Image b's entries sit in rows ptr[b]..ptr[b+1]-1 and columns b*h*w..(b+1)*h*w-1: the batch's
+        # stable column order is every image's own, offset.
+        rows = torch.cat([e["rows"] + o for e, o in zip(entries, offsets)])
+        cols = torch.cat([e["cols"] + b * cells for b, e in enumerate(entries)])
+        order = torch.cat([e["order"] + o for e, o in zip(entries, nnz)])
+        weights = torch.cat([e["weights"] for e in entries])
+        return graph, PoolingMatrix.from_coo(rows, cols, weights, (num_nodes, lab.shape[0] * cells), order)
 
 
 def batch_graphs(graphs: list[Graph]) -> Graph:

@@ -110,7 +110,14 @@ def compute_loss(output, batch: dict, model_config, confidence_only: bool = Fals
         total = total + model_config.confidence_loss_weight * parts["confidence"]
     if output.merge_prob:
         # evolution l's merge probabilities are those of level l's edges
-        targets = merge_targets(output.levels[:len(output.merge_prob)], mask, model_config.num_classes)
+        levels = output.levels[:len(output.merge_prob)]
+        known = getattr(output, "level_labels", None) or []
+        recorded = getattr(output, "labels_mask", None)
+        if len(known) == len(levels) and recorded is not None and (recorded is mask or torch.equal(recorded, mask)):
+            # the model counted these levels' majority labels on this mask for the chains' energy
+            targets = [merge_target(level.edge_index, labels) for level, labels in zip(levels, known)]
+        else:
+            targets = merge_targets(levels, mask, model_config.num_classes)
         parts["merge"] = torch.stack([merge_loss(p, t) for p, t in zip(output.merge_prob, targets)]).mean()
         total = total + model_config.merge_loss_weight * parts["merge"]
     parts["loss"] = total

@@ -45,7 +45,7 @@ from torch import nn
 from selab.backbones import BACKBONES, build_backbone
 from selab.classes import NUM_CLASSES
 from selab.evolve import StructureEvolution
-from selab.graph import Graph, graph_from_superpixels, level_majority_labels, scatter_mean
+from selab.graph import Graph, SuperpixelStructures, graph_from_superpixels, level_majority_labels, scatter_mean
 from selab.graph_lstm import GraphLSTM
 from selab.orders import ORDERS, update_rank
 from selab.superpixels import node_label_histogram, unpool_to_pixels, upsample_and_pool
@@ -275,6 +275,11 @@ class ModelOutput:
     samples : list of ModelOutput
         With ``eval_samples = K > 1`` in ``eval()``: the K structures (their ``levels``, ``states``,
         ``ranks``, ``merge_prob``, ``traces``; no logits); the fields above are those of the first.
+    level_labels : list of LongTensor [N_l]
+        ``se_lstm`` given ``energy_labels``: the majority labels of every evolved level (those the chains'
+        energy read), counted on ``labels_mask``; :func:`selab.loss.compute_loss` takes its merge
+        targets from them when its mask is that one, instead of counting again (issue 18).
+    labels_mask : Tensor [B,S,S], optional
     """
 
     logits: torch.Tensor
@@ -285,6 +290,8 @@ class ModelOutput:
     merge_prob: list = field(default_factory=list)
     traces: list = field(default_factory=list)
     samples: list = field(default_factory=list)
+    level_labels: list = field(default_factory=list)
+    labels_mask: torch.Tensor | None = None
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
@@ -363,6 +370,9 @@ class SELabModel(nn.Module):
             )
             # One classifier slice per layer whose states reach the pixels (classified_layers).
             self.node_classifiers = nn.ModuleList(nn.Linear(H, K, bias=False) for _ in self.classified_layers)
+            # selab decision (issue 18): the level-0 graph and pooling matrix of every superpixel map seen,
+            # kept (not a parameter or buffer, never saved); `model.structures = None` turns it off.
+            self.structures = SuperpixelStructures()
             if config.variant == "se_lstm":
                 # One evolution (with its own merge-probability weights) after every layer but the last.
                 self.evolutions = nn.ModuleList(
@@ -467,13 +477,17 @@ class SELabModel(nn.Module):
                            noise=self.config.order_noise, generator=generator)
 
     def _graph_forward(self, inputs, fused, cnn_logits, size, generator, energy_labels) -> ModelOutput:
-        graph = inputs.get("graph")
+        graph, matrix = inputs.get("graph"), None
         if graph is None:
             if inputs.get("superpixels") is None:
                 raise ValueError(
                     f"SELabModel.forward: variant {self.config.variant!r} needs inputs['superpixels'] [B,S,S]"
                 )
-            graph = graph_from_superpixels(torch.as_tensor(inputs["superpixels"]))
+            superpixels = torch.as_tensor(inputs["superpixels"])
+            if getattr(self, "structures", None) is not None and fused.dtype == torch.float32:
+                graph, matrix = self.structures.graph(superpixels, tuple(fused.shape[-2:]))
+            else:
+                graph = graph_from_superpixels(superpixels)
         if tuple(graph.assignment.shape[-2:]) != size:
             raise ValueError(
                 f"SELabModel.forward: superpixels {tuple(graph.assignment.shape)} must match the image size {size}"
@@ -482,7 +496,7 @@ class SELabModel(nn.Module):
         graph = graph.to(device)
         confidence_lowres = self.confidence(fused)
         node_in = upsample_and_pool(torch.cat([fused, confidence_lowres], 1), graph.assignment,
-                                    graph.num_nodes, graph.ptr)
+                                    graph.num_nodes, graph.ptr, None if matrix is None else matrix.to(device))
         # selab decision: a node's confidence is the softmax of its mean confidence logits.
         node_confidence = node_in[:, -self.config.num_classes:].detach().softmax(1)
         x = self.node_input(node_in)
@@ -499,6 +513,8 @@ class SELabModel(nn.Module):
 
         out = ModelOutput(logits=None, levels=[graph], confidence_logits=F.interpolate(
             confidence_lowres, size=size, mode="bilinear", align_corners=False))
+        if node_labels_of is not None:
+            out.labels_mask = mask
         cnn_logits = F.interpolate(cnn_logits, size=size, mode="bilinear", align_corners=False)
 
         num_samples = 1 if self.training else self.config.eval_samples
@@ -553,6 +569,8 @@ class SELabModel(nn.Module):
             if hasattr(self, "evolutions"):
                 evolution = self.evolutions[index]
                 node_labels = None if node_labels_of is None else node_labels_of(graph)
+                if node_labels is not None:
+                    out.level_labels.append(node_labels)
                 evolved = evolution(graph, result, node_confidence, node_labels=node_labels,
                                     energy=evolution.energy if node_labels is not None else "prediction",
                                     generator=generator, features=features, state=state)

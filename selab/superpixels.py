@@ -35,6 +35,7 @@ __all__ = [
     "unpool_to_pixels",
     "upsample_and_pool",
     "pooling_matrix",
+    "PoolingMatrix",
     "node_label_histogram",
     "node_majority_labels",
 ]
@@ -414,10 +415,12 @@ def node_label_histogram(mask: torch.Tensor, assignment: torch.Tensor, num_nodes
     nodes = assignment.reshape(-1).long().to(labels.device)
     if nodes.numel() and (nodes.min() < 0 or nodes.max() >= num_nodes):
         raise ValueError(f"assignment must hold node ids in 0..{num_nodes - 1}")
+    # Pixels outside the classes count in one extra bin per node, dropped after: the same counts as
+    # selecting the valid pixels first, without the boolean compaction of every pixel (issue 18).
     valid = (labels >= 0) & (labels < num_classes)
-    flat = nodes[valid] * num_classes + labels[valid]
-    hist = torch.bincount(flat, minlength=num_nodes * num_classes)
-    return hist.reshape(num_nodes, num_classes).float()
+    flat = nodes * (num_classes + 1) + torch.where(valid, labels, num_classes)
+    hist = torch.bincount(flat, minlength=num_nodes * (num_classes + 1))
+    return hist.reshape(num_nodes, num_classes + 1)[:, :num_classes].float()
 
 
 def node_majority_labels(mask: torch.Tensor, assignment: torch.Tensor, num_nodes: int,
@@ -443,7 +446,8 @@ def _bilinear_taps(out_size: int, in_size: int, device) -> tuple[torch.Tensor, .
     return low, high, 1.0 - w_high, w_high
 
 
-def upsample_and_pool(features: torch.Tensor, labels: torch.Tensor, num_nodes: int, ptr: torch.Tensor) -> torch.Tensor:
+def upsample_and_pool(features: torch.Tensor, labels: torch.Tensor, num_nodes: int, ptr: torch.Tensor,
+                      matrix: "PoolingMatrix | None" = None) -> torch.Tensor:
     """Mean over each superpixel of the bilinearly upsampled ``features``, without upsampling.
 
     Equal (up to float rounding) to ``pool_to_nodes(F.interpolate(features, size=labels.shape[-2:],
@@ -458,6 +462,9 @@ def upsample_and_pool(features: torch.Tensor, labels: torch.Tensor, num_nodes: i
         Global node ids (image b's nodes are ``ptr[b] .. ptr[b+1]-1``).
     num_nodes : int
     ptr : LongTensor [B+1]
+    matrix : PoolingMatrix, optional
+        The pooling matrix of ``labels`` for this feature size, prepared once (then ``labels`` and
+        ``ptr`` are not read); by default it is built from ``labels``.
 
     Returns
     -------
@@ -472,9 +479,74 @@ def upsample_and_pool(features: torch.Tensor, labels: torch.Tensor, num_nodes: i
     True
     """
     batch, channels, h, w = features.shape
-    rows, cols, weights = pooling_matrix(labels.to(features.device), num_nodes, ptr, (h, w), features.dtype)
     cells = features.permute(0, 2, 3, 1).reshape(batch * h * w, channels)
+    if matrix is not None:
+        if matrix.shape != (num_nodes, batch * h * w) or matrix.weights.dtype != features.dtype:
+            raise ValueError(f"matrix: a PoolingMatrix of shape {(num_nodes, batch * h * w)} and dtype "
+                             f"{features.dtype} for features {tuple(features.shape)}, got {matrix.shape} "
+                             f"{matrix.weights.dtype}")
+        return _PooledProduct.apply(matrix, cells)
+    rows, cols, weights = pooling_matrix(labels.to(features.device), num_nodes, ptr, (h, w), features.dtype)
     return _SparseRows.apply(rows, cols, weights, (num_nodes, batch * h * w), cells)
+
+
+class PoolingMatrix(NamedTuple):
+    """:func:`pooling_matrix` in CSR form with its transpose, built once for many products.
+
+    ``crow, cols, weights`` are the CSR arrays of the [N, B*h*w] matrix; ``crow_t, rows_t, weights_t``
+    those of its transpose (the entries in stable order of their column). Made by
+    :meth:`from_coo`; :func:`upsample_and_pool` takes one as ``matrix`` (selab keeps them per
+    superpixel map, :class:`selab.graph.SuperpixelStructures`), so a training step does not build it.
+    """
+
+    crow: torch.Tensor
+    cols: torch.Tensor
+    weights: torch.Tensor
+    crow_t: torch.Tensor
+    rows_t: torch.Tensor
+    weights_t: torch.Tensor
+    shape: tuple[int, int]
+
+    @staticmethod
+    def from_coo(rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor, shape: tuple[int, int],
+                 order: torch.Tensor | None = None) -> "PoolingMatrix":
+        """From :func:`pooling_matrix`'s ``(rows, cols, weights)``; ``order`` is ``argsort(cols, stable=True)``
+        if already known."""
+        order = torch.argsort(cols, stable=True) if order is None else order
+        return PoolingMatrix(_compressed(rows, shape[0]), cols, weights, _compressed(cols[order], shape[1]),
+                             rows[order], weights[order], (int(shape[0]), int(shape[1])))
+
+    def to(self, device) -> "PoolingMatrix":
+        """The matrix with its tensors on ``device``."""
+        return PoolingMatrix(*(t.to(device) for t in self[:-1]), self.shape)
+
+    def csr(self, transposed: bool = False) -> torch.Tensor:
+        crow, index, values = (self.crow_t, self.rows_t, self.weights_t) if transposed else \
+            (self.crow, self.cols, self.weights)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product itself is plain
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(crow, index, values, self.shape[::-1] if transposed else self.shape,
+                                           check_invariants=False)
+
+
+class _PooledProduct(torch.autograd.Function):
+    """``M @ dense`` with a prepared :class:`PoolingMatrix`; the same CSR products as :class:`_SparseRows`."""
+
+    @staticmethod
+    def forward(ctx, matrix, dense):
+        ctx.matrix = matrix
+        if matrix.weights.numel() == 0:
+            return dense.new_zeros(matrix.shape[0], dense.shape[1])
+        return matrix.csr() @ dense.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[1]:
+            return None, None
+        matrix = ctx.matrix
+        if matrix.weights.numel() == 0:
+            return None, grad.new_zeros(matrix.shape[1], grad.shape[1])
+        return None, matrix.csr(transposed=True) @ grad.contiguous()
 
 
 def _compressed(sorted_rows: torch.Tensor, num_rows: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from selab.superpixels import _bilinear_taps, pool_to_nodes, pooling_matrix, slic, upsample_and_pool
+from selab.superpixels import PoolingMatrix, _bilinear_taps, pool_to_nodes, pooling_matrix, slic, upsample_and_pool
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +125,119 @@ def test_unpool_to_pixels_equals_indexing(superpixel_batch):
     (gr,) = torch.autograd.grad(reference, x, grad)
     torch.testing.assert_close(gx, gr, atol=1e-12, rtol=1e-12)
     assert torch.equal(unpool_to_pixels(x, assignment[1]), x[assignment[1]].movedim(-1, -3))
+
+
+@pytest.fixture(scope="module")
+def local_superpixels(superpixel_batch):
+    """The batch's two label maps with per-image ids (0..N_b-1), as the data loader gives them."""
+    assignment, _, ptr = superpixel_batch
+    return assignment - ptr[:-1].view(-1, 1, 1)
+
+
+def test_superpixel_structures_equal_building_them_per_batch(local_superpixels):
+    from selab.graph import SuperpixelStructures, graph_from_superpixels
+
+    structures = SuperpixelStructures()
+    expected = graph_from_superpixels(local_superpixels)
+    for _ in range(2):  # a miss (computed per image), then a hit (kept)
+        graph, matrix = structures.graph(local_superpixels, (15, 19))
+        for name in ("edge_index", "batch", "pos", "size", "assignment", "superpixel_assignment"):
+            assert torch.equal(getattr(graph, name), getattr(expected, name)), name
+        rows, cols, weights = pooling_matrix(expected.assignment, expected.num_nodes, expected.ptr, (15, 19))
+        reference = PoolingMatrix.from_coo(rows, cols, weights, (expected.num_nodes, 2 * 15 * 19))
+        for got, want in zip(matrix[:-1], reference[:-1]):
+            assert torch.equal(got, want)
+        assert matrix.shape == reference.shape
+    assert (structures.hits, structures.misses, len(structures)) == (2, 2, 2)
+    # the images in another order, and one image alone: entries are per image
+    swapped, _ = structures.graph(local_superpixels.flip(0), (15, 19))
+    assert torch.equal(swapped.edge_index, graph_from_superpixels(local_superpixels.flip(0)).edge_index)
+    assert structures.misses == 2
+    # a full cache computes but keeps nothing new
+    full = SuperpixelStructures(max_bytes=0)
+    graph, _ = full.graph(local_superpixels, (15, 19))
+    assert torch.equal(graph.edge_index, expected.edge_index) and len(full) == 0
+    with pytest.raises(ValueError, match="max_bytes"):
+        SuperpixelStructures(max_bytes=-1)
+
+
+def test_prepared_pooling_matrix_gives_the_same_pooling_and_gradient(superpixel_batch, local_superpixels):
+    from selab.graph import SuperpixelStructures
+
+    assignment, num_nodes, ptr = superpixel_batch
+    _, matrix = SuperpixelStructures().graph(local_superpixels, (15, 19))
+    torch.manual_seed(3)
+    features = torch.randn(2, 6, 15, 19, requires_grad=True)
+    weights = torch.randn(num_nodes, 6)
+    outputs, grads = [], []
+    for prepared in (None, matrix):
+        out = upsample_and_pool(features, assignment, num_nodes, ptr, matrix=prepared)
+        (grad,) = torch.autograd.grad((out * weights).sum(), features)
+        outputs.append(out)
+        grads.append(grad)
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(grads[0], grads[1])  # the same CSR products
+    with pytest.raises(ValueError, match="PoolingMatrix of shape"):
+        upsample_and_pool(features[:, :, :14], assignment, num_nodes, ptr, matrix=matrix)
+
+
+def test_node_label_histogram_equals_counting_the_valid_pixels(superpixel_batch):
+    from selab.superpixels import node_label_histogram
+
+    assignment, num_nodes, _ = superpixel_batch
+    mask = torch.randint(0, 7, assignment.shape, generator=torch.Generator().manual_seed(4))
+    mask[:, :5] = 255  # ignored pixels
+    mask[0, 7, :9] = -1
+    labels, nodes = mask.reshape(-1), assignment.reshape(-1)
+    valid = (labels >= 0) & (labels < 7)
+    reference = torch.bincount(nodes[valid] * 7 + labels[valid], minlength=num_nodes * 7).reshape(num_nodes, 7)
+    assert torch.equal(node_label_histogram(mask, assignment, num_nodes, 7), reference.float())
+
+
+def test_model_with_kept_structures_equals_building_them(synthetic_batch):
+    """The graph variants' logits, losses and gradients are the same with the structure cache on or off."""
+    batch = synthetic_batch(48, 0, 40)
+    from selab.loss import compute_loss
+    from selab.model import ModelConfig, SELabModel
+
+    for variant in ("graph_lstm", "se_lstm"):
+        results = []
+        for keep in (False, True, True):  # off, then on: a miss and a hit
+            torch.manual_seed(0)
+            model = SELabModel(ModelConfig(variant=variant, backbone="small", feature_channels=8, hidden_channels=8))
+            if not keep:
+                model.structures = None
+            for _ in range(2 if keep else 1):
+                model.zero_grad()
+                torch.manual_seed(5)  # the same dropout in every pass
+                output = model(batch, generator=torch.Generator().manual_seed(1),
+                               energy_labels=batch["mask"])
+                loss = compute_loss(output, batch, model.config)["loss"]
+                loss.backward()
+            results.append((output.logits.detach(), loss.detach(), [p.grad.clone() for p in model.parameters()
+                                                                      if p.grad is not None]))
+        for logits, loss, grads in results[1:]:
+            assert torch.equal(logits, results[0][0]) and torch.equal(loss, results[0][1]), variant
+            assert all(torch.equal(a, b) for a, b in zip(grads, results[0][2])), variant
+
+
+def test_merge_loss_from_the_models_level_labels_equals_counting_again(synthetic_batch):
+    """compute_loss takes the merge targets from the labels the chains' energy read: the same targets."""
+    import dataclasses
+
+    from selab.loss import compute_loss, merge_targets
+    from selab.model import ModelConfig, SELabModel
+
+    batch = synthetic_batch(48, 1, 40)
+    torch.manual_seed(0)
+    model = SELabModel(ModelConfig(variant="se_lstm", backbone="small", feature_channels=8, hidden_channels=8))
+    output = model(batch, generator=torch.Generator().manual_seed(1), energy_labels=batch["mask"])
+    assert len(output.level_labels) == len(output.merge_prob) == 2 and output.labels_mask is batch["mask"]
+    counted = merge_targets(output.levels[:2], batch["mask"], 7)
+    for level, labels, target in zip(output.levels, output.level_labels, counted):
+        assert torch.equal((labels[level.edge_index[0]] == labels[level.edge_index[1]]).float(), target)
+    reused = compute_loss(output, batch, model.config)["merge"]
+    again = compute_loss(dataclasses.replace(output, level_labels=[]), batch, model.config)["merge"]
+    assert torch.equal(reused, again)
+    other_mask = dict(batch, mask=batch["mask"].flip(-1))  # another mask: counted on it, not reused
+    expected = compute_loss(dataclasses.replace(output, level_labels=[]), other_mask, model.config)["merge"]
+    assert torch.equal(compute_loss(output, other_mask, model.config)["merge"], expected)
