@@ -63,7 +63,7 @@ class ModelConfig:
     Parameters
     ----------
     variant : {"cnn", "graph_lstm", "se_lstm"}
-    backbone : {"small", "efficientnet_lite0"}
+    backbone : {"small", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
     pretrained : bool
         ImageNet weights for ``efficientnet_lite0`` (ignored by ``small``).
     output_stride : {8, 16}
