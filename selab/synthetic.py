@@ -100,14 +100,9 @@ class _Appearance:
             color2 = _PALETTE[rng.integers(len(_PALETTE))]
         kind = rng.choice(["flat", "stripes", "checks", "mottled"], p=[0.3, 0.3, 0.15, 0.25])
         period = scale * rng.uniform(0.04, 0.12)  # relative to the figure (or image) size
-        return _Appearance(
-            kind=str(kind),
-            color=color.astype(np.float32),
-            color2=np.asarray(color2, dtype=np.float32),
-            freq=float(2 * np.pi / max(period, 2.0)),
-            angle=float(rng.uniform(0, np.pi)),
-            phase=rng.uniform(0, 2 * np.pi, 3).astype(np.float32),
-        )
+        return _Appearance(str(kind), color.astype(np.float32), np.asarray(color2, dtype=np.float32),
+                           freq=float(2 * np.pi / max(period, 2.0)), angle=float(rng.uniform(0, np.pi)),
+                           phase=rng.uniform(0, 2 * np.pi, 3).astype(np.float32))
 
     def render(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Colours at pixel coordinates ``y, x`` (same shape S) -> float32 (*S, 3)."""
