@@ -10,15 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CLASS_NAMES: tuple[str, ...] = (
-    "background",
-    "head",
-    "torso",
-    "upper_arm",
-    "lower_arm",
-    "upper_leg",
-    "lower_leg",
-)
+CLASS_NAMES: tuple[str, ...] = ("background", "head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg")
 NUM_CLASSES: int = len(CLASS_NAMES)
 BACKGROUND: int = 0
 

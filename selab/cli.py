@@ -46,15 +46,13 @@ from selab.classes import NUM_CLASSES
 from selab.data import DATASETS, check_dataset
 from selab.model import ORDERS, VARIANTS, ModelConfig
 from selab.predict import predict_files
-from selab.train import (AUGMENTATIONS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, TrainConfig, TrainingDiverged,
-                         evaluate, load_checkpoint, load_model, run)
+from selab.train import CHOICES, TrainConfig, TrainingDiverged, evaluate, load_checkpoint, load_model, run
 from selab.train import TTA_MODES, TTA_SCALES
 
 # ``selab train`` has one flag per TrainConfig field: its type and default from the dataclass, its help from
 # the docstring's Parameters section, so that the command line cannot drift from the config. What the
 # dataclass cannot say is here: the allowed values, and the flags that keep their historical names.
-TRAIN_CHOICES = {"variant": VARIANTS, "backbone": BACKBONES, "dataset": DATASETS, "optimizer": OPTIMIZERS,
-                 "schedule": LR_SCHEDULES, "precision": PRECISIONS, "augmentation": AUGMENTATIONS}
+TRAIN_CHOICES = {"variant": VARIANTS, "backbone": BACKBONES, **CHOICES}
 TRAIN_FLAGS = {"out_dir": ("--out", "--out-dir"), "progress": ("--quiet", "--no-progress")}
 # ModelConfig fields with a flag of their own (TrainConfig.model); any other one via --model-option KEY=JSON.
 MODEL_FLAGS = ("hidden_channels", "num_layers", "order", "merge_loss_weight")
@@ -263,12 +261,8 @@ def _key_json_options(items: list[str]) -> dict:
 
 def _model_options(args) -> dict:
     """TrainConfig.model from the model flags (those given) and every --model-option."""
-    options = {}
-    for key in MODEL_FLAGS:
-        if getattr(args, key, None) is not None:
-            options[key] = getattr(args, key)
-    options.update(_key_json_options(args.model_option))
-    return options
+    options = {key: getattr(args, key) for key in MODEL_FLAGS if getattr(args, key, None) is not None}
+    return {**options, **_key_json_options(args.model_option)}
 
 
 def train_config(args) -> TrainConfig:
@@ -303,15 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                               per_image_out=args.per_image, model_options=_key_json_options(args.model_option),
                               tta=args.tta, tta_scales=args.tta_scales)
             print(json.dumps(result, indent=2))
-    except TrainingDiverged as error:
+    except (TrainingDiverged, ValueError, OSError) as error:  # exit status: see the module docstring
         print(f"selab {args.command}: error: {error}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
-        print(f"selab {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"selab {args.command}: error: {error}", file=sys.stderr)
-        return 1
+        return 3 if isinstance(error, TrainingDiverged) else 2 if isinstance(error, (ValueError, FileNotFoundError,
+                                                                                       NotADirectoryError)) else 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from selab.classes import CLASS_NAMES
-from selab.metrics import PER_IMAGE_FILE, load_per_image
+from selab.metrics import PER_IMAGE_FILE, iou, load_per_image
 from selab.sweep import CELL_FILE
 
 
@@ -138,11 +138,7 @@ def _miou_of_samples(confusion: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """mIoU (percent) of each resample: ``weights`` [S,N] image counts, ``confusion`` [N,K,K]."""
     n, k, _ = confusion.shape
     summed = (weights @ confusion.reshape(n, k * k).astype(np.float64)).reshape(-1, k, k)
-    intersection = np.diagonal(summed, axis1=1, axis2=2)
-    union = summed.sum(1) + summed.sum(2) - intersection
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, intersection / union, np.nan) * 100.0
-    return np.nanmean(iou, axis=1)
+    return np.nanmean(iou(summed), axis=1)
 
 
 def _aligned_confusions(runs: list[RunResult], ids: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import warnings
@@ -33,19 +34,8 @@ from tqdm.auto import tqdm
 from selab.classes import CLASS_NAMES, NUM_CLASSES
 from selab.synthetic import SyntheticPersonParts
 
-__all__ = [
-    "DATASETS",
-    "read_image",
-    "resize_image",
-    "read_mask",
-    "check_files",
-    "PascalPersonParts",
-    "ImageMaskFolder",
-    "SyntheticPersonParts",
-    "make_dataset",
-    "check_dataset",
-    "DatasetReport",
-]
+__all__ = ["DATASETS", "decode_image", "read_image", "resize_image", "read_mask", "check_files", "PascalPersonParts",
+           "ImageMaskFolder", "SyntheticPersonParts", "make_dataset", "check_dataset", "DatasetReport"]
 
 DATASETS = ("synthetic", "pascal_person_part", "folder")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -57,6 +47,17 @@ Transform = Callable[[Sample], Sample]
 # ---------------------------------------------------------------------------------------------------
 # reading files
 # ---------------------------------------------------------------------------------------------------
+def decode_image(source, error: str) -> torch.Tensor:
+    """An image file (a path or a file object) as float32 [3, H, W] in [0, 1]; grey, palette and RGBA
+    become RGB. A file that is not an image raises ``ValueError("<error>: <why>")``."""
+    try:
+        with Image.open(source) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as cause:
+        raise ValueError(f"{error}: {cause}") from cause
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
+
+
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image file as float32 [3, H, W] in [0, 1] (grey, palette and RGBA become RGB).
 
@@ -71,12 +72,7 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ValueError(f"cannot read image file {path}: {error}") from error
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
+    return decode_image(path, f"cannot read image file {path}")
 
 
 def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -136,30 +132,33 @@ def _label_problem(labels: np.ndarray, num_classes: int, ignore_index: int | Non
     return f"labels {shown} out of range, expected 0..{num_classes - 1}{hint}"
 
 
-def _check_pair(image_path: Path, mask_path: Path, num_classes: int, ignore_index: int | None) -> str | None:
-    """What is wrong with an image/mask pair (one line naming the file), or ``None``.
+def _check_pair(image_path: Path, mask_path: Path, num_classes: int, ignore_index: int | None = None,
+                full: bool = False) -> tuple[torch.Tensor | None, str | None]:
+    """``(mask, None)`` for a good image/mask pair, else ``(None, one line naming the file and what is wrong)``.
 
-    The image's header gives its size; its pixels are decoded at 1/8 scale where the format allows
-    (JPEG): that still reads the whole compressed stream, so a truncated or damaged file is caught,
-    at a fraction of a full decode. The mask is decoded in full (its labels are checked).
+    The image's header gives its size; unless ``full``, its pixels are decoded at 1/8 scale where the
+    format allows (JPEG): that still reads the whole compressed stream, so a truncated or damaged file
+    is caught, at a fraction of a full decode. The mask is decoded in full (its labels are checked).
     """
+    for path, what in ((image_path, "image"), (mask_path, "mask")):
+        if not path.is_file():
+            return None, f"{what} file missing: {path}"
     try:
         with Image.open(image_path) as im:
             size = im.size
-            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            if not full:
+                im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
             im.load()
-    except FileNotFoundError:
-        return f"image file not found: {image_path}"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        return f"cannot read image file {image_path}: {error}"
+        return None, f"cannot decode image file {image_path}: {error}"
     try:
         mask = read_mask(mask_path, num_classes, ignore_index)
-    except (FileNotFoundError, ValueError) as error:
-        return str(error)
+    except ValueError as error:
+        return None, str(error)
     if tuple(mask.shape) != (size[1], size[0]):
-        return (f"mask file {mask_path} is {tuple(mask.shape)} (H, W) but its image {image_path} is "
-                f"{(size[1], size[0])}")
-    return None
+        return None, (f"mask file {mask_path} is {tuple(mask.shape)} (H, W) but its image {image_path} is "
+                      f"{(size[1], size[0])}")
+    return mask, None
 
 
 def check_files(dataset, progress: bool = False, description: str = "checking files") -> list[str]:
@@ -184,12 +183,10 @@ def check_files(dataset, progress: bool = False, description: str = "checking fi
     >>> check_files(PascalPersonParts("data/pascal_person_part", "val"))  # doctest: +SKIP
     []
     """
-    problems = []
-    for _, image_path, mask_path in tqdm(dataset.files(), desc=description, disable=not progress, leave=False):
-        problem = _check_pair(image_path, mask_path, dataset.num_classes, getattr(dataset, "ignore_index", None))
-        if problem:
-            problems.append(problem)
-    return problems
+    files = tqdm(dataset.files(), desc=description, disable=not progress, leave=False)
+    checked = (_check_pair(image, mask, dataset.num_classes, getattr(dataset, "ignore_index", None))
+               for _, image, mask in files)
+    return [problem for _, problem in checked if problem]
 
 
 def _file_fingerprint(path: Path) -> str:
@@ -198,13 +195,20 @@ def _file_fingerprint(path: Path) -> str:
     return hashlib.sha1(f"{stat.st_size}-{stat.st_mtime_ns}".encode()).hexdigest()[:10]
 
 
-def _read_ids(split_file: Path) -> list[str]:
+def _split_file(root: Path, split: str) -> tuple[Path | None, list[Path]]:
+    """A split's id list, ``root/<split>_id.txt`` or ``root/list/<split>_id.txt`` (``None``: neither), and both."""
+    candidates = [root / f"{split}_id.txt", root / "list" / f"{split}_id.txt"]
+    return next((c for c in candidates if c.is_file()), None), candidates
+
+
+def _ids_in(split_file: Path) -> tuple[list[str], list[str]]:
+    """The ids of a split file (one a line) and those listed more than once."""
     ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
-    seen, repeated = set(), []
-    for sample_id in ids:
-        if sample_id in seen and sample_id not in repeated:
-            repeated.append(sample_id)
-        seen.add(sample_id)
+    return ids, [i for i, n in collections.Counter(ids).items() if n > 1]
+
+
+def _read_ids(split_file: Path) -> list[str]:
+    ids, repeated = _ids_in(split_file)
     if repeated:
         shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
         warnings.warn(f"{split_file}: {len(repeated)} id(s) listed more than once ({shown}); "
@@ -217,18 +221,6 @@ def _missing_files_error(what: str, missing: list[str]) -> FileNotFoundError:
     return FileNotFoundError(f"{what}: {len(missing)} missing file(s): {shown}")
 
 
-def _load_pair(image_path: Path, mask_path: Path, sample_id: str, num_classes: int,
-               ignore_index: int | None = None) -> Sample:
-    image = read_image(image_path)
-    mask = read_mask(mask_path, num_classes, ignore_index)
-    if tuple(mask.shape) != tuple(image.shape[1:]):
-        raise ValueError(
-            f"mask file {mask_path} is {tuple(mask.shape)} (H, W) but its image {image_path} is "
-            f"{tuple(image.shape[1:])}: they must be the same size"
-        )
-    return {"image": image, "mask": mask, "id": sample_id}
-
-
 def _check_limit(limit):
     if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
         raise ValueError(f"limit: expected None or an int >= 0, got {limit!r}")
@@ -237,7 +229,35 @@ def _check_limit(limit):
 # ---------------------------------------------------------------------------------------------------
 # datasets
 # ---------------------------------------------------------------------------------------------------
-class PascalPersonParts(torch.utils.data.Dataset):
+class _FilePairs(torch.utils.data.Dataset):
+    """What both file datasets share: samples ``ids`` whose files :meth:`paths` names."""
+
+    def paths(self, sample_id: str) -> tuple[Path, Path]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def files(self) -> list[tuple[str, Path, Path]]:
+        """``(id, image path, mask path)`` of every sample."""
+        return [(i, *self.paths(i)) for i in self.ids]
+
+    def fingerprint(self, i: int) -> str:
+        """Changes when sample ``i``'s image file is replaced (a key for cached superpixels and features)."""
+        return _file_fingerprint(self.paths(self.ids[i])[0])
+
+    def __getitem__(self, i: int) -> Sample:
+        sample_id = self.ids[i]
+        image_path, mask_path = self.paths(sample_id)
+        image, mask = read_image(image_path), read_mask(mask_path, self.num_classes, self.ignore_index)
+        if tuple(mask.shape) != tuple(image.shape[1:]):
+            raise ValueError(f"mask file {mask_path} is {tuple(mask.shape)} (H, W) but its image {image_path} is "
+                             f"{tuple(image.shape[1:])}: they must be the same size")
+        sample = {"image": image, "mask": mask, "id": sample_id}
+        return self.transform(sample) if self.transform is not None else sample
+
+
+class PascalPersonParts(_FilePairs):
     """PASCAL-Person-Part in its standard layout.
 
     ``root/JPEGImages/<id>.jpg``, ``root/SegmentationPart/<id>.png`` (one class id 0..6 per pixel)
@@ -273,8 +293,7 @@ class PascalPersonParts(torch.utils.data.Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"PascalPersonParts: root {self.root} is not a directory")
-        candidates = [self.root / f"{split}_id.txt", self.root / "list" / f"{split}_id.txt"]
-        split_file = next((c for c in candidates if c.is_file()), None)
+        split_file, candidates = _split_file(self.root, split)
         if split_file is None:
             raise FileNotFoundError(
                 f"PascalPersonParts: split file for split={split!r} not found (looked for "
@@ -289,13 +308,8 @@ class PascalPersonParts(torch.utils.data.Dataset):
         if missing:
             raise _missing_files_error(f"PascalPersonParts: ids listed in {split_file}", missing)
 
-    def files(self) -> list[tuple[str, Path, Path]]:
-        """``(id, image path, mask path)`` of every sample."""
-        return [(i, self.image_path(i), self.mask_path(i)) for i in self.ids]
-
-    def fingerprint(self, i: int) -> str:
-        """Changes when sample ``i``'s image file is replaced (a key for cached superpixels and features)."""
-        return _file_fingerprint(self.image_path(self.ids[i]))
+    def paths(self, sample_id: str) -> tuple[Path, Path]:
+        return self.image_path(sample_id), self.mask_path(sample_id)
 
     def image_path(self, sample_id: str) -> Path:
         return self.root / "JPEGImages" / f"{sample_id}.jpg"
@@ -303,17 +317,8 @@ class PascalPersonParts(torch.utils.data.Dataset):
     def mask_path(self, sample_id: str) -> Path:
         return self.root / "SegmentationPart" / f"{sample_id}.png"
 
-    def __len__(self) -> int:
-        return len(self.ids)
 
-    def __getitem__(self, i: int) -> Sample:
-        sample_id = self.ids[i]
-        sample = _load_pair(self.image_path(sample_id), self.mask_path(sample_id), sample_id, self.num_classes,
-                            self.ignore_index)
-        return self.transform(sample) if self.transform is not None else sample
-
-
-class ImageMaskFolder(torch.utils.data.Dataset):
+class ImageMaskFolder(_FilePairs):
     """Images and label masks in two folders, paired by file name stem.
 
     ``ImageMaskFolder(image_dir, mask_dir)`` pairs ``image_dir/<stem>.<jpg|png|...>`` with
@@ -339,16 +344,8 @@ class ImageMaskFolder(torch.utils.data.Dataset):
     >>> ds = ImageMaskFolder("photos/", "labels/")  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        image_dir,
-        mask_dir=None,
-        split: str | None = None,
-        limit: int | None = None,
-        transform: Transform | None = None,
-        num_classes: int = NUM_CLASSES,
-        ignore_index: int | None = None,
-    ):
+    def __init__(self, image_dir, mask_dir=None, split: str | None = None, limit: int | None = None,
+                 transform: Transform | None = None, num_classes: int = NUM_CLASSES, ignore_index: int | None = None):
         _check_limit(limit)
         self.ignore_index = ignore_index
         ids = None
@@ -387,22 +384,8 @@ class ImageMaskFolder(torch.utils.data.Dataset):
         digest = hashlib.sha1(str(self.image_dir.resolve()).encode()).hexdigest()[:10]
         self.name = f"folder-{digest}"
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def files(self) -> list[tuple[str, Path, Path]]:
-        """``(id, image path, mask path)`` of every sample."""
-        return [(i, self.images[i], self.mask_dir / f"{i}.png") for i in self.ids]
-
-    def fingerprint(self, i: int) -> str:
-        """Changes when sample ``i``'s image file is replaced (a key for cached superpixels and features)."""
-        return _file_fingerprint(self.images[self.ids[i]])
-
-    def __getitem__(self, i: int) -> Sample:
-        sample_id = self.ids[i]
-        sample = _load_pair(self.images[sample_id], self.mask_dir / f"{sample_id}.png", sample_id, self.num_classes,
-                            self.ignore_index)
-        return self.transform(sample) if self.transform is not None else sample
+    def paths(self, sample_id: str) -> tuple[Path, Path]:
+        return self.images[sample_id], self.mask_dir / f"{sample_id}.png"
 
 
 SYNTHETIC_SPLIT_START = {"train": 0, "val": 1_000_000, "test": 2_000_000}
@@ -518,15 +501,14 @@ def _listed_splits(root: Path) -> list[str]:
 
 
 def _listed_pascal_pairs(root: Path, split: str, problems: list) -> list[tuple[str, Path, Path]]:
-    candidates = [root / f"{split}_id.txt", root / "list" / f"{split}_id.txt"]
-    split_file = next((c for c in candidates if c.is_file()), None)
+    split_file, candidates = _split_file(root, split)
     if split_file is None:
         problems.append(f"split {split!r}: no {candidates[0]} (nor {candidates[1]})")
         return []
-    ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    ids, duplicated = _ids_in(split_file)
+    duplicated = sorted(duplicated)
     if not ids:
         problems.append(f"{split_file}: lists no ids")
-    duplicated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
     if duplicated:
         problems.append(f"{split_file}: {len(duplicated)} id(s) listed twice, e.g. {duplicated[0]!r}")
     # The paths of PascalPersonParts.image_path / mask_path.
@@ -539,28 +521,7 @@ def _listed_folder_pairs(root: Path, split: str, num_classes: int, problems: lis
     except (FileNotFoundError, ValueError) as error:
         problems.append(str(error))
         return []
-    return [(i, folder.images[i], folder.mask_dir / f"{i}.png") for i in folder.ids]
-
-
-def _pair_class_counts(image_path: Path, mask_path: Path, num_classes: int) -> tuple[np.ndarray | None, str | None]:
-    """(per-class pixel counts, None) for a good pair, or (None, the problem)."""
-    for path, what in ((image_path, "image"), (mask_path, "mask")):
-        if not path.is_file():
-            return None, f"{what} file missing: {path}"
-    try:
-        with Image.open(image_path) as im:
-            im.load()  # a full decode: a truncated JPEG fails here, not at training time
-            image_size = im.size
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        return None, f"cannot decode image {image_path}: {error}"
-    try:
-        labels = read_mask(mask_path, num_classes).numpy()  # one channel, labels in range
-    except ValueError as error:
-        return None, str(error)
-    if labels.shape != (image_size[1], image_size[0]):
-        return None, (f"mask {mask_path} is {labels.shape} (H, W) but its image {image_path} is "
-                      f"{(image_size[1], image_size[0])}")
-    return np.bincount(labels.ravel(), minlength=num_classes), None
+    return folder.files()
 
 
 def check_dataset(root, dataset: str = "pascal_person_part", splits: Sequence[str] | None = None,
@@ -634,10 +595,12 @@ def check_dataset(root, dataset: str = "pascal_person_part", splits: Sequence[st
     pixels = np.zeros(num_classes, dtype=np.int64)
     images = np.zeros(num_classes, dtype=np.int64)
     for sample_id, (image_path, mask_path) in tqdm(pairs.items(), desc="check-data", unit="img", disable=not progress):
-        histogram, problem = _pair_class_counts(image_path, mask_path, num_classes)
+        # a full decode: a truncated JPEG fails here, not at training time
+        mask, problem = _check_pair(image_path, mask_path, num_classes, full=True)
         if problem is not None:
             problems.append(f"id {sample_id!r}: {problem}")
             continue
+        histogram = np.bincount(mask.numpy().ravel(), minlength=num_classes)
         pixels += histogram
         images += histogram > 0
     names = tuple(CLASS_NAMES) if num_classes == NUM_CLASSES else tuple(f"class {k}" for k in range(num_classes))

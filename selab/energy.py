@@ -30,9 +30,16 @@ ENERGIES = ("ground_truth", "prediction", "mixed")
 
 
 class PartitionEnergy:
-    r"""Energy of a partition: class disagreement inside cliques, minus a reward for merging.
+    r"""The energy of a partition that the structure sampler of the `"Interpretable Structure-Evolving
+    LSTM" <https://arxiv.org/abs/1703.03055>`__ paper (Liang et al., CVPR 2017, arXiv 1703.03055) minimises.
 
-    selab decision (docs/method.md decision 3):
+    In short, a partition costs the class disagreement of the nodes merged into one clique, minus a reward
+    per merge. The Metropolis-Hastings target is then :math:`\pi \propto \exp(-E/T)`, so that structures
+    that hurt the parsing least are accepted most often.
+
+    The paper's available text says only that the acceptance favours structures with better parsing
+    performance (from a reader's note); the whole energy is selab decision 3 (docs/method.md), with the
+    defaults ``beta=0.1``, ``distance="tv"``, ``scale=100``, scored by the ground-truth labels in training and by the predictions at test time:
 
     .. math::
         E(c) = s \Big( \sum_i w_i \, D(p_i, \bar p_{c(i)}) + \beta \cdot |\{\text{clusters}\}| \Big),
@@ -66,12 +73,13 @@ class PartitionEnergy:
         Pixel count per node; default all 1.
     batch : Tensor [N], optional
         Image of each node (for per-image size normalisation and :meth:`per_graph`).
-    beta : float
+    beta : float, default 0.1
         Reward per merge (cost per cluster), in average nodes of disagreement.
-    distance : {"tv", "sq"}
+    distance : {"tv", "sq"}, default "tv"
+        Total variation or squared Euclidean distance D between class distributions.
     num_classes : int, optional
         K for one-hot labels (default: max label + 1).
-    scale : float
+    scale : float, default 100.0
         Energy unit in nats per average node of disagreement (selab decision, see above).
 
     Examples

@@ -98,47 +98,68 @@ class EvolutionOutput(NamedTuple):
 
 
 class StructureEvolution(nn.Module):
-    """Merge probabilities + structure sampling + coarsening after one Graph LSTM layer.
+    r"""One evolving layer of the `"Interpretable Structure-Evolving LSTM"
+    <https://arxiv.org/abs/1703.03055>`__ paper (Liang et al., CVPR 2017, arXiv 1703.03055): merge
+    probabilities, a sampled structure and the coarser graph it builds, after one Graph LSTM layer.
+
+    In short, every edge gets a merging probability from the layer's gate outputs, candidate structures
+    group the nodes into cliques by these probabilities, and a Metropolis-Hastings step accepts one of
+    them against the energy of its partition. The accepted cliques become the nodes of the next,
+    higher-level graph, which takes the mean of their states.
+
+    The paper fixes merging probabilities from the gate outputs (supervised with an L2 loss,
+    :func:`selab.loss.merge_loss`), stochastic structures accepted by Metropolis-Hastings in training and
+    averaged clique states. The rest is selab's, each a named option (docs/method.md, "Where selab
+    decides"): the probability's form (``source``, decision 1), independent edge proposals within a merge
+    budget (``merge_budget``, decision 2), the energy (``beta``, ``energy_scale``, ``distance``, ``energy``;
+    decision 3), the sampler (``num_proposals``, ``temperature``; decision 4) and a deterministic structure
+    at test time (``eval_mode="auto"``, ``threshold``; decision 6). The defaults are selab's reading of the
+    paper's configuration; ``mode="none"`` makes the layer a plain Graph LSTM layer (the ECCV 2016 model).
 
     Parameters
     ----------
     hidden_channels : int
-    mode : {"mh", "greedy", "none"}
-        Structure in training: MH sampling, deterministic thresholding, or no merging (Graph LSTM).
-    num_proposals : int
-        MH proposals per layer and image.
-    temperature : float
-    merge_budget : int or float, optional
+        Width H of the Graph LSTM layer's states and gates.
+    mode : {"mh", "greedy", "none"}, default "mh"
+        Structure in training: MH sampling (the paper), deterministic thresholding, or no merging (Graph LSTM).
+    num_proposals : int, default 8
+        MH proposals per layer and image (selab decision 4).
+    temperature : float, default 1.0
+        T of the target exp(-E/T) (selab decision 3).
+    merge_budget : int or float, optional, default 0.25
         Top-k edges (int) or fraction of edges (float) per image that may merge. selab decision:
         0.25 by default, because independent switching of all edges of a planar SLIC graph
         percolates (with p around 0.8 one giant clique spans labels) and the chain then accepts
         nothing or a nearly total merge; ``None`` lets every edge merge.
-    threshold : float
+    threshold : float, default 0.5
         Greedy mode: merge edges with ``p > threshold``.
-    beta, energy_scale : float
+    beta, energy_scale : float, default 0.1 and 100.0
         Merge reward and energy unit of the default energy (see :class:`~selab.energy.PartitionEnergy`).
-    distance : {"tv", "sq"}
-    eval_mode : {"auto", "greedy", "mh", "none", None}
-        Mode in ``eval()``. ``"auto"`` (default) follows the family of ``mode``: ``"mh"`` and ``"greedy"``
+    distance : {"tv", "sq"}, default "tv"
+        Class-distribution distance of the energy (see :class:`~selab.energy.PartitionEnergy`).
+    eval_mode : {"auto", "greedy", "mh", "none", None}, default "auto"
+        Mode in ``eval()``. ``"auto"`` follows the family of ``mode``: ``"mh"`` and ``"greedy"``
         -> ``"greedy"`` (selab decision, docs/method.md decision 6: a deterministic structure at test time),
         ``"none"`` -> ``"none"`` (a model trained without merging is not merged at test time either);
         ``None`` uses ``mode`` itself (MH at test time for an MH-trained model).
-    source : {"forget_gates", "hidden"}
+    source : {"forget_gates", "hidden"}, default "forget_gates"
         Input of :class:`~selab.merge.MergeProbability`.
-    energy : {"ground_truth", "prediction"}
-        Energy of the MH chains in training (selab decision, issue 19): ``"ground_truth"`` (default)
-        scores partitions with the nodes' majority ground-truth labels, so training cliques are nearly
+    energy : {"ground_truth", "prediction", "mixed"}, default "ground_truth"
+        Energy of the MH chains in training (selab decision, issue 19): ``"ground_truth"`` scores
+        partitions with the nodes' majority ground-truth labels, so training cliques are nearly
         pure; ``"prediction"`` with the predicted class distributions ``node_class_prob``, as at test
         time; ``"mixed"`` with the class distributions ``(1 - w) onehot(label_i) + w p_i``
         (``w`` = ``prediction_weight``). Read by the model, which passes the labels and the source to
         :meth:`forward`; at test time (no labels) the energy is always the prediction's.
-    prediction_weight : float
+    prediction_weight : float, default 0.5
         ``w`` in [0, 1] of ``energy="mixed"``; a trainer may change the attribute between epochs for a
         schedule from the ground truth (0) to the prediction (1).
 
     Examples
     --------
-    >>> evo = StructureEvolution(64)  # doctest: +SKIP
+    >>> evo = StructureEvolution(64)
+    >>> evo.current_mode(), evo.eval().current_mode()  # MH in training, the greedy structure at test time
+    ('mh', 'greedy')
     >>> out = evo(graph, lstm_out, node_class_prob, node_labels=labels)  # doctest: +SKIP
     >>> next_graph, cluster, merge_prob, trace = out[:4]  # doctest: +SKIP
     """

@@ -305,22 +305,39 @@ class _LevelLoop(torch.autograd.Function):
 
 
 class GraphLSTM(nn.Module):
-    r"""Graph LSTM layer (Liang et al., ECCV 2016, Eq. 1-2).
+    r"""The Graph LSTM layer from the `"Semantic Object Parsing with Graph LSTM"
+    <https://arxiv.org/abs/1603.07063>`__ paper (Liang et al., ECCV 2016, arXiv 1603.07063, Eq. 1-2), the
+    unit that the `"Interpretable Structure-Evolving LSTM" <https://arxiv.org/abs/1703.03055>`__ paper
+    (CVPR 2017, arXiv 1703.03055) stacks.
+
+    In short, the nodes of a graph are updated one at a time in a given order, each from its input, the
+    mean hidden state of its neighbours (the new state of those already updated, the old state of the
+    others) and an adaptive forget gate per neighbour that weighs the neighbour's memory. Since only the
+    order of adjacent nodes matters, the nodes of one wavefront level share no edge and are updated at
+    once, with exactly the one-node-at-a-time result.
+
+    To duplicate the configuration of the Graph LSTM paper, stack two layers with ``residual=True`` (and the
+    defaults ``identical_forget_gates=False``, ``init_range=0.1``), run them in the confidence-driven order
+    (:func:`~selab.orders.confidence_order`) with ``schedule="wavefront"`` or ``"sequential"`` (the same
+    numbers) in :meth:`forward`; ``identical_forget_gates=True`` is the paper's "identical forget gates"
+    ablation. selab decisions: zero initial states (``h0``, ``m0``; the paper's text does not give them),
+    the hidden size (not given either), ``residual`` read as ``h + x`` (with a learned projection when the
+    sizes differ), and ``schedule="synchronous"``, a selab ablation (docs/method.md).
 
     Parameters
     ----------
     in_channels : int
         Size C of the node features f_i.
     hidden_channels : int
-        Size H of the hidden and memory states.
-    residual : bool
+        Size H of the hidden and memory states (selab decision: the paper does not give it).
+    residual : bool, default False
         selab reading of the paper's "residual connections": the output is ``h + x`` (or
         ``h + P x`` with a learned linear map P when ``in_channels != hidden_channels``).
-    identical_forget_gates : bool
+    identical_forget_gates : bool, default False
         The paper's ablation: one forget gate g^f_i = σ(W^f f_i + U^f h_i + U^fn h̄_i + b^f) and
         m_i^new = g^f_i ⊙ m_i + g^u_i ⊙ g^c_i (no neighbour memory term).
-    init_range : float
-        All parameters start uniform in [-init_range, init_range] (paper: 0.1).
+    init_range : float, default 0.1
+        All parameters start uniform in [-init_range, init_range] (the paper's 0.1).
 
     Parameters are stored fused, blocks in the order u, f, o, c (see :meth:`gate_parameters` for
     per-gate views): ``input_proj`` (W, b), ``self_proj`` (U), ``neighbour_proj`` (U^un, U^on, U^cn),

@@ -62,18 +62,24 @@ def _check_merge_prob(merge_prob: Tensor, num_edges: int) -> None:
 # merge probabilities and their supervision
 # --------------------------------------------------------------------------------------------------
 class MergeProbability(nn.Module):
-    r"""Merge probability of every edge from a Graph LSTM layer's outputs.
+    r"""The merging probability of every edge, from the `"Interpretable Structure-Evolving LSTM"
+    <https://arxiv.org/abs/1703.03055>`__ paper (Liang et al., CVPR 2017, arXiv 1703.03055).
 
-    selab decision (docs/method.md decision 1): with ``source="forget_gates"`` (default),
+    In short, the compatibility of two connected nodes is read from a Graph LSTM layer's gate outputs and
+    turned into the probability that the two merge into one clique. It is learned with an L2 loss against
+    whether the two nodes share a ground-truth label (:func:`selab.loss.merge_loss`).
+
+    The paper fixes the inputs (the LSTM gate outputs) and the L2 supervision; the form is a selab
+    decision (docs/method.md decision 1): with ``source="forget_gates"`` (the default)
     :math:`p_{ij} = \sigma(w \cdot (\bar g^f_{ij} + \bar g^f_{ji}) / 2 + b)`, from the adaptive forget
     gates of both directions (the one pairwise gate output of the layer), symmetric in i and j.
-    ``source="hidden"`` uses :math:`|h_i - h_j|` instead (also symmetric).
+    ``source="hidden"``, a selab alternative, uses :math:`|h_i - h_j|` instead (also symmetric).
 
     Parameters
     ----------
     hidden_channels : int
         Width H of the gate outputs / hidden states.
-    source : {"forget_gates", "hidden"}
+    source : {"forget_gates", "hidden"}, default "forget_gates"
         Which layer output the compatibility is read from.
 
     Examples

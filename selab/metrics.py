@@ -16,13 +16,13 @@ Examples
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from selab.classes import CLASS_NAMES, NUM_CLASSES
+from selab.files import atomic_write
 
 PER_IMAGE_FILE = "val_per_image.npz"  # a run folder's per-image confusions (training's last epoch)
 
@@ -66,6 +66,21 @@ def confusion_matrix(prediction, target, num_classes: int = NUM_CLASSES, ignore_
     return counts.reshape(num_classes, num_classes).cpu()
 
 
+def iou(cm) -> np.ndarray:
+    """Per-class IoU (percent) of confusion matrices ``[..., K, K]``; NaN for a class absent from both sides.
+
+    Examples
+    --------
+    >>> iou(np.array([[2, 1], [0, 0]])).tolist()
+    [66.66666666666666, nan]
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    intersection = np.diagonal(cm, axis1=-2, axis2=-1)
+    union = cm.sum(-2) + cm.sum(-1) - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, intersection / union, np.nan) * 100.0
+
+
 def scores_from_confusion(cm, class_names=CLASS_NAMES) -> dict:
     """Mean IoU, per-class IoU and pixel accuracy, all in percent.
 
@@ -82,15 +97,11 @@ def scores_from_confusion(cm, class_names=CLASS_NAMES) -> dict:
         raise ValueError(f"scores_from_confusion: cm must be square, got shape {cm.shape}")
     if len(class_names) != cm.shape[0]:
         raise ValueError(f"scores_from_confusion: {len(class_names)} class_names for a {cm.shape[0]}-class cm")
-    intersection = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - intersection
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, intersection / union, np.nan) * 100.0
-    total = cm.sum()
+    per_class, total = iou(cm), cm.sum()
     return {
-        "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
-        "per_class_iou": {name: float(v) for name, v in zip(class_names, iou)},
-        "pixel_accuracy": float(intersection.sum() / total * 100.0) if total > 0 else float("nan"),
+        "mean_iou": float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan"),
+        "per_class_iou": {name: float(v) for name, v in zip(class_names, per_class)},
+        "pixel_accuracy": float(np.diag(cm).sum() / total * 100.0) if total > 0 else float("nan"),
     }
 
 
@@ -139,13 +150,14 @@ def save_per_image(path, pairs) -> None:
     >>> ids.tolist(), confusion.sum(axis=(1, 2)).tolist()
     (['a', 'b'], [2, 4])
     """
-    path = Path(path)
     ids = np.array([str(i) for i, _ in pairs])
     confusion = np.stack([np.asarray(m, dtype=np.int64) for _, m in pairs]) if pairs else np.zeros((0, 0, 0), np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, ids=ids, confusion=confusion)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: numpy adds no ".npz" to the temporary name
+            np.savez_compressed(handle, ids=ids, confusion=confusion)
+
+    atomic_write(Path(path), write)
 
 
 def load_per_image(path) -> tuple[np.ndarray, np.ndarray]:

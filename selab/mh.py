@@ -257,7 +257,19 @@ def metropolis_hastings(
     num_nodes: Optional[int] = None,
     merge_budget: Budget = None,
 ) -> tuple[Tensor, MHTrace]:
-    r"""Sample a partition with a Metropolis-Hastings independence sampler over edge states.
+    r"""Sample a partition with a Metropolis-Hastings independence sampler over edge states, the structure
+    sampler of the `"Interpretable Structure-Evolving LSTM" <https://arxiv.org/abs/1703.03055>`__ paper
+    (Liang et al., CVPR 2017, arXiv 1703.03055).
+
+    In short, candidate structures switch each edge on with its merging probability, and a candidate is
+    accepted with the Metropolis-Hastings probability, which favours a high transition probability and a
+    low partition energy. Sampling rather than merging deterministically avoids getting stuck in local
+    optima (the paper's abstract; deterministic merging is reported inferior).
+
+    The paper fixes a Metropolis-Hastings acceptance over structures proposed from the merging
+    probabilities; the rest is selab decision 4 (docs/method.md): an independence sampler whose
+    proposals do not depend on the state, started from "nothing on", with the energy of decision 3
+    (:class:`~selab.energy.PartitionEnergy`) and the merge budget of decision 2.
 
     The state is a bool edge vector z; its partition is the connected components of z; the target is
     :math:`\pi(z) \propto \exp(-E(\mathrm{partition}(z)) / T)`; proposals switch each edge on
@@ -276,9 +288,14 @@ def metropolis_hastings(
         ``energy(cluster [N]) -> float``.
     num_steps : int
         Number of proposals.
-    temperature : float
+    temperature : float, default 1.0
+        T of the target exp(-E/T).
     generator : torch.Generator, optional
         On ``merge_prob``'s device; a seeded generator reproduces the chain.
+    num_nodes : int, optional
+        N (default: one more than the largest node id of ``edge_index``).
+    merge_budget : int or float, optional
+        Only the top-k (int) or the top fraction (float) of the edges may switch on (default: every edge).
 
     Returns
     -------

@@ -34,11 +34,9 @@ from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
 from selab.classes import CLASS_COLORS, CLASS_NAMES
-from selab.data import read_image, resize_image
+from selab.data import IMAGE_SUFFIXES, read_image, resize_image
 from selab.evolve import node_label_histogram
 from selab.superpixels import slic
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -95,10 +93,8 @@ def hierarchy_to_networkx(record: dict, level: int = 0) -> nx.Graph:
     """
     data = record["levels"][level]
     graph = nx.Graph()
-    for node in data["nodes"]:
-        graph.add_node(node["id"], **{k: v for k, v in node.items() if k != "id"})
-    for i, j, p in data["edges"]:
-        graph.add_edge(i, j, merge_prob=p)
+    graph.add_nodes_from((node["id"], {k: v for k, v in node.items() if k != "id"}) for node in data["nodes"])
+    graph.add_edges_from((i, j, {"merge_prob": p}) for i, j, p in data["edges"])
     return graph
 
 

@@ -19,11 +19,11 @@ True
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from selab.files import atomic_save
 from selab.model import SELabModel, build_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -106,10 +106,6 @@ def export(checkpoint: dict, name: str, metrics: dict, commit: str | None, comma
             train_config[key] = Path(train_config[key]).name
     record = {"model": weights, "model_config": dict(checkpoint["model_config"]), "train_config": train_config,
               "metrics": metrics, "commit": commit, "command": command}
-    folder = WEIGHTS_DIR if folder is None else Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.pt"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(record, tmp)
-    os.replace(tmp, path)
+    path = (WEIGHTS_DIR if folder is None else Path(folder)) / f"{name}.pt"
+    atomic_save(record, path)
     return path

@@ -52,6 +52,8 @@ from pathlib import Path
 
 import yaml
 
+from selab.files import atomic_write_text
+
 # The training notebook of this checkout (a spec may name another, relative to the working directory).
 DEFAULT_NOTEBOOK = str(Path(__file__).resolve().parents[1] / "notebooks" / "05_train.ipynb")
 CELL_FILE = "sweep_cell.json"  # in each cell folder: its row, grid values, parameters and status
@@ -157,9 +159,7 @@ def _commit() -> str | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(json.dumps(data, indent=2), path)
 
 
 def run_cell(cell: Cell, sweep_dir: Path, notebook: str, threads: int | None, timeout: int) -> dict:
@@ -179,8 +179,7 @@ def run_cell(cell: Cell, sweep_dir: Path, notebook: str, threads: int | None, ti
     _write_json(folder / CELL_FILE, record)
     env = dict(os.environ)
     if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-        env["MKL_NUM_THREADS"] = str(threads)
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     command = [sys.executable, "-m", "papermill", "-k", "python3", "--log-output", "--execution-timeout",
                str(timeout), "-f", str(params_file), notebook, str(folder / "train.ipynb")]
     started = time.time()

@@ -38,13 +38,7 @@ from scipy.ndimage import gaussian_filter
 
 from selab.classes import NUM_CLASSES
 
-__all__ = [
-    "GENERATOR_VERSION",
-    "SyntheticSample",
-    "render_sample",
-    "SyntheticPersonParts",
-    "write_pascal_layout",
-]
+__all__ = ["GENERATOR_VERSION", "SyntheticSample", "render_sample", "SyntheticPersonParts", "write_pascal_layout"]
 
 # Bump when the drawing changes, so that caches keyed by the dataset name go stale.
 GENERATOR_VERSION = 1
@@ -106,14 +100,9 @@ class _Appearance:
             color2 = _PALETTE[rng.integers(len(_PALETTE))]
         kind = rng.choice(["flat", "stripes", "checks", "mottled"], p=[0.3, 0.3, 0.15, 0.25])
         period = scale * rng.uniform(0.04, 0.12)  # relative to the figure (or image) size
-        return _Appearance(
-            kind=str(kind),
-            color=color.astype(np.float32),
-            color2=np.asarray(color2, dtype=np.float32),
-            freq=float(2 * np.pi / max(period, 2.0)),
-            angle=float(rng.uniform(0, np.pi)),
-            phase=rng.uniform(0, 2 * np.pi, 3).astype(np.float32),
-        )
+        return _Appearance(str(kind), color.astype(np.float32), np.asarray(color2, dtype=np.float32),
+                           freq=float(2 * np.pi / max(period, 2.0)), angle=float(rng.uniform(0, np.pi)),
+                           phase=rng.uniform(0, 2 * np.pi, 3).astype(np.float32))
 
     def render(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Colours at pixel coordinates ``y, x`` (same shape S) -> float32 (*S, 3)."""
@@ -366,10 +355,7 @@ def _photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, (int, np.integer)):
-        size = (int(image_size), int(image_size))
-    else:
-        size = tuple(int(s) for s in image_size)
+    size = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(int(s) for s in image_size)
     if len(size) != 2 or min(size) < 8:
         raise ValueError(f"image_size: expected an int or (height, width), each >= 8; got {image_size!r}")
     return size  # type: ignore[return-value]
@@ -442,23 +428,14 @@ class SyntheticPersonParts(torch.utils.data.Dataset):
 
     num_classes = NUM_CLASSES
 
-    def __init__(
-        self,
-        num_images: int,
-        image_size: int | Sequence[int] = 128,
-        seed: int = 0,
-        start: int = 0,
-        transform: Callable[[dict], dict] | None = None,
-    ):
+    def __init__(self, num_images: int, image_size: int | Sequence[int] = 128, seed: int = 0, start: int = 0,
+                 transform: Callable[[dict], dict] | None = None):
         if not isinstance(num_images, (int, np.integer)) or num_images < 0:
             raise ValueError(f"num_images: expected an int >= 0, got {num_images!r}")
         if start < 0 or seed < 0:
             raise ValueError(f"seed and start must be >= 0; got seed={seed}, start={start}")
-        self.num_images = int(num_images)
-        self.image_size = _image_size(image_size)
-        self.seed = int(seed)
-        self.start = int(start)
-        self.transform = transform
+        self.num_images, self.image_size, self.transform = int(num_images), _image_size(image_size), transform
+        self.seed, self.start = int(seed), int(start)
         # Used as the cache key prefix for superpixels: changes whenever the pixels could.
         self.name = f"synthetic-v{GENERATOR_VERSION}-s{self.seed}"
         self.ids = [f"{self.start + i:07d}" for i in range(self.num_images)]
@@ -471,20 +448,13 @@ class SyntheticPersonParts(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {self.num_images} images")
         i = i % self.num_images
         s = render_sample(self.seed, self.start + i, self.image_size)
-        sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(s.image.transpose(2, 0, 1))),
-            "mask": torch.from_numpy(s.mask),
-            "id": self.ids[i],
-        }
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(s.image.transpose(2, 0, 1))),
+                  "mask": torch.from_numpy(s.mask), "id": self.ids[i]}
         return self.transform(sample) if self.transform is not None else sample
 
 
-def write_pascal_layout(
-    dataset: torch.utils.data.Dataset,
-    root: str | os.PathLike,
-    val_fraction: float = 0.1,
-    quality: int = 95,
-) -> Path:
+def write_pascal_layout(dataset: torch.utils.data.Dataset, root: str | os.PathLike, val_fraction: float = 0.1,
+                        quality: int = 95) -> Path:
     """Write a dataset's samples to disk in the PASCAL-Person-Part layout.
 
     Writes ``JPEGImages/<id>.jpg``, ``SegmentationPart/<id>.png`` (8-bit, one class id per pixel),
@@ -522,10 +492,7 @@ def write_pascal_layout(
     ids = []
     for i in range(len(dataset)):
         sample = dataset[i]
-        image = sample["image"]
-        image = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        mask = sample["mask"]
-        mask = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        image, mask = (torch.as_tensor(sample[key]).cpu().numpy() for key in ("image", "mask"))
         rgb = (np.clip(image.transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8)
         sample_id = str(sample["id"])
         Image.fromarray(rgb).save(root / "JPEGImages" / f"{sample_id}.jpg", quality=quality)

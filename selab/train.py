@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import inspect
+import io
 import json
 import math
 import os
@@ -69,6 +70,11 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("poly", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 AUGMENTATIONS = ("flip", "paper")
+#: The allowed values of TrainConfig's named options (``selab train``'s choices, beside ModelConfig's).
+CHOICES = {"dataset": DATASETS, "optimizer": OPTIMIZERS, "schedule": LR_SCHEDULES, "precision": PRECISIONS,
+           "augmentation": AUGMENTATIONS}
+# What validation adds to an epoch's record (as ``val_<key>``); metrics.json's ``final`` is the last one's.
+VALIDATION_KEYS = ("mean_iou", "pixel_accuracy", "per_class_iou", "hierarchy")
 
 
 @dataclass
@@ -210,40 +216,27 @@ class TrainConfig:
         def bad(name, expected):
             raise ValueError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
-        if self.dataset not in DATASETS:
-            bad("dataset", f"one of {DATASETS}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                bad(name, f"one of {allowed}")
         if self.dataset != "synthetic" and not self.data_root:
             bad("data_root", f"a folder for dataset {self.dataset!r}")
         if self.data_root and not Path(self.data_root).is_dir():
             bad("data_root", "an existing folder")
-        for name in ("limit", "val_limit", "n_segments"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                bad(name, "None or a positive int")
-        for name in ("image_size", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                bad(name, "a positive int")
-        if not isinstance(self.val_every, int) or self.val_every < 1:
-            bad("val_every", "a positive int")
+        for names, low, expected in ((("limit", "val_limit", "n_segments"), 1, "None or a positive int"),
+                                     (("image_size", "batch_size", "val_every"), 1, "a positive int"),
+                                     (("epochs",), 1, "an int >= 1 (a run of 0 epochs would write nothing)"),
+                                     (("two_step_epochs", "num_workers", "num_figures", "seed"), 0, "an int >= 0")):
+            for name in names:
+                value = getattr(self, name)
+                if not (value is None and expected.startswith("None")) and (not isinstance(value, int) or value < low):
+                    bad(name, expected)
         if self.image_size < 16:
             bad("image_size", "at least 16 pixels")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            bad("epochs", "an int >= 1 (a run of 0 epochs would write nothing)")
-        for name in ("two_step_epochs", "num_workers", "num_figures", "seed"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                bad(name, "an int >= 0")
         for name in ("lr", "backbone_lr_scale", "weight_decay", "momentum"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 bad(name, "a finite number >= 0")
-        if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", f"one of {OPTIMIZERS}")
-        if self.schedule not in LR_SCHEDULES:
-            bad("schedule", f"one of {LR_SCHEDULES}")
-        if self.precision not in PRECISIONS:
-            bad("precision", f"one of {PRECISIONS}")
-        if self.augmentation not in AUGMENTATIONS:
-            bad("augmentation", f"one of {AUGMENTATIONS}")
         if self.augment and self.augmentation == "paper" and self.use_feature_cache:
             bad("augmentation", "'flip' with cached features (a cached feature map cannot follow a crop or a "
                 "rotation): for 'paper' train the backbone (freeze_backbone=False) or set cache_features=False")
@@ -755,19 +748,13 @@ def write_metrics(run_dir: Path, history: list, final: dict | None) -> None:
     if not history:
         return
     columns = ["epoch", "train_loss", "val_mean_iou", "val_pixel_accuracy", "lr", "seconds"]
-    columns += [f"val_iou_{name}" for name in CLASS_NAMES]
-    rows = []
-    for record in history:
-        row = {k: record.get(k) for k in columns[:6]}
-        for name in CLASS_NAMES:
-            row[f"val_iou_{name}"] = record.get("val_per_class_iou", {}).get(name)
-        rows.append(row)
-    tmp = run_dir / ".metrics.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, run_dir / "metrics.csv")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns + [f"val_iou_{name}" for name in CLASS_NAMES])
+    writer.writeheader()
+    writer.writerows({**{k: record.get(k) for k in columns},
+                      **{f"val_iou_{n}": record.get("val_per_class_iou", {}).get(n) for n in CLASS_NAMES}}
+                     for record in history)
+    atomic_write_text(text.getvalue(), run_dir / "metrics.csv")
 
 
 def plot_curves(run_dir: Path, history: list) -> Path | None:
@@ -1286,10 +1273,7 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                     raise
                 if per_image is not None and distributed.is_main():
                     save_per_image(run_dir / PER_IMAGE_FILE, per_image)
-                record.update({"val_mean_iou": scores["mean_iou"], "val_pixel_accuracy": scores["pixel_accuracy"],
-                               "val_per_class_iou": scores["per_class_iou"]})
-                if "hierarchy" in scores:
-                    record["val_hierarchy"] = scores["hierarchy"]
+                record.update({f"val_{key}": scores[key] for key in VALIDATION_KEYS if key in scores})
             record["seconds"] = time.time() - started
             history.append(record)
             score = record.get("val_mean_iou")
@@ -1316,12 +1300,9 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
             if distributed.is_main():
                 tqdm.write(line) if config.progress else print(line, flush=True)
 
-    final = None
-    if history and "val_mean_iou" in history[-1]:
-        final = {"mean_iou": history[-1]["val_mean_iou"], "per_class_iou": history[-1]["val_per_class_iou"],
-                 "pixel_accuracy": history[-1]["val_pixel_accuracy"]}
-        if "val_hierarchy" in history[-1]:
-            final["hierarchy"] = history[-1]["val_hierarchy"]
+    last = history[-1] if history and "val_mean_iou" in history[-1] else None
+    final_keys = ("mean_iou", "per_class_iou", "pixel_accuracy", "hierarchy")  # evaluate()'s order
+    final = None if last is None else {key: last[f"val_{key}"] for key in final_keys if f"val_{key}" in last}
     if distributed.is_main():
         write_metrics(run_dir, history, final)
     paths = {"run_dir": str(run_dir), "config": str(run_dir / "config.json"), "last": str(last_path),

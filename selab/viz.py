@@ -22,38 +22,21 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import skimage.data
 from matplotlib.axes import Axes
-from matplotlib.collections import LineCollection
-from matplotlib.patches import Patch
+from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.colors import hsv_to_rgb, to_rgb
+from matplotlib.patches import Patch, Rectangle
+from scipy.ndimage import maximum_filter
+from skimage.transform import resize
 
 from selab.classes import CLASS_COLORS, CLASS_NAMES, colorize
 
-__all__ = [
-    "to_numpy",
-    "to_image",
-    "new_axes",
-    "show_image",
-    "draw_boundaries",
-    "boundary_mask",
-    "draw_graph",
-    "draw_region_graph",
-    "border_pixels",
-    "draw_border_values",
-    "paint_nodes",
-    "partition_colors",
-    "draw_partition",
-    "draw_segmentation",
-    "draw_no_data",
-    "class_legend",
-    "class_handles",
-    "figure_class_legend",
-    "draw_edge_histogram",
-    "draw_mh_trace",
-    "hierarchy_layout",
-    "hierarchy_blocks",
-    "draw_hierarchy",
-    "demo_image",
-]
+__all__ = ["to_numpy", "to_image", "new_axes", "show_image", "draw_boundaries", "boundary_mask", "draw_graph",
+           "draw_region_graph", "border_pixels", "draw_border_values", "paint_nodes", "partition_colors",
+           "draw_partition", "draw_segmentation", "draw_no_data", "class_legend", "class_handles",
+           "figure_class_legend", "draw_edge_histogram", "draw_mh_trace", "hierarchy_layout", "hierarchy_blocks",
+           "draw_hierarchy", "demo_image"]
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -104,6 +87,29 @@ def new_axes(ax: Axes | None = None, figsize: tuple[float, float] = (5, 5)) -> A
     return ax
 
 
+def _finish(ax: Axes, title: str | None, axis_off: bool = True) -> Axes:
+    """A panel's last touches: no ticks on a picture (``axis_off``), and its title."""
+    if axis_off:
+        ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def _colorbar(ax: Axes, mappable: Any, label: str | None) -> None:
+    """A colour bar beside ``ax`` when a ``label`` is given (the ``colorbar`` argument of the draw functions)."""
+    if label:
+        ax.figure.colorbar(mappable, ax=ax, fraction=0.046, pad=0.04, label=label)
+
+
+def _edge_values(edge_values: Any, edge_index: np.ndarray) -> np.ndarray:
+    """``edge_values`` as float [E], one per edge of ``edge_index`` [2,E], or a ValueError."""
+    values = to_numpy(edge_values).astype(np.float64).reshape(-1)
+    if values.shape[0] != edge_index.shape[1]:
+        raise ValueError(f"edge_values: expected {edge_index.shape[1]} values (one per edge), got {values.shape[0]}")
+    return values
+
+
 def show_image(image: Any, ax: Axes | None = None, title: str | None = None) -> Axes:
     """Draw an image without ticks.
 
@@ -113,20 +119,12 @@ def show_image(image: Any, ax: Axes | None = None, title: str | None = None) -> 
     """
     ax = new_axes(ax)
     ax.imshow(to_image(image), interpolation="nearest")
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, title)
 
 
-def draw_boundaries(
-    image: Any,
-    labels: Any,
-    ax: Axes | None = None,
-    color: tuple[float, float, float] = (1.0, 1.0, 0.0),
-    title: str | None = None,
-    alpha: float = 0.8,
-) -> Axes:
+def draw_boundaries(image: Any, labels: Any, ax: Axes | None = None,
+                    color: tuple[float, float, float] = (1.0, 1.0, 0.0), title: str | None = None,
+                    alpha: float = 0.8) -> Axes:
     """Draw ``image`` with the borders between the regions of ``labels [H,W]`` marked.
 
     Examples
@@ -163,22 +161,11 @@ def _edge_segments(edge_index: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return np.stack([xy[edge_index[0]], xy[edge_index[1]]], axis=1)
 
 
-def draw_graph(
-    edge_index: Any,
-    pos: Any,
-    ax: Axes | None = None,
-    edge_values: Any | None = None,
-    node_values: Any | None = None,
-    edge_cmap: str = "viridis",
-    node_cmap: str = "viridis",
-    vmin: float | None = 0.0,
-    vmax: float | None = 1.0,
-    edge_color: str = "white",
-    node_color: str = "red",
-    node_size: float = 8.0,
-    linewidth: float = 1.2,
-    colorbar: str | None = None,
-) -> Axes:
+def draw_graph(edge_index: Any, pos: Any, ax: Axes | None = None, edge_values: Any | None = None,
+               node_values: Any | None = None, edge_cmap: str = "viridis", node_cmap: str = "viridis",
+               vmin: float | None = 0.0, vmax: float | None = 1.0, edge_color: str = "white",
+               node_color: str = "red", node_size: float = 8.0, linewidth: float = 1.2,
+               colorbar: str | None = None) -> Axes:
     """Draw a graph at its node positions: edges as one line collection, nodes as dots.
 
     Parameters
@@ -206,24 +193,17 @@ def draw_graph(
         raise ValueError(f"edge_index: node id {edge_index.max()} but pos has only {len(pos)} nodes")
     lines = LineCollection(_edge_segments(edge_index, pos), linewidths=linewidth)
     if edge_values is not None:
-        values = to_numpy(edge_values).astype(np.float64).reshape(-1)
-        if values.shape[0] != edge_index.shape[1]:
-            raise ValueError(
-                f"edge_values: expected {edge_index.shape[1]} values (one per edge), got {values.shape[0]}"
-            )
-        lines.set_array(values)
+        lines.set_array(_edge_values(edge_values, edge_index))
         lines.set_cmap(edge_cmap)
         lines.set_clim(vmin, vmax)
+        _colorbar(ax, lines, colorbar)
     else:
         lines.set_color(edge_color)
     ax.add_collection(lines)
-    if edge_values is not None and colorbar:
-        ax.figure.colorbar(lines, ax=ax, fraction=0.046, pad=0.04, label=colorbar)
     if node_size > 0:
-        if node_values is not None:
-            ax.scatter(pos[:, 1], pos[:, 0], c=to_numpy(node_values), cmap=node_cmap, s=node_size, zorder=3)
-        else:
-            ax.scatter(pos[:, 1], pos[:, 0], c=node_color, s=node_size, zorder=3)
+        colors = node_color if node_values is None else to_numpy(node_values)
+        ax.scatter(pos[:, 1], pos[:, 0], c=colors, cmap=None if node_values is None else node_cmap, s=node_size,
+                   zorder=3)
     if not ax.images:
         ax.set_xlim(pos[:, 1].min() - 1, pos[:, 1].max() + 1)
         ax.set_ylim(pos[:, 0].max() + 1, pos[:, 0].min() - 1)
@@ -231,16 +211,8 @@ def draw_graph(
     return ax
 
 
-def draw_region_graph(
-    image: Any,
-    labels: Any,
-    edge_index: Any,
-    pos: Any,
-    ax: Axes | None = None,
-    edge_values: Any | None = None,
-    title: str | None = None,
-    **graph_kwargs: Any,
-) -> Axes:
+def draw_region_graph(image: Any, labels: Any, edge_index: Any, pos: Any, ax: Axes | None = None,
+                      edge_values: Any | None = None, title: str | None = None, **graph_kwargs: Any) -> Axes:
     """Draw the superpixel borders of ``labels`` over ``image`` and the region graph on top.
 
     Examples
@@ -289,19 +261,9 @@ def border_pixels(assignment: Any, edge_index: Any) -> tuple[np.ndarray, np.ndar
     return np.concatenate([pixels[0, known], pixels[1, known]]), np.concatenate([edge, edge])
 
 
-def draw_border_values(
-    assignment: Any,
-    edge_index: Any,
-    edge_values: Any,
-    ax: Axes | None = None,
-    image: Any | None = None,
-    cmap: str = "viridis",
-    vmin: float = 0.0,
-    vmax: float = 1.0,
-    width: int = 3,
-    colorbar: str | None = None,
-    title: str | None = None,
-) -> Axes:
+def draw_border_values(assignment: Any, edge_index: Any, edge_values: Any, ax: Axes | None = None,
+                       image: Any | None = None, cmap: str = "viridis", vmin: float = 0.0, vmax: float = 1.0,
+                       width: int = 3, colorbar: str | None = None, title: str | None = None) -> Axes:
     """Colour the border between every two adjacent nodes by their edge's value (a merge probability).
 
     Lines from centroid to centroid (:func:`draw_graph`) turn into a star of overlapping lines around
@@ -315,14 +277,10 @@ def draw_border_values(
     >>> float(np.nanmax(ax.images[-1].get_array()))
     0.9
     """
-    from scipy.ndimage import maximum_filter
-
     ax = new_axes(ax)
     assignment = to_numpy(assignment).astype(np.int64)
     edge_index = to_numpy(edge_index).astype(np.int64).reshape(2, -1)
-    values = to_numpy(edge_values).astype(np.float64).reshape(-1)
-    if values.shape[0] != edge_index.shape[1]:
-        raise ValueError(f"edge_values: expected {edge_index.shape[1]} values (one per edge), got {values.shape[0]}")
+    values = _edge_values(edge_values, edge_index)
     pixel, edge = border_pixels(assignment, edge_index)
     painted = np.full(assignment.size, -np.inf)
     np.maximum.at(painted, pixel, values[edge])
@@ -332,27 +290,13 @@ def draw_border_values(
     shown = np.ma.masked_invalid(np.where(np.isfinite(painted), painted, np.nan))
     if image is not None:  # the photo, lighter, so that the coloured borders stand out
         ax.imshow(0.45 * to_image(image) + 0.55, interpolation="nearest")
-    mapped = ax.imshow(shown, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    if colorbar:
-        ax.figure.colorbar(mapped, ax=ax, fraction=0.046, pad=0.04, label=colorbar)
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title)
-    return ax
+    _colorbar(ax, ax.imshow(shown, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest"), colorbar)
+    return _finish(ax, title)
 
 
-def paint_nodes(
-    labels: Any,
-    node_values: Any,
-    ax: Axes | None = None,
-    image: Any | None = None,
-    cmap: str = "viridis",
-    alpha: float = 0.75,
-    title: str | None = None,
-    colorbar: str | None = None,
-    vmin: float | None = None,
-    vmax: float | None = None,
-) -> Axes:
+def paint_nodes(labels: Any, node_values: Any, ax: Axes | None = None, image: Any | None = None,
+                cmap: str = "viridis", alpha: float = 0.75, title: str | None = None, colorbar: str | None = None,
+                vmin: float | None = None, vmax: float | None = None) -> Axes:
     """Paint every region of ``labels [H,W]`` with its node's value (a rank, a level, a gate).
 
     Examples
@@ -368,12 +312,8 @@ def paint_nodes(
         ax.imshow(to_image(image), interpolation="nearest")
     painted = ax.imshow(values[labels], cmap=cmap, alpha=alpha if image is not None else 1.0,
                         interpolation="nearest", vmin=vmin, vmax=vmax)
-    if colorbar:
-        ax.figure.colorbar(painted, ax=ax, fraction=0.046, pad=0.04, label=colorbar)
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title)
-    return ax
+    _colorbar(ax, painted, colorbar)
+    return _finish(ax, title)
 
 
 def partition_colors(num_parts: int, seed: int = 0) -> np.ndarray:
@@ -385,25 +325,12 @@ def partition_colors(num_parts: int, seed: int = 0) -> np.ndarray:
     (3, 3)
     """
     rng = np.random.default_rng(seed)
-    hsv = np.stack(
-        [rng.permutation(num_parts) / max(num_parts, 1), rng.uniform(0.5, 1.0, num_parts),
-         rng.uniform(0.7, 1.0, num_parts)],
-        axis=1,
-    )
-    from matplotlib.colors import hsv_to_rgb
-
-    return hsv_to_rgb(hsv)
+    return hsv_to_rgb(np.stack([rng.permutation(num_parts) / max(num_parts, 1), rng.uniform(0.5, 1.0, num_parts),
+                                rng.uniform(0.7, 1.0, num_parts)], axis=1))
 
 
-def draw_partition(
-    assignment: Any,
-    ax: Axes | None = None,
-    image: Any | None = None,
-    alpha: float = 0.55,
-    title: str | None = None,
-    seed: int = 0,
-    node_classes: Any | None = None,
-) -> Axes:
+def draw_partition(assignment: Any, ax: Axes | None = None, image: Any | None = None, alpha: float = 0.55,
+                   title: str | None = None, seed: int = 0, node_classes: Any | None = None) -> Axes:
     """Paint each part of a partition (``assignment [H,W]``: pixel -> node of a level) in its own colour.
 
     Part borders are drawn in white, so the shape of each merged region reads even where two colours
@@ -429,10 +356,7 @@ def draw_partition(
         colors = (1 - alpha) * to_image(image) + alpha * colors
     colors[boundary_mask(assignment)] = 1.0
     ax.imshow(colors, interpolation="nearest")
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, title)
 
 
 def draw_no_data(ax: Axes, text: str, image: Any | None = None, title: str | None = None) -> Axes:
@@ -452,9 +376,7 @@ def draw_no_data(ax: Axes, text: str, image: Any | None = None, title: str | Non
     ax.set_xticks([])
     ax.set_yticks([])
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.25", wrap=True)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, title, axis_off=False)
 
 
 def class_handles(classes: Sequence[int] | None = None) -> list[Patch]:
@@ -503,14 +425,8 @@ def figure_class_legend(figure: Any, classes: Sequence[int] | None = None, title
     return figure.legend(handles=handles, title=title, title_fontsize="small", **legend_kwargs)
 
 
-def draw_segmentation(
-    mask: Any,
-    ax: Axes | None = None,
-    image: Any | None = None,
-    alpha: float = 0.6,
-    title: str | None = None,
-    legend: bool = False,
-) -> Axes:
+def draw_segmentation(mask: Any, ax: Axes | None = None, image: Any | None = None, alpha: float = 0.6,
+                      title: str | None = None, legend: bool = False) -> Axes:
     """Draw a class map ``mask [H,W]`` in :data:`selab.classes.CLASS_COLORS`, over ``image`` if given.
 
     Examples
@@ -522,22 +438,14 @@ def draw_segmentation(
     if image is not None:
         colors = (1 - alpha) * to_image(image) + alpha * colors
     ax.imshow(colors, interpolation="nearest")
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title)
     if legend:
         class_legend(ax)
-    return ax
+    return _finish(ax, title)
 
 
-def draw_edge_histogram(
-    values: Any,
-    ax: Axes | None = None,
-    target: Any | None = None,
-    bins: int = 20,
-    title: str | None = None,
-    target_labels: tuple[str, str] = ("same label", "different labels"),
-) -> Axes:
+def draw_edge_histogram(values: Any, ax: Axes | None = None, target: Any | None = None, bins: int = 20,
+                        title: str | None = None,
+                        target_labels: tuple[str, str] = ("same label", "different labels")) -> Axes:
     """Histogram of per-edge values in [0, 1]; split by a 0/1 ``target`` (same-label edges) if given.
 
     ``target_labels`` names the two groups (target 1, target 0) in the legend.
@@ -556,20 +464,12 @@ def draw_edge_histogram(
         ax.hist([values[same], values[~same]], bins=edges, stacked=True,
                 color=["tab:green", "tab:red"], label=list(target_labels))
         ax.legend(fontsize="small")
-    ax.set_xlabel("merge probability")
-    ax.set_ylabel("edges")
-    if title:
-        ax.set_title(title)
-    return ax
+    ax.set(xlabel="merge probability", ylabel="edges")
+    return _finish(ax, title, axis_off=False)
 
 
-def draw_mh_trace(
-    energy: Any,
-    accepted: Any,
-    ax: Axes | None = None,
-    current_energy: Any | None = None,
-    title: str | None = None,
-) -> Axes:
+def draw_mh_trace(energy: Any, accepted: Any, ax: Axes | None = None, current_energy: Any | None = None,
+                  title: str | None = None) -> Axes:
     """Plot a Metropolis-Hastings chain: each proposal's energy, marked accepted (o) or rejected (x).
 
     Parameters
@@ -594,12 +494,9 @@ def draw_mh_trace(
     ax.scatter(steps[~accepted], energy[~accepted], marker="x", color="tab:red", label="rejected", zorder=3)
     if current_energy is not None:
         ax.step(steps, to_numpy(current_energy).reshape(-1), where="post", color="k", lw=1, label="chain state")
-    ax.set_xlabel("MH step")
-    ax.set_ylabel("energy of proposal")
+    ax.set(xlabel="MH step", ylabel="energy of proposal")
     ax.legend(fontsize="small")
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, title, axis_off=False)
 
 
 def hierarchy_layout(clusters: Sequence[Any], pos: Any) -> list[np.ndarray]:
@@ -678,17 +575,10 @@ def hierarchy_blocks(clusters: Sequence[Any], pos: Any, sizes: Any | None = None
     return blocks
 
 
-def draw_hierarchy(
-    clusters: Sequence[Any],
-    pos: Any,
-    ax: Axes | None = None,
-    node_colors: Sequence[Any] | None = None,
-    title: str | None = None,
-    sizes: Any | None = None,
-    highlight: int | None = None,
-    label_min_width: float = 0.05,
-    groups: Sequence[Any] | None = None,
-) -> Axes:
+def draw_hierarchy(clusters: Sequence[Any], pos: Any, ax: Axes | None = None,
+                   node_colors: Sequence[Any] | None = None, title: str | None = None, sizes: Any | None = None,
+                   highlight: int | None = None, label_min_width: float = 0.05,
+                   groups: Sequence[Any] | None = None) -> Axes:
     """Draw the hierarchy of levels as an icicle: one row per level (level 0 at the bottom), one block
     per node, as wide as its share of the image and exactly above the nodes it merged.
 
@@ -717,10 +607,6 @@ def draw_hierarchy(
     >>> len(ax.collections)  # one row of blocks per level
     3
     """
-    from matplotlib.collections import PolyCollection
-    from matplotlib.colors import to_rgb
-    from matplotlib.patches import Rectangle
-
     ax = new_axes(ax, figsize=(7, 3))
     blocks = hierarchy_blocks(clusters, pos, sizes, groups)
     leaf_sizes = np.ones(len(blocks[0][0])) if sizes is None else to_numpy(sizes).astype(np.float64).reshape(-1)
@@ -753,9 +639,7 @@ def draw_hierarchy(
     ax.set_yticks(range(len(blocks)), [f"level {level}\n{len(left)} nodes" for level, (left, _) in enumerate(blocks)])
     ax.set_xlabel("share of the image; numbers: superpixels")
     ax.tick_params(axis="x", labelsize="small")
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, title, axis_off=False)
 
 
 def demo_image(name: str = "astronaut", size: int | None = 256) -> np.ndarray:
@@ -768,9 +652,6 @@ def demo_image(name: str = "astronaut", size: int | None = 256) -> np.ndarray:
     >>> demo_image("chelsea", 64).shape
     (43, 64, 3)
     """
-    import skimage.data
-    from skimage.transform import resize
-
     loader = getattr(skimage.data, name, None)
     if loader is None or not callable(loader):
         raise ValueError(f"name: expected a scikit-image sample photo such as 'astronaut', got {name!r}")

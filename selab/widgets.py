@@ -30,16 +30,27 @@ from __future__ import annotations
 
 import html
 import io
+import os
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
+import skimage.data
 import torch
+import torch.nn.functional as F
+from IPython.display import display
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from selab import orders, viz
 from selab.classes import CLASS_COLORS
-from selab.superpixels import unpool_to_pixels
+from selab.data import decode_image, read_image, read_mask, resize_image
+from selab.evolve import connected_components, metropolis_hastings, node_label_histogram
+from selab.graph import graph_from_superpixels
+from selab.graph_lstm import GraphLSTM
+from selab.superpixels import adjacency, pool_to_nodes, slic, unpool_to_pixels
 
 __all__ = ["ORDERS", "PEOPLE_PHOTOS", "update_order", "FigureApp", "SuperpixelExplorer", "UpdateOrderExplorer",
            "mh_table", "MHChainExplorer", "merge_colour_floor", "photo_sample", "photo_samples", "as_batch",
@@ -52,14 +63,8 @@ PEOPLE_PHOTOS = ("astronaut", "camera")
 ORDERS = ("confidence", "bfs", "dfs", "random")
 
 
-def update_order(
-    name: str,
-    edge_index: Any,
-    pos: Any,
-    confidence: Any | None = None,
-    batch: Any | None = None,
-    seed: int = 0,
-) -> "torch.Tensor":
+def update_order(name: str, edge_index: Any, pos: Any, confidence: Any | None = None, batch: Any | None = None,
+                 seed: int = 0) -> torch.Tensor:
     """Rank ``[N]`` of every node in the update order called ``name`` (one of :data:`ORDERS`).
 
     The model's own orders (:func:`selab.orders.update_rank`) on array-like inputs: ``confidence`` is
@@ -156,9 +161,13 @@ class FigureApp:
             self.error = None
             self.readout.value = self.readout_html()
         except Exception as error:
-            self.error = f"{type(error).__name__}: {error}"
-            self.readout.value = f"<b style='color:#b00'>error: {html.escape(self.error)}</b>"
+            self.show_error(error)
             raise
+
+    def show_error(self, error: Exception) -> None:
+        """Say in the readout what failed (a failing callback's exception is otherwise lost in a notebook)."""
+        self.error = f"{type(error).__name__}: {error}"
+        self.readout.value = f"<b style='color:#b00'>error: {html.escape(self.error)}</b>"
 
     def _on_change(self, change: dict[str, Any]) -> None:
         self.update()
@@ -171,8 +180,6 @@ class FigureApp:
 
     def display(self) -> None:
         """Show the app in a notebook."""
-        from IPython.display import display
-
         display(self.widget)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -195,31 +202,18 @@ class SuperpixelExplorer(FigureApp):
     True
     """
 
-    def __init__(
-        self,
-        image: Any,
-        n_segments: int = 300,
-        compactness: float = 10.0,
-        max_segments: int = 2000,
-    ) -> None:
+    def __init__(self, image: Any, n_segments: int = 300, compactness: float = 10.0,
+                 max_segments: int = 2000) -> None:
         self.source = viz.to_image(image)
         self.controls = {
-            "n_segments": widgets.IntSlider(
-                value=n_segments, min=25, max=max_segments, step=25, description="superpixels",
-                continuous_update=False,
-            ),
-            "compactness": widgets.FloatLogSlider(
-                value=compactness, base=10, min=-1, max=2, step=0.1, description="compactness",
-                continuous_update=False,
-            ),
+            "n_segments": widgets.IntSlider(value=n_segments, min=25, max=max_segments, step=25,
+                                            description="superpixels", continuous_update=False),
+            "compactness": widgets.FloatLogSlider(value=compactness, base=10, min=-1, max=2, step=0.1,
+                                                  description="compactness", continuous_update=False),
         }
         super().__init__(figsize=(9.0, 4.5))
 
     def compute(self) -> dict[str, Any]:
-        import torch
-
-        from selab.superpixels import adjacency, pool_to_nodes, slic
-
         n_segments = int(self.controls["n_segments"].value)
         compactness = float(self.controls["compactness"].value)
         labels = slic(self.source, n_segments=n_segments, compactness=compactness)
@@ -279,23 +273,8 @@ class UpdateOrderExplorer(FigureApp):
     True
     """
 
-    def __init__(
-        self,
-        image: Any,
-        labels: Any,
-        confidence: Any | None = None,
-        layer: Any | None = None,
-        x: Any | None = None,
-        order: str = "confidence",
-        node: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        import torch
-
-        from selab.graph import graph_from_superpixels
-        from selab.graph_lstm import GraphLSTM
-        from selab.superpixels import pool_to_nodes
-
+    def __init__(self, image: Any, labels: Any, confidence: Any | None = None, layer: Any | None = None,
+                 x: Any | None = None, order: str = "confidence", node: int | None = None, seed: int = 0) -> None:
         self.source = viz.to_image(image)
         self.labels = viz.to_numpy(labels).astype(np.int64)
         self.graph = graph_from_superpixels(self.labels)
@@ -326,8 +305,6 @@ class UpdateOrderExplorer(FigureApp):
         super().__init__(figsize=(12.0, 3.6))
 
     def compute(self) -> dict[str, Any]:
-        import torch
-
         order = self.controls["order"].value
         node = int(self.controls["node"].value)
         edge_index = self.graph.edge_index
@@ -407,13 +384,9 @@ def mh_table(trace: Any) -> dict[str, np.ndarray]:
     (3,)
     """
     steps = trace.steps
-    table = {
-        "energy": np.array([step.energy for step in steps], dtype=np.float64),
-        "log_q": np.array([step.log_q for step in steps], dtype=np.float64),
-        "alpha": np.array([step.alpha for step in steps], dtype=np.float64),
-        "accepted": np.array([step.accepted for step in steps], dtype=bool),
-        "num_clusters": np.array([step.num_clusters for step in steps], dtype=np.int64),
-    }
+    columns = {"energy": np.float64, "log_q": np.float64, "alpha": np.float64, "accepted": bool,
+               "num_clusters": np.int64}
+    table = {key: np.array([getattr(step, key) for step in steps], dtype=dtype) for key, dtype in columns.items()}
     # the state's energy: the last accepted proposal's (or the initial state's) at every step
     accepted_energy = np.where(table["accepted"], table["energy"], np.nan)
     last = np.maximum.accumulate(np.where(table["accepted"], np.arange(len(steps)), -1))
@@ -452,21 +425,8 @@ class MHChainExplorer(FigureApp):
     9
     """
 
-    def __init__(
-        self,
-        image: Any,
-        labels: Any,
-        merge_prob: Any,
-        energy: Any,
-        num_steps: int = 30,
-        temperature: float = 1.0,
-        merge_budget: float | int | None = None,
-        seed: int = 0,
-    ) -> None:
-        import torch
-
-        from selab.graph import graph_from_superpixels
-
+    def __init__(self, image: Any, labels: Any, merge_prob: Any, energy: Any, num_steps: int = 30,
+                 temperature: float = 1.0, merge_budget: float | int | None = None, seed: int = 0) -> None:
         self.source = viz.to_image(image)
         self.labels = viz.to_numpy(labels).astype(np.int64)
         self.graph = graph_from_superpixels(self.labels)
@@ -487,10 +447,6 @@ class MHChainExplorer(FigureApp):
 
     def chain(self) -> tuple[Any, Any]:
         """``(cluster, trace)`` of the chain at the current temperature (cached per temperature)."""
-        import torch
-
-        from selab.evolve import metropolis_hastings
-
         temperature = float(self.controls["temperature"].value)
         if self._chain is None or self._chain[0] != temperature:
             generator = torch.Generator().manual_seed(self.seed)
@@ -501,8 +457,6 @@ class MHChainExplorer(FigureApp):
         return self._chain[1], self._chain[2]
 
     def compute(self) -> dict[str, Any]:
-        from selab.evolve import connected_components
-
         cluster, trace = self.chain()
         table = mh_table(trace)
         step = int(self.controls["step"].value)
@@ -557,27 +511,10 @@ def photo_sample(source: Any, image_size: int, mask: Any | None = None, name: st
     >>> sample["image"].shape, sample["id"]
     (torch.Size([3, 64, 64]), 'astronaut')
     """
-    import os
-    from pathlib import Path
-
-    import torch
-    import torch.nn.functional as F
-
-    from selab.data import read_image, read_mask, resize_image
-
     if isinstance(source, (bytes, bytearray, memoryview)):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(bytes(source))) as opened:
-                rgb = np.asarray(opened.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise ValueError(f"image: cannot read {name or 'the uploaded file'} as an image: {error}") from None
-        image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float() / 255.0
+        image = decode_image(io.BytesIO(bytes(source)), f"image: cannot read {name or 'the uploaded file'} as an image")
         name = name or "upload"
     elif isinstance(source, (str, os.PathLike)):
-        import skimage.data
-
         text = str(source)
         loader = getattr(skimage.data, text, None)
         if not Path(text).exists() and callable(loader) and "/" not in text:
@@ -638,8 +575,6 @@ def as_batch(sample: dict, n_segments: int | None = None, compactness: float = 1
     >>> batch["image"].shape, batch["superpixels"].shape
     (torch.Size([1, 3, 32, 32]), torch.Size([1, 32, 32]))
     """
-    import torch
-
     if "image" not in sample:
         raise ValueError("sample: expected a dict with 'image' [3,S,S]")
     image = torch.as_tensor(sample["image"], dtype=torch.float32)
@@ -650,8 +585,6 @@ def as_batch(sample: dict, n_segments: int | None = None, compactness: float = 1
         batch["mask"] = torch.as_tensor(sample["mask"], dtype=torch.long)[None]
     superpixels = sample.get("superpixels")
     if superpixels is None:
-        from selab.superpixels import slic
-
         if n_segments is None:
             raise ValueError("n_segments: needed when the sample has no 'superpixels'")
         superpixels = slic(image, n_segments=n_segments, compactness=compactness)
@@ -901,8 +834,7 @@ class EvolutionExplorer(FigureApp):
             for file in files:
                 self.add_photo(bytes(file["content"]), name=str(file.get("name", "upload")).rsplit(".", 1)[0])
         except Exception as error:
-            self.error = f"{type(error).__name__}: {error}"
-            self.readout.value = f"<b style='color:#b00'>error: {html.escape(self.error)}</b>"
+            self.show_error(error)
             raise
         finally:
             self.upload.value = ()  # so that the same file can be sent again
@@ -919,8 +851,7 @@ class EvolutionExplorer(FigureApp):
             self.output = evolution_forward(self.model, self.batch, structure=key[0], energy=key[1], seed=self.seed)
             self.predictions = [p[0].numpy() for p in level_predictions(self.model, self.output)]
             self._output_key = key
-            num_levels = len(self.output.levels)
-            self.controls["layer"].max = max(num_levels - 1, 0)
+            self.controls["layer"].max = max(len(self.output.levels) - 1, 0)
 
     def compute(self) -> dict[str, Any]:
         self._run()
@@ -977,16 +908,11 @@ class EvolutionExplorer(FigureApp):
 
     def node_classes(self) -> list[np.ndarray]:
         """Every level's nodes' majority class in the model's final prediction (one array per level)."""
-        from selab.evolve import node_label_histogram
-
         final = torch.as_tensor(self.predictions[-1])[None]
         return [node_label_histogram(final, lv.assignment, lv.num_nodes).argmax(1).numpy()
                 for lv in self.output.levels]
 
     def draw(self, figure: Figure) -> None:
-        from matplotlib.cm import ScalarMappable
-        from matplotlib.colors import Normalize
-
         state = self.state
         axes = figure.subplots(2, 3, gridspec_kw=dict(left=0.07, right=0.97, top=0.9, bottom=0.14,
                                                       wspace=0.5, hspace=0.3))
