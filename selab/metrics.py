@@ -71,8 +71,8 @@ def iou(cm) -> np.ndarray:
 
     Examples
     --------
-    >>> iou(np.array([[2, 1], [0, 0]])).tolist()
-    [66.66666666666666, nan]
+    >>> iou(np.array([[2, 1, 0], [0, 0, 0], [0, 0, 0]])).tolist()  # class 1 predicted once, class 2 nowhere
+    [66.66666666666666, 0.0, nan]
     """
     cm = np.asarray(cm, dtype=np.float64)
     intersection = np.diagonal(cm, axis1=-2, axis2=-1)
