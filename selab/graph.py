@@ -19,13 +19,15 @@ ground-truth labels; :func:`check_edge_index` is the one check of an ``edge_inde
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, fields, replace
 
 import networkx as nx
 import numpy as np
 import torch
 
-from selab.superpixels import _check_integer, adjacency, check_labels, node_label_histogram, pool_to_nodes
+from selab.superpixels import (PoolingMatrix, _check_integer, adjacency, check_labels, node_label_histogram,
+                               pool_to_nodes, pooling_matrix)
 
 __all__ = [
     "Graph",
@@ -269,10 +271,6 @@ class SuperpixelStructures:
                 f"{self.hits} hits, {self.misses} misses)")
 
     def _entry(self, labels: torch.Tensor, feature_size) -> dict:
-        import hashlib
-
-        from selab.superpixels import pooling_matrix
-
         host = labels.detach().cpu().contiguous()
         key = (tuple(host.shape), str(host.dtype), str(labels.device), feature_size,
                hashlib.sha1(host.numpy().view(np.uint8).data).digest())
@@ -299,8 +297,6 @@ class SuperpixelStructures:
         Equal to ``graph_from_superpixels(superpixels)`` and to the matrix
         :func:`~selab.superpixels.upsample_and_pool` builds for [B,C,h,w] float32 features.
         """
-        from selab.superpixels import PoolingMatrix
-
         lab = _as_long_tensor(superpixels, None, "superpixels")
         if lab.ndim == 2:
             lab = lab.unsqueeze(0)
@@ -308,19 +304,14 @@ class SuperpixelStructures:
             raise ValueError(f"superpixels: expected shape [H,W] or [B,H,W], got {tuple(lab.shape)}")
         feature_size = None if feature_size is None else (int(feature_size[0]), int(feature_size[1]))
         entries = [self._entry(lab[b], feature_size) for b in range(lab.shape[0])]
-        counts = [e["num_nodes"] for e in entries]
-        offsets = np.cumsum([0] + counts).tolist()
         device = lab.device
+        graph = batch_graphs([
+            Graph(edge_index=e["edge_index"], batch=torch.zeros(e["num_nodes"], dtype=torch.long, device=device),
+                  pos=e["pos"], size=e["size"], assignment=lab[b : b + 1],
+                  superpixel_assignment=torch.arange(e["num_nodes"], device=device))
+            for b, e in enumerate(entries)])
+        offsets = np.cumsum([0] + [e["num_nodes"] for e in entries]).tolist()
         num_nodes = offsets[-1]
-        graph = Graph(
-            edge_index=torch.cat([e["edge_index"] + o for e, o in zip(entries, offsets)], dim=1),
-            batch=torch.repeat_interleave(torch.arange(lab.shape[0], device=device),
-                                          torch.tensor(counts, device=device)),
-            pos=torch.cat([e["pos"] for e in entries]),
-            size=torch.cat([e["size"] for e in entries]),
-            assignment=lab + torch.tensor(offsets[:-1], device=device).view(-1, 1, 1),
-            superpixel_assignment=torch.arange(num_nodes, device=device),
-        )
         if feature_size is None:
             return graph, None
         cells = feature_size[0] * feature_size[1]

@@ -947,12 +947,8 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
             hierarchy.append(hierarchy_stats(output.levels, data["mask"], model.config.num_classes))
         for b, full_mask in enumerate(data["full_masks"]):
             size = tuple(full_mask.shape)
-            upsampled = F.interpolate(logits[b : b + 1], size=size, mode="bilinear", align_corners=False)
-            if len(passes) > 1:
-                for other in passes[1:]:
-                    upsampled = upsampled + F.interpolate(other[b : b + 1], size=size, mode="bilinear",
-                                                          align_corners=False)
-                upsampled = upsampled / len(passes)
+            upsampled = sum(F.interpolate(p[b : b + 1], size=size, mode="bilinear", align_corners=False)
+                            for p in passes) / len(passes)
             prediction = upsampled[0].argmax(0)
             image_matrix = confusion_matrix(prediction, full_mask.to(prediction.device), model.config.num_classes,
                                             ignore_index)
