@@ -6,6 +6,8 @@ zero_grad, backward (DDP all-reduces the gradients here), AdamW step. Two ways t
 
 * ``cached``: the frozen ImageNet EfficientNet-Lite0's features computed once (float16, like the
   feature cache), the heads train on them: selab's CPU default;
+* ``partial16`` / ``partial8``: partial fine-tuning (``finetune_after_stride``): the cached maps up to
+  stride 16 (or 8) are read, the backbone's later blocks run forward and backward in every step;
 * ``end_to_end``: ``freeze_backbone=False``, the backbone runs forward and backward in every step (the
   paper's way; the backbone learns with ``backbone_lr_scale``).
 
@@ -45,7 +47,7 @@ from selab.train import TrainConfig, build_optimizer, compute_loss  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 VARIANTS = ("cnn", "graph_lstm", "se_lstm")
-MODES = ("cached", "end_to_end")
+MODES = ("cached", "partial16", "partial8", "end_to_end")
 
 
 def make_batch(size: int, count: int) -> tuple[dict, str]:
@@ -78,8 +80,10 @@ def measure(batch: dict, args, device) -> list[dict]:
         if mode == "end_to_end":
             part.pop("features")
         for variant in args.variants:
+            partial = {"finetune_after_stride": int(mode[len("partial"):])} if mode.startswith("partial") else {}
             config = TrainConfig(variant=variant, backbone="efficientnet_lite0", image_size=args.size,
-                                 batch_size=args.batch, freeze_backbone=(mode == "cached"), device=str(device))
+                                 batch_size=args.batch, freeze_backbone=(mode != "end_to_end"), model=partial,
+                                 device=str(device))
             torch.manual_seed(0)
             model = build_model(config.model_config()).to(device).train()
             optimizer = build_optimizer(model, config)

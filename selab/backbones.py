@@ -125,19 +125,50 @@ class EfficientNetLiteBackbone(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, image: torch.Tensor, until_stride: int | None = None) -> list[torch.Tensor]:
+        """The feature maps, finest first: all of them, or those up to stride ``until_stride`` only."""
         net = self.net
         x = (image - self.mean) / self.std
         x = net._swish(net._bn0(net._conv_stem(x)))
+        last = max(self._cuts) if until_stride is None else self._cut_of(until_stride)
+        return self._blocks(x, 0, last)
+
+    def forward_from(self, maps: list[torch.Tensor], stride: int) -> list[torch.Tensor]:
+        """All feature maps, from the maps up to ``stride`` (``forward(image, until_stride=stride)``): the
+        blocks after that stride's last block run on its map (partial fine-tuning trains exactly these).
+
+        Examples
+        --------
+        >>> net = EfficientNetLiteBackbone(0, pretrained=False).eval()
+        >>> image = torch.rand(1, 3, 64, 64)
+        >>> all(torch.equal(a, b) for a, b in zip(net.forward_from(net(image, until_stride=8), 8), net(image)))
+        True
+        """
+        kept = self.strides.index(stride) + 1
+        if len(maps) < kept:
+            raise ValueError(f"EfficientNetLiteBackbone.forward_from: expected the {kept} maps up to stride {stride}, "
+                             f"got {len(maps)}")
+        maps = list(maps[:kept])
+        return maps + self._blocks(maps[-1], self._cut_of(stride) + 1, max(self._cuts))
+
+    def blocks_after(self, stride: int) -> nn.ModuleList:
+        """The MBConv blocks after ``stride``'s last block that the maps need (what :meth:`forward_from` runs)."""
+        return nn.ModuleList(self.net._blocks[self._cut_of(stride) + 1 : max(self._cuts) + 1])
+
+    def _cut_of(self, stride: int) -> int:
+        cuts = {s: index for index, s in self._cuts.items()}
+        if stride not in cuts:
+            raise ValueError(f"EfficientNetLiteBackbone: stride must be one of {self.strides}, got {stride!r}")
+        return cuts[stride]
+
+    def _blocks(self, x: torch.Tensor, first: int, last: int) -> list[torch.Tensor]:
+        """Blocks ``first..last`` on ``x``; the maps at the cuts among them."""
         outputs = []
-        last = max(self._cuts)
-        for index, block in enumerate(net._blocks):
+        for index in range(first, last + 1):
             # No drop-connect: the features feed a dense head, and a frozen backbone runs in eval mode.
-            x = block(x, drop_connect_rate=None)
+            x = self.net._blocks[index](x, drop_connect_rate=None)
             if index in self._cuts:
                 outputs.append(x)
-            if index >= last:
-                break
         return outputs
 
 

@@ -55,7 +55,7 @@ from selab.train import TTA_MODES, TTA_SCALES
 TRAIN_CHOICES = {"variant": VARIANTS, "backbone": BACKBONES, **CHOICES}
 TRAIN_FLAGS = {"out_dir": ("--out", "--out-dir"), "progress": ("--quiet", "--no-progress")}
 # ModelConfig fields with a flag of their own (TrainConfig.model); any other one via --model-option KEY=JSON.
-MODEL_FLAGS = ("hidden_channels", "num_layers", "order", "merge_loss_weight")
+MODEL_FLAGS = ("hidden_channels", "num_layers", "order", "merge_loss_weight", "finetune_after_stride")
 MODEL_CHOICES = {"order": ORDERS}
 
 

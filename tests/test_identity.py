@@ -3,8 +3,8 @@
 ``tests/identity_recorded.json`` holds, for a few small seeded runs on generated data, every epoch's training loss
 and validation mIoU and, per weight tensor of the final model, its sum and sum of squares. A change that is meant to
 change no result (a refactor, a library call replacing hand-written arithmetic) must reproduce them: losses within
-1e-5 (relative), mIoU within 0.05 points, weight statistics within 1e-4 (relative). The tolerances leave room for
-float rounding across CPUs, not for a changed computation.
+1e-5 (relative), mIoU within 0.05 points, weight sums within 1e-3 of their scale and sums of squares within 2e-3
+(relative). The tolerances leave room for float rounding across CPUs, not for a changed computation.
 
 Re-record only when a result is meant to change, and say so in the commit:
 ``PYTHONPATH=. python tests/test_identity.py --record``.
@@ -57,7 +57,10 @@ def test_same_seed_run_reproduces_the_recorded_numbers(tmp_path, name):
         # sums of tensors centred near zero: compare against their scale, not their (tiny) value
         scale = math.sqrt(squares) + 1e-12
         assert abs(got["weights"][key][0] - total) <= 1e-4 * scale * 10, key
-        assert got["weights"][key][1] == pytest.approx(squares, rel=1e-4), key
+        # AdamW normalises its steps, so where a bias's gradient is near zero float rounding becomes a step of
+        # lr size: on another CPU (an AMD EPYC, stop 23) a batch-norm bias's sum of squares differed by 4.4e-4
+        # (relative) while every loss agreed within 1e-6.
+        assert got["weights"][key][1] == pytest.approx(squares, rel=2e-3), key
 
 
 if __name__ == "__main__":
