@@ -1,5 +1,6 @@
 """The ``selab`` command: ``train`` and ``evaluate`` (:mod:`selab.train`), ``predict`` (:mod:`selab.predict`),
-``export-model`` (:mod:`selab.pretrained`), ``check-data`` (:mod:`selab.data`) and ``sweep`` (:mod:`selab.sweep`).
+``export-model`` (:mod:`selab.pretrained`), ``check-data`` (:mod:`selab.data`), ``sweep`` (:mod:`selab.sweep`) and
+``compare`` (:mod:`selab.compare`: the ladder and paired intervals of finished runs, as Markdown).
 
 ``selab train`` has one flag per :class:`~selab.train.TrainConfig` field, derived from the dataclass
 (type, default) and its docstring (help), so the command line cannot drift from the config.
@@ -16,6 +17,7 @@ Examples
     selab train --variant graph_lstm --dataset synthetic --epochs 5 --image-size 96 --out runs/quick
     selab evaluate runs/quick --dataset synthetic --split val --out runs/quick/eval.json
     selab check-data "$SELAB_PASCAL_ROOT"
+    selab compare runs/ladder --pairs se_lstm_mh:se_lstm_none,graph_lstm:cnn
     selab train --variant cnn --dataset pascal_person_part --data-root "$SELAB_PASCAL_ROOT" \\
         --backbone efficientnet_lite0 --image-size 320 --epochs 15 --out runs/cnn320
 
@@ -40,7 +42,7 @@ import types
 import typing
 from pathlib import Path
 
-from selab import distributed, pretrained, sweep
+from selab import compare, distributed, pretrained, sweep
 from selab.backbones import BACKBONES
 from selab.classes import NUM_CLASSES
 from selab.data import DATASETS, check_dataset
@@ -204,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--reproduce", default="", metavar="COMMAND", help="the command that reproduces the run (recorded)")
     export.add_argument("--folder", default=None, help="write here instead of selab/weights/")
 
+    table = commands.add_parser("compare", help="the ladder (mean ± sd), hierarchy and paired intervals of finished runs",
+                                description="Markdown tables of finished runs (run folders or sweep folders): one row "
+                                            "per label with mean ± sd over its runs, the test-time hierarchy, and a "
+                                            "paired per-image bootstrap interval for each --pairs A:B.")
+    table.add_argument("paths", nargs="+", help="run folders or sweep folders")
+    table.add_argument("--pairs", default="", metavar="A:B,...",
+                       help="rows to compare image by image, e.g. se_lstm_mh:se_lstm_none,graph_lstm:cnn")
+    table.add_argument("--bootstrap", type=int, default=2000, help="resamples of the validation images")
+    table.add_argument("--level", type=float, default=0.95, help="coverage of the intervals")
+    table.add_argument("--no-per-class", action="store_true", help="leave the per-class IoU columns out")
+
     check = commands.add_parser("check-data", help="check a dataset folder and print its class histogram",
                                 description="Read every listed image and mask once and report missing files, "
                                             "images that do not decode, masks of the wrong size and labels "
@@ -285,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_predict(args), indent=2))
         elif args.command == "export-model":
             print(json.dumps(_export(args), indent=2))
+        elif args.command == "compare":
+            print(compare.report(args.paths, compare.parse_pairs(args.pairs), per_class=not args.no_per_class,
+                                 num_samples=args.bootstrap, level=args.level), end="")
         elif args.command == "check-data":
             report = check_dataset(args.root, dataset=args.dataset, splits=args.splits,
                                    num_classes=args.num_classes or NUM_CLASSES, progress=not args.quiet)

@@ -203,6 +203,40 @@ def paired_bootstrap(runs_a: list[RunResult], runs_b: list[RunResult], num_sampl
             "p_le_zero": float(np.mean(samples <= 0))}
 
 
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``"A:B,C:D"`` -> ``[("A", "B"), ("C", "D")]``, each pair two row labels.
+
+    Examples
+    --------
+    >>> parse_pairs("se_lstm_mh:se_lstm_none, graph_lstm:cnn")
+    [('se_lstm_mh', 'se_lstm_none'), ('graph_lstm', 'cnn')]
+    """
+    pairs = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        a, sep, b = item.partition(":")
+        if not sep or not a.strip() or not b.strip() or ":" in b:
+            raise ValueError(f"compare: pairs: expected 'A:B' (two row labels), got {item!r}")
+        pairs.append((a.strip(), b.strip()))
+    return pairs
+
+
+def report(paths, pairs: list[tuple[str, str]] | None = None, per_class: bool = True, **kwargs) -> str:
+    """The ladder, the hierarchy and the paired comparisons of the finished runs under ``paths``, as Markdown
+    (what ``selab compare`` prints and docs/results.md quotes); ``kwargs`` go to :func:`paired_bootstrap`."""
+    runs = load_runs(paths)
+    if not runs:
+        raise ValueError(f"compare: no finished runs under {', '.join(map(str, paths))}")
+    rows = ladder(runs)
+    parts = [ladder_markdown(rows, per_class=per_class)]
+    if any(row.get("hierarchy") for row in rows):
+        parts.append(hierarchy_markdown(rows))
+    if pairs:
+        parts.append(pairs_markdown(compare_rows(runs, pairs, **kwargs)))
+    return "\n\n".join(parts) + "\n"
+
+
 def compare_rows(runs: list[RunResult], pairs: list[tuple[str, str]], **kwargs) -> list[dict]:
     """:func:`paired_bootstrap` for each ``(label_a, label_b)`` of ``pairs``; adds the labels."""
     groups = group_runs(runs)

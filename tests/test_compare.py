@@ -102,3 +102,37 @@ def test_load_runs_from_run_folders(tmp_path):
     unfinished.mkdir()
     with pytest.raises(ValueError, match="no metrics.json"):
         compare.load_runs([unfinished])
+
+
+
+def _run_folder(folder, confusion, seed, row):
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"epochs": [{"epoch": 1, "seconds": 30.0}],
+                                                     "final": scores_from_confusion(confusion.sum(0))}))
+    (folder / "config.json").write_text(json.dumps({"train": {"seed": seed}}))
+    (folder / "sweep_cell.json").write_text(json.dumps({"row": row}))  # the label, as in a sweep's cell
+    save_per_image(folder / PER_IMAGE_FILE, [(str(i), torch.from_numpy(c)) for i, c in enumerate(confusion)])
+    return str(folder)
+
+
+def test_selab_compare_prints_the_ladder_and_the_paired_intervals(tmp_path, capsys):
+    from selab.cli import main
+
+    rng = np.random.default_rng(6)
+    folders = [_run_folder(tmp_path / row / f"seed={seed}", _confusions(rng, n=12, k=7, accuracy=accuracy), seed, row)
+               for row, accuracy in (("good", 0.8), ("poor", 0.5)) for seed in (0, 1)]
+    runs = compare.load_runs(folders)
+    expected = compare.paired_bootstrap(runs[:2], runs[2:], num_samples=300)
+    assert main(["compare", *folders, "--pairs", "good:poor", "--bootstrap", "300"]) == 0
+    out = capsys.readouterr().out
+    rows = compare.ladder(runs)
+    assert f"| good | 2 | {rows[0]['mean_iou']:.2f} ± {rows[0]['mean_iou_sd']:.2f} |" in out
+    assert "| background |" in out and "clique label purity" not in out  # no graph runs, no hierarchy table
+    assert (f"| good | poor | {expected['difference']:+.2f} | 95% [{expected['low']:+.2f}, {expected['high']:+.2f}] "
+            f"| {expected['p_le_zero']:.3f} | 12 | 2 vs 2 |") in out
+    assert main(["compare", *folders, "--no-per-class"]) == 0
+    assert "background" not in capsys.readouterr().out
+    assert main(["compare", *folders, "--pairs", "good-poor"]) == 2
+    assert "expected 'A:B'" in capsys.readouterr().err
+    assert main(["compare", *folders, "--pairs", "good:nope"]) == 2
+    assert "no finished runs labelled 'nope'" in capsys.readouterr().err
