@@ -140,6 +140,11 @@ class ModelConfig:
         reproducible (selab decision).
     merge_loss_weight : float
         Weight of the merge-probability L2 loss (``se_lstm``).
+    merge_loss_balanced : bool
+        ``se_lstm``: the L2 loss weighs the edges to merge and the edges to keep half and half
+        (:func:`selab.loss.merge_loss`) instead of every edge alike (default, the paper's plain L2). selab
+        option (issue 19): with the plain loss the merge probabilities rank well but sit above 0.5 on
+        nearly every edge, because most edges join one part.
     confidence_loss_weight : float
         Weight of a cross-entropy on the initial confidence maps. selab decision: on by default for the
         graph variants, so that the confidences that drive the update order stay meaningful.
@@ -180,6 +185,7 @@ class ModelConfig:
     eval_samples: int = 1
     eval_seed: int = 0
     merge_loss_weight: float = 1.0
+    merge_loss_balanced: bool = False
     confidence_loss_weight: float = 0.4
     dropout: float = 0.1
     batchnorm: str = "batch"
@@ -240,6 +246,8 @@ class ModelConfig:
             bad("eval_samples", "an int >= 1")
         if isinstance(self.eval_seed, bool) or not isinstance(self.eval_seed, int):
             bad("eval_seed", "an int")
+        if not isinstance(self.merge_loss_balanced, bool):
+            bad("merge_loss_balanced", "True or False")
 
     @property
     def uses_graph(self) -> bool:

@@ -95,3 +95,33 @@ def test_compute_loss_skips_ignored_pixels(batch):
     labelled = ignored["mask"] != 255
     expected = torch.nn.functional.cross_entropy(out.logits.permute(0, 2, 3, 1)[labelled], ignored["mask"][labelled])
     torch.testing.assert_close(loss, expected)
+
+
+def test_balanced_merge_loss_weighs_the_two_kinds_of_edges_half_and_half():
+    p = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.4], requires_grad=True)
+    t = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+    loss = merge_loss(p, t, balanced=True)
+    expected = ((0.1 ** 2 + 0.2 ** 2 + 0.3 ** 2 + 0.4 ** 2) / 4 + 0.4 ** 2) / 2
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    # the one edge to keep pulls as hard as the four edges to merge together
+    assert p.grad[4].item() == pytest.approx(-4 * p.grad[3].item())
+    # one kind only: the plain mean; as many of each: the plain mean too
+    assert merge_loss(p[:4], t[:4], balanced=True).item() == pytest.approx(merge_loss(p[:4], t[:4]).item())
+    assert merge_loss(p[3:], t[3:], balanced=True).item() == pytest.approx(merge_loss(p[3:], t[3:]).item())
+    assert merge_loss(p[:0], t[:0], balanced=True).item() == 0.0
+
+
+def test_compute_loss_uses_the_balanced_merge_loss_when_asked(batch):
+    torch.manual_seed(0)
+    model = build_model({"variant": "se_lstm", "feature_channels": 8, "hidden_channels": 8, "num_layers": 3}).train()
+    out = model(batch, generator=torch.Generator().manual_seed(0), energy_labels=batch["mask"])
+    targets = merge_targets(out.levels[:2], batch["mask"], 7)
+    assert all(0 < t.mean() < 1 for t in targets), "both kinds of edges, so the two losses differ"
+    plain = compute_loss(out, batch, model.config)["merge"]
+    balanced = compute_loss(out, batch, dataclasses.replace(model.config, merge_loss_balanced=True))["merge"]
+    expected = torch.stack([merge_loss(p, t, balanced=True) for p, t in zip(out.merge_prob, targets)]).mean()
+    torch.testing.assert_close(balanced, expected)
+    assert not torch.isclose(balanced, plain)
+    with pytest.raises(ValueError, match="merge_loss_balanced"):
+        build_model({"variant": "se_lstm", "merge_loss_balanced": "yes"})
