@@ -305,6 +305,21 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.from_dict: unknown fields {sorted(unknown)}")
         return cls(**data)
 
+    @classmethod
+    def from_notebook(cls, variant: str, backbone: str, dataset: str, data_root: str, epochs: int, image_size: int,
+                      num_images: int, val_images: int, batch_size: int, lr: float, num_layers: int,
+                      hidden_channels: int, seed: int, out_dir: str, n_segments: int = 0, model_options: str = "{}",
+                      train_options: str = "{}", cache_dir: str = "", resume: bool = False,
+                      overwrite: bool = False) -> "TrainConfig":
+        """The config of ``notebooks/05_train.ipynb``'s ``parameters`` cell (what a sweep cell sets): 0 and ""
+        mean selab's default, ``model_options`` / ``train_options`` are JSON of further fields."""
+        model = {name: value for name, value in (("num_layers", num_layers), ("hidden_channels", hidden_channels)) if value}
+        return cls(variant=variant, backbone=backbone, dataset=dataset, data_root=data_root or None,
+                   limit=num_images or None, val_limit=val_images or None, image_size=image_size, epochs=epochs,
+                   batch_size=batch_size, lr=lr, n_segments=n_segments or None, seed=seed, out_dir=out_dir,
+                   resume=resume, overwrite=overwrite, progress=False, cache_dir=cache_dir or None,
+                   model={**model, **json.loads(model_options)}, **json.loads(train_options))
+
 
 # ---------------------------------------------------------------------------------------------------
 # small utilities
