@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from selab.train import TrainConfig, evaluate_model, evaluation_loader, load_model
+from selab.training.train import TrainConfig, evaluate_model, evaluation_loader, load_model
 
 
 def main(run_dir: str) -> dict:

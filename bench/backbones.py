@@ -25,9 +25,9 @@ import time
 import numpy as np
 import torch
 
-from selab.backbones import (DEFAULT_PADDING, IMAGENET_MEAN, IMAGENET_STD, EfficientNetLiteBackbone,
+from selab.model.backbones import (DEFAULT_PADDING, IMAGENET_MEAN, IMAGENET_STD, EfficientNetLiteBackbone,
                              load_efficientnet_lite)
-from selab.data import make_dataset, resize_image
+from selab.data.datasets import make_dataset, resize_image
 
 
 def forward_ms(nets, image, repeats):

@@ -11,7 +11,7 @@ layer in a training step). Then reports the fraction of nodes merged per layer w
 energy on PASCAL-Person-Part images in ground-truth mode (skipped without the data). Run:
 ``.venv/bin/python bench/evolve.py [--device cuda] [--repeats 7] [--threads 1] [--baseline REV]``;
 prints tables and writes bench/results/evolve.json. ``--baseline REV`` adds the MH step of
-``selab/evolve.py`` as it was at git revision REV (one before the sampler moved to selab/mh.py), timed in the same run.
+``selab/evolve.py`` as it was at git revision REV (one before the sampler moved to selab/mh.py, when the package was still flat), timed in the same run.
 """
 
 from __future__ import annotations
@@ -33,16 +33,16 @@ import torch
 from PIL import Image
 from skimage import data
 
-from selab.evolve import (
+from selab.method.evolve import (
     PartitionEnergy,
     StructureEvolution,
     merge_target,
     metropolis_hastings,
     node_majority_labels,
 )
-from selab.graph import batch_graphs, graph_from_superpixels
-from selab.graph_lstm import GraphLSTM, confidence_order
-from selab.superpixels import pool_to_nodes, slic
+from selab.method.graph import batch_graphs, graph_from_superpixels
+from selab.method.graph_lstm import GraphLSTM, confidence_order
+from selab.method.superpixels import pool_to_nodes, slic
 
 IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
 # A PASCAL-Person-Part copy (docs/data.md); the merge fractions are skipped without one.
@@ -72,7 +72,7 @@ def timed_interleaved(fns: list, repeats: int, device: torch.device) -> list[flo
 
 
 def load_baseline(revision: str):
-    """selab/evolve.py as it was at a git revision, imported as a module of its own."""
+    """selab/evolve.py as it was at a git revision (of the flat package), imported as a module of its own."""
     root = Path(__file__).resolve().parents[1]
     try:
         text = subprocess.run(["git", "show", f"{revision}:selab/evolve.py"], cwd=root, check=True,
@@ -80,8 +80,8 @@ def load_baseline(revision: str):
     except (OSError, subprocess.CalledProcessError) as error:
         raise SystemExit(f"--baseline {revision}: cannot read selab/evolve.py at that revision ({error})")
     if "from selab.mh import" in text:
-        raise SystemExit(f"--baseline {revision}: selab/evolve.py there imports the sampler from selab/mh.py (the split "
-                         f"of issue 12); a baseline must be a revision before it, where evolve.py holds it all")
+        raise SystemExit(f"--baseline {revision}: selab/evolve.py there imports the sampler from selab/mh.py "
+                         f"(the sampler in a module of its own); a baseline must be a revision before it, where evolve.py holds it all")
     path = Path(tempfile.mkdtemp()) / f"evolve_{revision}.py"
     path.write_text(text)
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -148,7 +148,7 @@ def timing(args, device):
         evolution.sample(graph.edge_index, merge_prob, graph.batch, None, mode="greedy")
 
     baseline_rows = []
-    if args.baseline:  # the same MH step with selab/evolve.py as it was at another git revision
+    if args.baseline:  # the same MH step with selab/method/evolve.py as it was at another git revision
         old = load_baseline(args.baseline)
         old_evolution = old.StructureEvolution(args.hidden).to(device).train()
         old_energy = old.PartitionEnergy(node_labels=labels, num_classes=7, size=graph.size, batch=graph.batch)
@@ -230,7 +230,7 @@ def main():
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    parser.add_argument("--baseline", default="", help="also time the MH step of selab/evolve.py at this git "
+    parser.add_argument("--baseline", default="", help="also time the MH step of selab/method/evolve.py at this git "
                         "revision, in the same run (e.g. a5c1807, before the numpy sampler)")
     args = parser.parse_args()
     if args.threads:

@@ -22,7 +22,7 @@ import torch
 from skimage import data
 from skimage import graph as skgraph
 
-from selab.superpixels import adjacency, pool_to_nodes, slic
+from selab.method.superpixels import adjacency, pool_to_nodes, slic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "graph_build.json"
 

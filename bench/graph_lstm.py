@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from skimage import data
 
-from selab.graph_lstm import (
+from selab.method.graph_lstm import (
     GraphLSTM,
     bfs_order,
     confidence_order,
@@ -33,7 +33,7 @@ from selab.graph_lstm import (
     stochastic_order,
     wavefront_levels,
 )
-from selab.superpixels import adjacency, pool_to_nodes, slic
+from selab.method.superpixels import adjacency, pool_to_nodes, slic
 
 IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
 

@@ -2,7 +2,7 @@
 
 For every evolution of the model (at test time, with its own test-time structure), over the validation images:
 the edges of the level the evolution coarsens, their targets (1 where both ends have the same majority
-ground-truth label, :func:`selab.loss.merge_targets`) and their merge probabilities. Per level it reports the
+ground-truth label, :func:`selab.model.loss.merge_targets`) and their merge probabilities. Per level it reports the
 share of same-part edges, the mean p of same-part and of cross-part edges, the share of cross-part edges with
 p > 0.5 (what the paper's greedy test-time merge would join), the area under the ROC curve (ranking quality,
 0.5 = chance) and the share of same-part edges among the top quarter by p (what the default merge budget joins).
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selab.loss import merge_targets
-from selab.prepare import evaluation_loader, to_device
-from selab.train import TrainConfig, load_model
+from selab.model.loss import merge_targets
+from selab.data.prepare import evaluation_loader, to_device
+from selab.training.train import TrainConfig, load_model
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:

@@ -3,8 +3,8 @@
 The PASCAL setting of ``make run``: 8 images of PASCAL-Person-Part resized to 320 x 320 (skimage sample
 images without the data), SLIC with about 1000 superpixels each, the frozen EfficientNet-Lite0 run once
 at start for the stride-8/16/32 features (kept in float16 like the feature cache), hidden 64 and the
-default ModelConfig of each variant, AdamW. A step is what :func:`selab.train.run` does per batch:
-forward, :func:`selab.loss.compute_loss`, zero_grad, backward, optimizer step. The variants take turns
+default ModelConfig of each variant, AdamW. A step is what :func:`selab.training.train.run` does per batch:
+forward, :func:`selab.model.loss.compute_loss`, zero_grad, backward, optimizer step. The variants take turns
 in a new shuffled order every repeat (a slow spell of the shared machine hits all alike); the table
 gives medians and the ratios se_lstm / cnn and graph_lstm / cnn.
 
@@ -42,13 +42,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import selab.loss
-import selab.model
-from selab.graph import graph_from_superpixels
-from selab.loss import compute_loss
-from selab.model import build_model
-from selab.superpixels import slic
-from selab.train import TrainConfig, build_optimizer
+import selab.model.loss
+import selab.model.parser
+from selab.method.graph import graph_from_superpixels
+from selab.model.loss import compute_loss
+from selab.model.parser import build_model
+from selab.method.superpixels import slic
+from selab.training.train import TrainConfig, build_optimizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 PASCAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "pascal_person_part"
@@ -57,10 +57,10 @@ NECK, OTHER = "neck + classifier", "other (graph to device, glue)"
 
 
 def load_images(count: int, size: int, root: Path) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """``count`` images [B,3,S,S] and masks [B,S,S] resized like selab.train.PreparedSplit."""
+    """``count`` images [B,3,S,S] and masks [B,S,S] resized like selab.training.train.PreparedSplit."""
     images, masks = [], []
     if (root / "JPEGImages").is_dir():
-        from selab.data import read_image, read_mask
+        from selab.data.datasets import read_image, read_mask
 
         ids = (root / "train_id.txt").read_text().split()[:count]
         for image_id in ids:
@@ -70,7 +70,7 @@ def load_images(count: int, size: int, root: Path) -> tuple[torch.Tensor, torch.
     else:
         from skimage import data
 
-        from selab.synthetic import SyntheticPersonParts
+        from selab.data.synthetic import SyntheticPersonParts
 
         names = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle_left")
         synthetic = SyntheticPersonParts(count, size, seed=3)
@@ -88,7 +88,7 @@ def load_images(count: int, size: int, root: Path) -> tuple[torch.Tensor, torch.
 
 
 def load_revision(revision: str):
-    """``(selab.model, selab.loss, selab.train)`` as they were at git ``revision``, beside the current package.
+    """The parser, loss and training modules as they were at git ``revision``, beside the current package.
 
     The revision's ``selab/`` is extracted to a temporary folder and imported with the current
     ``selab`` modules set aside, then those are put back; the old modules keep their own globals, so
@@ -107,7 +107,10 @@ def load_revision(revision: str):
         del sys.modules[name]
     sys.path.insert(0, str(folder))
     try:
-        return tuple(importlib.import_module(f"selab.{name}") for name in ("model", "loss", "train"))
+        # the package was laid out by stage later; a revision of either layout can be the baseline
+        names = (("model.parser", "model.loss", "training.train") if (folder / "selab" / "model" / "parser.py").is_file()
+                 else ("model", "loss", "train"))
+        return tuple(importlib.import_module(f"selab.{name}") for name in names)
     finally:
         sys.path.remove(str(folder))
         for name in [name for name in sys.modules if ours(name)]:
@@ -145,11 +148,11 @@ class Stages:
             if hasattr(model, part):
                 self._wrap(getattr(model, part), "forward", NECK)
         self._wrap(F, "interpolate", "upsampling + unpooling to pixels", skip_inside=(NECK,))
-        self._wrap(selab.model, "unpool_to_pixels", "upsampling + unpooling to pixels")
+        self._wrap(selab.model.parser, "unpool_to_pixels", "upsampling + unpooling to pixels")
         if model.config.uses_graph:
-            self._wrap(selab.model, "upsample_and_pool", "pooling to nodes")
+            self._wrap(selab.model.parser, "upsample_and_pool", "pooling to nodes")
             self._wrap(model.node_input, "forward", "pooling to nodes")
-            self._wrap(selab.model, "graph_from_superpixels", "graph from superpixels")
+            self._wrap(selab.model.parser, "graph_from_superpixels", "graph from superpixels")
             if getattr(model, "structures", None) is not None:
                 self._wrap(model.structures, "graph", "graph from superpixels")
             self._wrap(model, "update_rank", "update order")
@@ -157,8 +160,8 @@ class Stages:
                 self._wrap(layer, "forward", f"Graph LSTM layer {index}")
             for classifier in model.node_classifiers:
                 self._wrap(classifier, "forward", "node classifiers")
-            for owner, name in ((selab.model, "node_label_histogram"), (selab.model, "level_majority_labels"),
-                                (selab.loss, "merge_targets")):
+            for owner, name in ((selab.model.parser, "node_label_histogram"), (selab.model.parser, "level_majority_labels"),
+                                (selab.model.loss, "merge_targets")):
                 self._wrap(owner, name, "majority labels + merge targets")
             for evolution in getattr(model, "evolutions", []):
                 self._wrap(evolution, "forward", "coarsening")
@@ -168,7 +171,7 @@ class Stages:
 
     def __exit__(self, *exc):
         for owner, attribute, original in reversed(self.undo):
-            if isinstance(owner, (torch.nn.Module, selab.model.SuperpixelStructures)):
+            if isinstance(owner, (torch.nn.Module, selab.model.parser.SuperpixelStructures)):
                 delattr(owner, attribute)  # back to the class's method
             else:
                 setattr(owner, attribute, original)

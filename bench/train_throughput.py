@@ -1,7 +1,7 @@
 """Benchmark: training images per second of cnn, graph_lstm and se_lstm, cached features vs end-to-end, 1 vs N processes.
 
-A step is what :func:`selab.train.run` does per batch: forward (through ``DistributedDataParallel`` when
-there are several processes, :func:`selab.distributed.wrap_model`), :func:`selab.train.compute_loss`,
+A step is what :func:`selab.training.train.run` does per batch: forward (through ``DistributedDataParallel`` when
+there are several processes, :func:`selab.training.distributed.wrap_model`), :func:`selab.training.train.compute_loss`,
 zero_grad, backward (DDP all-reduces the gradients here), AdamW step. Two ways to train:
 
 * ``cached``: the frozen ImageNet EfficientNet-Lite0's features computed once (float16, like the
@@ -13,7 +13,7 @@ zero_grad, backward (DDP all-reduces the gradients here), AdamW step. Two ways t
 
 The global batch (``--batch`` images, SLIC superpixels of each computed once at start) is the same for
 every layout ``PxT`` (P processes with T torch threads each); P processes take ``batch / P`` images each
-(:func:`selab.distributed.shard`), joined by gloo on the CPU (NCCL on CUDA, one GPU per process). A
+(:func:`selab.training.distributed.shard`), joined by gloo on the CPU (NCCL on CUDA, one GPU per process). A
 step's time is the slowest process's; images/s = batch / median step time. All layouts run in one
 invocation, so their ratios come from the same machine state; on a shared machine, read ratios.
 
@@ -40,10 +40,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import PASCAL, load_images  # noqa: E402  (the same images as bench/train_step.py)
 
-from selab import distributed  # noqa: E402
-from selab.model import build_model  # noqa: E402
-from selab.superpixels import slic  # noqa: E402
-from selab.train import TrainConfig, build_optimizer, compute_loss  # noqa: E402
+from selab.training import distributed  # noqa: E402
+from selab.model.parser import build_model  # noqa: E402
+from selab.method.superpixels import slic  # noqa: E402
+from selab.training.train import TrainConfig, build_optimizer, compute_loss  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 VARIANTS = ("cnn", "graph_lstm", "se_lstm")

@@ -130,7 +130,7 @@ def write_if_changed(path: Path, text: str | bytes) -> None:
 
 
 def generate_api() -> None:
-    modules = sorted(info.name for info in pkgutil.iter_modules(selab.__path__, "selab.")
+    modules = sorted(info.name for info in pkgutil.walk_packages(selab.__path__, "selab.")
                      if not info.name.rsplit(".", 1)[-1].startswith("_"))
     out = DOCS / "api"
     for stale in out.glob("*.rst"):

@@ -1,6 +1,6 @@
 """Draw docs/explorer_astronaut.png: the evolution explorer on scikit-image's astronaut photo.
 
-The shipped ``se_lstm`` (``selab.pretrained.load``), its test-time (greedy) structure, level 1 of the
+The shipped ``se_lstm`` (``selab.workbench.pretrained.load``), its test-time (greedy) structure, level 1 of the
 hierarchy; the same figure notebook 06 shows with its defaults, drawn without a browser.
 
 Run: ``.venv/bin/python docs/make_explorer_figure.py`` (deterministic; offline).
@@ -8,8 +8,8 @@ Run: ``.venv/bin/python docs/make_explorer_figure.py`` (deterministic; offline).
 
 from pathlib import Path
 
-from selab import pretrained
-from selab.widgets import EvolutionExplorer, photo_sample
+from selab.workbench import pretrained
+from selab.workbench.widgets import EvolutionExplorer, photo_sample
 
 LAYER = 1
 

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from selab.classes import CLASS_COLORS, CLASS_NAMES, colorize  # noqa: E402
-from selab.synthetic import render_sample  # noqa: E402
+from selab.data.synthetic import render_sample  # noqa: E402
 
 NUM, SIZE, SEED = 6, 160, 0
 

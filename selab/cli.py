@@ -1,8 +1,8 @@
-"""The ``selab`` command: ``train`` and ``evaluate`` (:mod:`selab.train`), ``predict`` (:mod:`selab.predict`),
-``export-model`` (:mod:`selab.pretrained`), ``check-data`` (:mod:`selab.data`), ``sweep`` (:mod:`selab.sweep`) and
-``compare`` (:mod:`selab.compare`: the ladder and paired intervals of finished runs, as Markdown).
+"""The ``selab`` command: ``train`` and ``evaluate`` (:mod:`selab.training.train`), ``predict`` (:mod:`selab.workbench.predict`),
+``export-model`` (:mod:`selab.workbench.pretrained`), ``check-data`` (:mod:`selab.data.datasets`), ``sweep`` (:mod:`selab.experiments.sweep`) and
+``compare`` (:mod:`selab.experiments.compare`: the ladder and paired intervals of finished runs, as Markdown).
 
-``selab train`` has one flag per :class:`~selab.train.TrainConfig` field, derived from the dataclass
+``selab train`` has one flag per :class:`~selab.training.train.TrainConfig` field, derived from the dataclass
 (type, default) and its docstring (help), so the command line cannot drift from the config.
 
 Exit status: 0 done; 2 bad input (a parameter, a data file, a run folder or a checkpoint; one line on
@@ -21,10 +21,10 @@ Examples
     selab train --variant cnn --dataset pascal_person_part --data-root "$SELAB_PASCAL_ROOT" \\
         --backbone efficientnet_lite0 --image-size 320 --epochs 15 --out runs/cnn320
 
-``selab check-data`` checks a dataset folder (:func:`selab.data.check_dataset`); ``SELAB_PASCAL_ROOT``
+``selab check-data`` checks a dataset folder (:func:`selab.data.datasets.check_dataset`); ``SELAB_PASCAL_ROOT``
 stands for your copy of PASCAL-Person-Part (docs/data.md says how to get one).
 
-In N processes (PyTorch DistributedDataParallel, :mod:`selab.distributed`; ``--batch-size`` is the global
+In N processes (PyTorch DistributedDataParallel, :mod:`selab.training.distributed`; ``--batch-size`` is the global
 batch)::
 
     torchrun --standalone --nproc_per_node 2 -m selab train --variant cnn --batch-size 8 --out runs/ddp
@@ -42,14 +42,18 @@ import types
 import typing
 from pathlib import Path
 
-from selab import compare, distributed, pretrained, sweep
-from selab.backbones import BACKBONES
+from selab.experiments import compare, sweep
+
+from selab.training import distributed
+
+from selab.workbench import pretrained
+from selab.model.backbones import BACKBONES
 from selab.classes import NUM_CLASSES
-from selab.data import DATASETS, check_dataset
-from selab.model import ORDERS, VARIANTS, ModelConfig
-from selab.predict import predict_files
-from selab.train import CHOICES, TrainConfig, TrainingDiverged, evaluate, load_checkpoint, load_model, run
-from selab.train import TTA_MODES, TTA_SCALES
+from selab.data.datasets import DATASETS, check_dataset
+from selab.model.parser import ORDERS, VARIANTS, ModelConfig
+from selab.workbench.predict import predict_files
+from selab.training.train import CHOICES, TrainConfig, TrainingDiverged, evaluate, load_checkpoint, load_model, run
+from selab.training.train import TTA_MODES, TTA_SCALES
 
 # ``selab train`` has one flag per TrainConfig field: its type and default from the dataclass, its help from
 # the docstring's Parameters section, so that the command line cannot drift from the config. What the
@@ -181,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model-option", action="append", default=[], metavar="KEY=JSON",
                           help="test the model another way, e.g. 'evolution={\"eval_mode\": \"mh\"}' or 'eval_samples=4'")
     evaluate.add_argument("--per-image", default=None, metavar="NPZ",
-                          help="also save every image's confusion matrix (for selab.compare)")
+                          help="also save every image's confusion matrix (for selab.experiments.compare)")
     evaluate.add_argument("--tta", choices=TTA_MODES, default=None,
                           help="test-time augmentation, logits averaged (reported apart): 'flip' also the mirror "
                                "image, 'scale' also every --tta-scales size, 'flip,scale' both")
@@ -191,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="parse photos with a shipped model or a run folder")
     predict.add_argument("images", nargs="+", help="image files or folders of images")
-    predict.add_argument("--model", required=True, help="a shipped model name (selab.pretrained.available()) "
+    predict.add_argument("--model", required=True, help="a shipped model name (selab.workbench.pretrained.available()) "
                          "or a run folder / checkpoint file")
     predict.add_argument("--out", required=True, help="folder for <stem>_labels.png and <stem>_overlay.png")
     predict.add_argument("--hierarchy", action="store_true",
@@ -286,7 +290,7 @@ def train_config(args) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["sweep"]:  # its own parser (selab.sweep), so that `selab sweep -h` shows its options
+    if argv[:1] == ["sweep"]:  # its own parser (selab.experiments.sweep), so that `selab sweep -h` shows its options
         return sweep.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:

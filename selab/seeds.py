@@ -29,7 +29,7 @@ import torch
 
 # The per-epoch streams: training-set order, horizontal flips, and the model's own draws.
 SHUFFLE, FLIPS, MODEL = 0, 1, 2
-# The paper's augmentation (selab.augment): crops, scales, rotations and colour factors of every sample.
+# The paper's augmentation (selab.data.augment): crops, scales, rotations and colour factors of every sample.
 AUGMENT = 3
 
 

@@ -32,8 +32,8 @@ def pascal_root() -> Path:
 
 def _synthetic_batch(size: int, seed: int, n_segments: int) -> dict:
     """Two generated images of ``size`` px: ``image``, SLIC ``superpixels`` and ``mask``, as a model reads them."""
-    from selab.superpixels import slic
-    from selab.synthetic import SyntheticPersonParts
+    from selab.method.superpixels import slic
+    from selab.data.synthetic import SyntheticPersonParts
 
     ds = SyntheticPersonParts(2, size, seed=seed)
     samples = [ds[i] for i in range(2)]

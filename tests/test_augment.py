@@ -1,4 +1,4 @@
-"""Tests for selab.augment and end-to-end training: the paper's augmentation of image, mask and superpixels,
+"""Tests for selab.data.augment and end-to-end training: the paper's augmentation of image, mask and superpixels,
 seeded per epoch, and a trained backbone with its own learning rate."""
 
 import os
@@ -9,14 +9,14 @@ import pytest
 import skimage.graph
 import torch
 
-import selab.train
-from selab.augment import Augmentation, person_box, renumber
-from selab.model import SELabModel
-from selab.prepare import TrainingData
+import selab.training.train
+from selab.data.augment import Augmentation, person_box, renumber
+from selab.model.parser import SELabModel
+from selab.data.prepare import TrainingData
 from selab.seeds import seed_everything
-from selab.superpixels import adjacency, check_labels, slic
-from selab.synthetic import SyntheticPersonParts
-from selab.train import TrainConfig, build_optimizer, run
+from selab.method.superpixels import adjacency, check_labels, slic
+from selab.data.synthetic import SyntheticPersonParts
+from selab.training.train import TrainConfig, build_optimizer, run
 
 NO_COLOUR = Augmentation(intensity=(1.0, 1.0), channel=0.0)
 
@@ -153,7 +153,7 @@ def test_end_to_end_training_moves_the_backbone_and_resumes_exactly(tmp_path, mo
     moved = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, trained[f"backbone.{k}"])]
     assert "stride8.0.0.weight" in moved and "stride16.1.0.weight" in moved
 
-    original, calls = selab.train.compute_loss, {"n": 0}
+    original, calls = selab.training.train.compute_loss, {"n": 0}
 
     def loss_then_ctrl_c(*args, **kwargs):
         calls["n"] += 1
@@ -161,10 +161,10 @@ def test_end_to_end_training_moves_the_backbone_and_resumes_exactly(tmp_path, mo
             os.kill(os.getpid(), signal.SIGINT)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(selab.train, "compute_loss", loss_then_ctrl_c)
+    monkeypatch.setattr(selab.training.train, "compute_loss", loss_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         run(_tiny(tmp_path, "split"))
-    monkeypatch.setattr(selab.train, "compute_loss", original)
+    monkeypatch.setattr(selab.training.train, "compute_loss", original)
     assert torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=True)["step"] == 1
     resumed = run(_tiny(tmp_path, "split", resume=True))
     straight = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selab.backbones import (
+from selab.model.backbones import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -140,7 +140,7 @@ def test_lite0_multiscale_features_match_the_network():
 
 
 def test_on_real_photos_lite0_padding_makes_no_difference_at_320_px_and_lite2s_does(pascal_root):
-    from selab.data import make_dataset, resize_image
+    from selab.data.datasets import make_dataset, resize_image
 
     dataset = make_dataset("pascal_person_part", pascal_root, split="val", limit=2)
     images = torch.stack([resize_image(dataset[i]["image"], 320) for i in range(2)])

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from selab.cli import TRAIN_CHOICES, build_parser, main, parameter_docs, train_config
-from selab.train import TrainConfig
+from selab.training.train import TrainConfig
 
 
 def test_train_then_evaluate(tmp_path, capsys):
@@ -42,7 +42,7 @@ def test_model_options_reach_the_config():
 
 
 def test_check_data_prints_the_histogram_and_fails_on_problems(tmp_path, capsys):
-    from selab.synthetic import SyntheticPersonParts, write_pascal_layout
+    from selab.data.synthetic import SyntheticPersonParts, write_pascal_layout
 
     root = write_pascal_layout(SyntheticPersonParts(4, 32), tmp_path / "pascal", val_fraction=0.25)
     assert main(["check-data", str(root), "--quiet"]) == 0

@@ -1,4 +1,4 @@
-"""selab.compare: the ladder's mean ± sd and the paired per-image bootstrap."""
+"""selab.experiments.compare: the ladder's mean ± sd and the paired per-image bootstrap."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from selab import compare
-from selab.metrics import PER_IMAGE_FILE, save_per_image, scores_from_confusion
+from selab.experiments import compare
+from selab.training.metrics import PER_IMAGE_FILE, save_per_image, scores_from_confusion
 
 
 def _confusions(rng, n=40, k=4, accuracy=0.7):

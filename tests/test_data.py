@@ -1,4 +1,4 @@
-"""Tests for selab.data (loaders and their errors) and selab.prepare (the superpixel cache, prepared splits)."""
+"""Tests for selab.data.datasets (loaders and their errors) and selab.data.prepare (the superpixel cache, prepared splits)."""
 
 import os
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-import selab.superpixels
-from selab import data
-from selab.data import ImageMaskFolder, PascalPersonParts, SyntheticPersonParts, make_dataset
-from selab.prepare import PreparedSplit, SuperpixelCache, collate
-from selab.superpixels import check_labels
-from selab.train import TrainConfig
+import selab.method.superpixels
+from selab.data import datasets as data
+from selab.data.datasets import ImageMaskFolder, PascalPersonParts, SyntheticPersonParts, make_dataset
+from selab.data.prepare import PreparedSplit, SuperpixelCache, collate
+from selab.method.superpixels import check_labels
+from selab.training.train import TrainConfig
 
 
 def _write_pair(root, sample_id, size=(12, 16), labels=None, image_dir="JPEGImages", mask_dir="SegmentationPart",
@@ -120,7 +120,7 @@ def test_cache_computes_once_and_keys_by_parameters(tmp_path, monkeypatch):
     def no_slic(*args, **kwargs):
         raise AssertionError("SLIC ran again although the result was cached")
 
-    monkeypatch.setattr(selab.superpixels, "slic", no_slic)
+    monkeypatch.setattr(selab.method.superpixels, "slic", no_slic)
     assert np.array_equal(cache.get("demo", "img/1", image), first)
     assert SuperpixelCache(tmp_path, n_segments=60).path("demo", "img/1", (40, 40)) != path
     assert cache.path("demo", "img/1", (40, 41)) != path

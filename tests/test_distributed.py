@@ -1,4 +1,4 @@
-"""Data-parallel training (selab.distributed): 2 CPU processes with gloo against 1 process.
+"""Data-parallel training (selab.training.distributed): 2 CPU processes with gloo against 1 process.
 
 The 2-process runs fork this test process (so that they start in a fraction of a second) and join a
 gloo process group through the environment variables torchrun sets; one test starts the real
@@ -19,9 +19,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import selab.train
-from selab import distributed
-from selab.train import TrainConfig, run
+import selab.training.train
+from selab.training import distributed
+from selab.training.train import TrainConfig, run
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is not available")
@@ -47,20 +47,20 @@ def _free_port() -> int:
 
 def _forbid(name):
     def refuse(*args, **kwargs):
-        raise AssertionError(f"a process other than rank 0 called selab.train.{name}")
+        raise AssertionError(f"a process other than rank 0 called selab.training.train.{name}")
     return refuse
 
 
 def _worker(rank, world, port, config, interrupt, queue):
-    """One process of a torchrun-like group: the environment torchrun would set, then selab.train.run."""
+    """One process of a torchrun-like group: the environment torchrun would set, then selab.training.train.run."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     try:
         if rank != 0:  # rank 0 alone writes the run folder
             for name in ("atomic_save", "atomic_write_text", "write_metrics", "save_per_image", "_save_figure"):
-                setattr(selab.train, name, _forbid(name))
+                setattr(selab.training.train, name, _forbid(name))
         if interrupt is not None and rank == interrupt["rank"]:
-            calls, original = {"n": 0}, selab.train.compute_loss
+            calls, original = {"n": 0}, selab.training.train.compute_loss
 
             def loss_then_ctrl_c(*args, **kwargs):
                 calls["n"] += 1
@@ -68,7 +68,7 @@ def _worker(rank, world, port, config, interrupt, queue):
                     os.kill(os.getpid(), signal.SIGINT)
                 return original(*args, **kwargs)
 
-            selab.train.compute_loss = loss_then_ctrl_c
+            selab.training.train.compute_loss = loss_then_ctrl_c
         result = run(TrainConfig.from_dict(config))
         queue.put((rank, "ok", {"epochs": result["epochs"], "final": result["final"]}))
     except KeyboardInterrupt:
@@ -131,10 +131,10 @@ def test_two_processes_train_the_global_batch_of_one_process(tmp_path, variant):
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
     # the validation split was scored once per image, all images, in the split's order
-    from selab.metrics import load_per_image
+    from selab.training.metrics import load_per_image
 
-    ids_one, confusion_one = load_per_image(tmp_path / "one" / selab.train.PER_IMAGE_FILE)
-    ids_two, confusion_two = load_per_image(tmp_path / "two" / selab.train.PER_IMAGE_FILE)
+    ids_one, confusion_one = load_per_image(tmp_path / "one" / selab.training.train.PER_IMAGE_FILE)
+    ids_two, confusion_two = load_per_image(tmp_path / "two" / selab.training.train.PER_IMAGE_FILE)
     assert ids_two.tolist() == ids_one.tolist() and len(ids_one) == 3
     assert confusion_two.sum() == confusion_one.sum()
 

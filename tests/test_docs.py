@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from selab.evolve import MergeProbability, PartitionEnergy, StructureEvolution
-from selab.model import ModelConfig
-from selab.train import TrainConfig
+from selab.method.evolve import MergeProbability, PartitionEnergy, StructureEvolution
+from selab.model.parser import ModelConfig
+from selab.training.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD = (REPO / "docs" / "method.md").read_text()

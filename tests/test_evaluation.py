@@ -2,8 +2,8 @@
 
 import pytest
 
-from selab.metrics import PER_IMAGE_FILE, load_per_image
-from selab.train import TrainConfig, evaluate, run
+from selab.training.metrics import PER_IMAGE_FILE, load_per_image
+from selab.training.train import TrainConfig, evaluate, run
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_training_saves_per_image_confusions_and_the_hierarchy(se_run):
     ids, confusion = load_per_image(se_run / PER_IMAGE_FILE)
     assert len(ids) == 4 and confusion.shape == (4, 7, 7)
     # The per-image matrices add up to the split's: same score.
-    from selab.metrics import scores_from_confusion
+    from selab.training.metrics import scores_from_confusion
     assert scores_from_confusion(confusion.sum(0))["mean_iou"] == pytest.approx(final["mean_iou"])
     nodes, purity = final["hierarchy"]["mean_nodes_per_image"], final["hierarchy"]["purity"]
     assert len(nodes) == 3 and all(a >= b for a, b in zip(nodes, nodes[1:]))
@@ -46,9 +46,9 @@ def test_evaluate_with_test_time_options(se_run, tmp_path):
 def test_flip_test_time_augmentation_averages_the_mirror_images_logits(se_run, tmp_path):
     import torch
 
-    from selab.metrics import confusion_matrix
-    from selab.prepare import evaluation_loader, to_device
-    from selab.train import evaluate_model, load_model, mirrored
+    from selab.training.metrics import confusion_matrix
+    from selab.data.prepare import evaluation_loader, to_device
+    from selab.training.train import evaluate_model, load_model, mirrored
 
     model, checkpoint = load_model(se_run)
     config = TrainConfig.from_dict(dict(checkpoint["train_config"], resume=False, progress=False))
@@ -88,7 +88,7 @@ def test_flip_test_time_augmentation_averages_the_mirror_images_logits(se_run, t
 def test_rescaled_inputs_keep_the_superpixel_partition():
     import torch
 
-    from selab.train import rescaled, tta_sizes
+    from selab.training.train import rescaled, tta_sizes
 
     assert tta_sizes(320, (0.75, 1.0, 1.25), 32) == [256, 320, 416]
     assert tta_sizes(48, (0.5, 1.0, 2.0), 16) == [32, 48, 96] and tta_sizes(50, (1.0, 0.1), 16) == [50, 16]
@@ -99,7 +99,7 @@ def test_rescaled_inputs_keep_the_superpixel_partition():
     full = torch.rand(3, 24, 16)
     data = {"image": torch.rand(1, 3, 8, 8), "full_images": [full], "superpixels": superpixels}
     big = rescaled(data, 16)
-    from selab.data import resize_image
+    from selab.data.datasets import resize_image
     assert torch.equal(big["image"][0], resize_image(full, 16))
     # Each 8 x 8 block keeps its place; the lone corner pixel of label 0 is a node of its own (5 nodes).
     expected = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 4]])
@@ -113,9 +113,9 @@ def test_multiscale_test_time_augmentation_averages_every_scales_logits(se_run):
     import torch
     import torch.nn.functional as F
 
-    from selab.metrics import confusion_matrix
-    from selab.prepare import evaluation_loader, to_device
-    from selab.train import evaluate_model, load_model, mirrored, rescaled
+    from selab.training.metrics import confusion_matrix
+    from selab.data.prepare import evaluation_loader, to_device
+    from selab.training.train import evaluate_model, load_model, mirrored, rescaled
 
     model, checkpoint = load_model(se_run)
     config = TrainConfig.from_dict(dict(checkpoint["train_config"], resume=False, progress=False))

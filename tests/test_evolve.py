@@ -1,5 +1,5 @@
-"""Tests for structure evolution: merge probabilities and proposals (selab.merge), the energy (selab.energy),
-the MH sampler (selab.mh) and StructureEvolution (selab.evolve)."""
+"""Tests for structure evolution: merge probabilities and proposals (selab.method.merge), the energy (selab.method.energy),
+the MH sampler (selab.method.mh) and StructureEvolution (selab.method.evolve)."""
 import itertools
 import math
 
@@ -9,14 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selab.energy import PartitionEnergy
-from selab.evolve import StructureEvolution
-from selab.graph import coarse_confidence
-from selab.loss import merge_loss, merge_target
-from selab.merge import (MergeProbability, candidate_edges, connected_components, greedy_merge, proposal_log_prob,
+from selab.method.energy import PartitionEnergy
+from selab.method.evolve import StructureEvolution
+from selab.method.graph import coarse_confidence
+from selab.model.loss import merge_loss, merge_target
+from selab.method.merge import (MergeProbability, candidate_edges, connected_components, greedy_merge, proposal_log_prob,
                          propose, smallest_members)
-from selab.mh import _acceptance, metropolis_hastings
-from selab.superpixels import node_majority_labels
+from selab.method.mh import _acceptance, metropolis_hastings
+from selab.method.superpixels import node_majority_labels
 
 
 # ------------------------------------------------------------------ brute-force oracles (test only)
@@ -396,7 +396,7 @@ def test_coarse_confidence_is_size_weighted_mean():
 
 # ------------------------------------------------------------------ the layer-level module on real graphs
 def _toy_batch():
-    from selab.graph import batch_graphs, graph_from_superpixels
+    from selab.method.graph import batch_graphs, graph_from_superpixels
 
     grids = [np.arange(16).reshape(4, 4).repeat(2, 0).repeat(2, 1), np.arange(9).reshape(3, 3).repeat(3, 0).repeat(3, 1)[:8, :8]]
     graphs = [graph_from_superpixels(g) for g in grids]
@@ -542,8 +542,8 @@ def python_purity(assignment, mask, num_classes):
 
 
 def test_hierarchy_stats_counts_nodes_and_purity_per_level():
-    from selab.evolve import combine_hierarchy_stats, hierarchy_stats
-    from selab.graph import coarsen
+    from selab.method.evolve import combine_hierarchy_stats, hierarchy_stats
+    from selab.method.graph import coarsen
 
     graph = _toy_batch()  # two images, 16 and 9 superpixels, 8x8 pixels
     rng = np.random.default_rng(0)

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selab import pretrained
-from selab.backbones import EfficientNetLiteBackbone, load_efficientnet_lite
-from selab.model import ModelConfig, SELabModel, build_model
-from selab.train import TrainConfig, build_optimizer, load_checkpoint, run
+from selab.workbench import pretrained
+from selab.model.backbones import EfficientNetLiteBackbone, load_efficientnet_lite
+from selab.model.parser import ModelConfig, SELabModel, build_model
+from selab.training.train import TrainConfig, build_optimizer, load_checkpoint, run
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for selab.graph: batching, coarsening (property-based with hypothesis), networkx export."""
+"""Tests for selab.method.graph: batching, coarsening (property-based with hypothesis), networkx export."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage import data
 
-from selab.graph import (
+from selab.method.graph import (
     Graph,
     batch_graphs,
     canonical_cluster,
@@ -18,7 +18,7 @@ from selab.graph import (
     to_networkx,
     unbatch,
 )
-from selab.superpixels import adjacency, pool_to_nodes, relabel, slic
+from selab.method.superpixels import adjacency, pool_to_nodes, relabel, slic
 
 
 def random_labels(rng, num_images, height, width, max_label):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage import data, transform
 
-from selab.graph_lstm import (
+from selab.method.graph_lstm import (
     GraphLSTM,
     bfs_order,
     confidence_order,
@@ -16,7 +16,7 @@ from selab.graph_lstm import (
     stochastic_order,
     wavefront_levels,
 )
-from selab.superpixels import adjacency, pool_to_nodes, slic
+from selab.method.superpixels import adjacency, pool_to_nodes, slic
 
 
 @pytest.fixture(autouse=True, scope="module")

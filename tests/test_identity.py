@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selab.train import TrainConfig, run
+from selab.training.train import TrainConfig, run
 
 RECORDED = Path(__file__).with_name("identity_recorded.json")
 

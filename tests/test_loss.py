@@ -1,4 +1,4 @@
-"""Tests for selab.loss: the supervision of the model's predictions."""
+"""Tests for selab.model.loss: the supervision of the model's predictions."""
 
 import dataclasses
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from selab.graph import canonical_cluster, coarsen, graph_from_superpixels, level_majority_labels
-from selab.loss import compute_loss, merge_loss, merge_target, merge_targets
-from selab.model import build_model
-from selab.superpixels import node_label_histogram, node_majority_labels
+from selab.method.graph import canonical_cluster, coarsen, graph_from_superpixels, level_majority_labels
+from selab.model.loss import compute_loss, merge_loss, merge_target, merge_targets
+from selab.model.parser import build_model
+from selab.method.superpixels import node_label_histogram, node_majority_labels
 
 
 def _levels(seed=0):

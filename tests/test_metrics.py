@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selab.classes import CLASS_NAMES
-from selab.metrics import ConfusionMatrix, confusion_matrix, scores_from_confusion
+from selab.training.metrics import ConfusionMatrix, confusion_matrix, scores_from_confusion
 
 
 def test_known_values():

@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selab.loss import merge_targets
-from selab.model import ModelConfig, SELabModel, build_model
-from selab.superpixels import pool_to_nodes, upsample_and_pool
+from selab.model.loss import merge_targets
+from selab.model.parser import ModelConfig, SELabModel, build_model
+from selab.method.superpixels import pool_to_nodes, upsample_and_pool
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_se_lstm_unpools_all_levels_through_the_superpixels_exactly(training, ti
     """One unpooling of the levels' logits summed on the superpixels equals one unpooling per level."""
     import dataclasses
 
-    from selab.graph import graph_from_superpixels
+    from selab.method.graph import graph_from_superpixels
 
     torch.manual_seed(0)
     model = build_model({"variant": "se_lstm", "backbone": "small", "feature_channels": 16, "hidden_channels": 8,
@@ -233,7 +233,7 @@ def _record_layers(model, batch, shift=0.0):
 
 
 def _mean_by(values, cluster):
-    from selab.graph import scatter_mean
+    from selab.method.graph import scatter_mean
 
     return scatter_mean(values, cluster, int(cluster.max()) + 1)
 
@@ -390,7 +390,7 @@ def test_eval_samples_average_the_logits_of_k_sampled_structures(batch64):
 def test_per_evolution_budgets_cap_each_levels_merges(batch64):
     import math
 
-    from selab.evolve import hierarchy_stats
+    from selab.method.evolve import hierarchy_stats
 
     budgets = [0.1, 0.5, 1.0, 3]
     model = _se_lstm(num_layers=5, evolution={"mode": "greedy", "merge_budget": budgets})

@@ -4,7 +4,7 @@ import networkx as nx
 import pytest
 import torch
 
-from selab.orders import (
+from selab.method.orders import (
     bfs_order,
     confidence_order,
     dfs_order,

@@ -1,4 +1,4 @@
-"""selab.pretrained (shipped models without their backbone) and selab.predict (photos -> parses)."""
+"""selab.workbench.pretrained (shipped models without their backbone) and selab.workbench.predict (photos -> parses)."""
 
 import json
 import pickle
@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from skimage import data
 
-from selab import pretrained
+from selab.workbench import pretrained
 from selab.cli import main
-from selab.model import ModelConfig, SELabModel
-from selab.predict import hierarchy_to_networkx, image_paths, predict_files, predict_images
+from selab.model.parser import ModelConfig, SELabModel
+from selab.workbench.predict import hierarchy_to_networkx, image_paths, predict_files, predict_images
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from selab.superpixels import PoolingMatrix, _bilinear_taps, pool_to_nodes, pooling_matrix, slic, upsample_and_pool
+from selab.method.superpixels import PoolingMatrix, _bilinear_taps, pool_to_nodes, pooling_matrix, slic, upsample_and_pool
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def sorted_unique_adjacency(labels):
 
 
 def test_adjacency_equals_sorted_unique(superpixel_batch, monkeypatch):
-    import selab.superpixels as sp
+    import selab.method.superpixels as sp
 
     assignment = superpixel_batch[0]
     expected = sorted_unique_adjacency(assignment)
@@ -112,7 +112,7 @@ def test_adjacency_equals_sorted_unique(superpixel_batch, monkeypatch):
 
 
 def test_unpool_to_pixels_equals_indexing(superpixel_batch):
-    from selab.superpixels import unpool_to_pixels
+    from selab.method.superpixels import unpool_to_pixels
 
     assignment, num_nodes, _ = superpixel_batch
     torch.manual_seed(2)
@@ -135,7 +135,7 @@ def local_superpixels(superpixel_batch):
 
 
 def test_superpixel_structures_equal_building_them_per_batch(local_superpixels):
-    from selab.graph import SuperpixelStructures, graph_from_superpixels
+    from selab.method.graph import SuperpixelStructures, graph_from_superpixels
 
     structures = SuperpixelStructures()
     expected = graph_from_superpixels(local_superpixels)
@@ -162,7 +162,7 @@ def test_superpixel_structures_equal_building_them_per_batch(local_superpixels):
 
 
 def test_prepared_pooling_matrix_gives_the_same_pooling_and_gradient(superpixel_batch, local_superpixels):
-    from selab.graph import SuperpixelStructures
+    from selab.method.graph import SuperpixelStructures
 
     assignment, num_nodes, ptr = superpixel_batch
     _, matrix = SuperpixelStructures().graph(local_superpixels, (15, 19))
@@ -181,7 +181,7 @@ def test_prepared_pooling_matrix_gives_the_same_pooling_and_gradient(superpixel_
 
 
 def test_node_label_histogram_equals_counting_the_valid_pixels(superpixel_batch):
-    from selab.superpixels import node_label_histogram
+    from selab.method.superpixels import node_label_histogram
 
     assignment, num_nodes, _ = superpixel_batch
     mask = torch.randint(0, 7, assignment.shape, generator=torch.Generator().manual_seed(4))
@@ -196,8 +196,8 @@ def test_node_label_histogram_equals_counting_the_valid_pixels(superpixel_batch)
 def test_model_with_kept_structures_equals_building_them(synthetic_batch):
     """The graph variants' logits, losses and gradients are the same with the structure cache on or off."""
     batch = synthetic_batch(48, 0, 40)
-    from selab.loss import compute_loss
-    from selab.model import ModelConfig, SELabModel
+    from selab.model.loss import compute_loss
+    from selab.model.parser import ModelConfig, SELabModel
 
     for variant in ("graph_lstm", "se_lstm"):
         results = []
@@ -224,8 +224,8 @@ def test_merge_loss_from_the_models_level_labels_equals_counting_again(synthetic
     """compute_loss takes the merge targets from the labels the chains' energy read: the same targets."""
     import dataclasses
 
-    from selab.loss import compute_loss, merge_targets
-    from selab.model import ModelConfig, SELabModel
+    from selab.model.loss import compute_loss, merge_targets
+    from selab.model.parser import ModelConfig, SELabModel
 
     batch = synthetic_batch(48, 1, 40)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Tests for selab.superpixels: SLIC labels, region adjacency against skimage's RAG, pooling."""
+"""Tests for selab.method.superpixels: SLIC labels, region adjacency against skimage's RAG, pooling."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from hypothesis.extra.numpy import arrays
 from skimage import data
 from skimage import graph as skgraph
 
-from selab.superpixels import (
+from selab.method.superpixels import (
     adjacency,
     check_labels,
     pool_to_nodes,

@@ -1,4 +1,4 @@
-"""selab.sweep: cells of a spec, checks, and a resumable papermill grid (on a tiny notebook)."""
+"""selab.experiments.sweep: cells of a spec, checks, and a resumable papermill grid (on a tiny notebook)."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,7 @@ import nbformat
 import pytest
 import yaml
 
-from selab import sweep
+from selab.experiments import sweep
 
 
 def test_cells_are_rows_crossed_with_the_grid_grid_major():
@@ -83,7 +83,7 @@ def test_environment_variables_in_parameters(monkeypatch):
 def test_every_committed_spec_gives_valid_training_configs(spec_path, tmp_path, monkeypatch):
     """Each cell of bench/*.yaml, mapped to a TrainConfig as notebooks/05_train.ipynb maps its parameters
     (TrainConfig.from_notebook), is accepted: a typo in a row's options fails here, not an hour into a sweep."""
-    from selab.train import TrainConfig
+    from selab.training.train import TrainConfig
 
     monkeypatch.setenv("SELAB_PASCAL_ROOT", str(tmp_path))
     monkeypatch.setenv("SELAB_CACHE_DIR", str(tmp_path / "cache"))

@@ -1,11 +1,11 @@
-"""Tests for selab.synthetic: determinism, classes, shared limb appearance, and the disk round trip."""
+"""Tests for selab.data.synthetic: determinism, classes, shared limb appearance, and the disk round trip."""
 
 import numpy as np
 import pytest
 import torch
 
-from selab.data import PascalPersonParts
-from selab.synthetic import SyntheticPersonParts, render_sample, write_pascal_layout
+from selab.data.datasets import PascalPersonParts
+from selab.data.synthetic import SyntheticPersonParts, render_sample, write_pascal_layout
 
 
 def test_same_seed_and_index_give_the_same_image():

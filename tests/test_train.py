@@ -1,4 +1,4 @@
-"""Tests for selab.train: run folders, resume, caches, two-step training, schedules, config checks."""
+"""Tests for selab.training.train: run folders, resume, caches, two-step training, schedules, config checks."""
 
 import json
 import math
@@ -8,12 +8,12 @@ import signal
 import pytest
 import torch
 
-import selab.superpixels
-import selab.train
+import selab.method.superpixels
+import selab.training.train
 
-from selab.model import SELabModel
+from selab.model.parser import SELabModel
 from selab.seeds import seed_everything
-from selab.train import LR_SCHEDULES, TrainConfig, build_scheduler, evaluate, load_model, load_schedule, run
+from selab.training.train import LR_SCHEDULES, TrainConfig, build_scheduler, evaluate, load_model, load_schedule, run
 
 
 def tiny(tmp_path, name, **overrides):
@@ -43,7 +43,7 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypat
     straight = run(tiny(tmp_path, "straight", variant=variant, epochs=2, model=model))
 
     calls = {"n": 0}
-    original = selab.train.compute_loss
+    original = selab.training.train.compute_loss
 
     def loss_then_ctrl_c(*args, **kwargs):
         calls["n"] += 1
@@ -51,12 +51,12 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypat
             os.kill(os.getpid(), signal.SIGINT)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(selab.train, "compute_loss", loss_then_ctrl_c)
+    monkeypatch.setattr(selab.training.train, "compute_loss", loss_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         run(tiny(tmp_path, "split", variant=variant, epochs=2, model=model))
     checkpoint = torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["step"]) == divmod(interrupt_at, 2)
-    monkeypatch.setattr(selab.train, "compute_loss", original)
+    monkeypatch.setattr(selab.training.train, "compute_loss", original)
     resumed = run(tiny(tmp_path, "split", variant=variant, epochs=2, resume=True, model=model))
     assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in straight["epochs"]]
     assert resumed["final"] == straight["final"]
@@ -83,13 +83,13 @@ def test_frozen_backbone_caches_features_and_evaluates(tmp_path):
 
 def test_superpixels_are_computed_once_and_reused(tmp_path, monkeypatch):
     calls = []
-    real_slic = selab.superpixels.slic
+    real_slic = selab.method.superpixels.slic
 
     def counting_slic(*args, **kwargs):
         calls.append(1)
         return real_slic(*args, **kwargs)
 
-    monkeypatch.setattr(selab.superpixels, "slic", counting_slic)
+    monkeypatch.setattr(selab.method.superpixels, "slic", counting_slic)
     run(tiny(tmp_path, "first", variant="graph_lstm"))
     cached = list((tmp_path / "cache" / "superpixels").rglob("*.npy"))
     assert len(cached) == len(calls) == 4 + 2  # each training and validation image once
@@ -199,7 +199,7 @@ def test_se_lstm_trains_and_resumes_on_cuda(tmp_path, monkeypatch, precision):
     options = dict(variant="se_lstm", epochs=2, device="cuda", precision=precision, model=model)
     straight = run(tiny(tmp_path, "straight", **options))
     assert all(math.isfinite(e["train_loss"]) for e in straight["epochs"])
-    calls, original = {"n": 0}, selab.train.compute_loss
+    calls, original = {"n": 0}, selab.training.train.compute_loss
 
     def loss_then_ctrl_c(*args, **kwargs):
         calls["n"] += 1
@@ -207,10 +207,10 @@ def test_se_lstm_trains_and_resumes_on_cuda(tmp_path, monkeypatch, precision):
             os.kill(os.getpid(), signal.SIGINT)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(selab.train, "compute_loss", loss_then_ctrl_c)
+    monkeypatch.setattr(selab.training.train, "compute_loss", loss_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         run(tiny(tmp_path, "split", **options))
-    monkeypatch.setattr(selab.train, "compute_loss", original)
+    monkeypatch.setattr(selab.training.train, "compute_loss", original)
     resumed = run(tiny(tmp_path, "split", resume=True, **options))
     assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx(
         [e["train_loss"] for e in straight["epochs"]], rel=1e-5)  # CUDA kernels need not be deterministic
@@ -219,4 +219,4 @@ def test_se_lstm_trains_and_resumes_on_cuda(tmp_path, monkeypatch, precision):
 def test_a_mid_epoch_state_of_another_device_kind_is_a_clear_error(tmp_path):
     cuda_like_state = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state is 16 bytes, a CPU one's 5056
     with pytest.raises(ValueError, match="another kind of device"):
-        selab.train._restore_generator(torch.Generator(), cuda_like_state, tmp_path / "last.pt")
+        selab.training.train._restore_generator(torch.Generator(), cuda_like_state, tmp_path / "last.pt")

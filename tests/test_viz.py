@@ -1,4 +1,4 @@
-"""selab.viz: every drawing function draws what it is given and rejects malformed input."""
+"""selab.workbench.viz: every drawing function draws what it is given and rejects malformed input."""
 
 import matplotlib
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from selab import viz
+from selab.workbench import viz
 from selab.classes import CLASS_COLORS
 
 
@@ -244,9 +244,9 @@ def other_backend():
 
 
 def test_training_figures_keep_the_callers_backend_and_figures(tmp_path, other_backend):
-    """selab.train's figures must not switch a notebook's backend (issue: notebook 03 showed no figures
+    """selab.training.train's figures must not switch a notebook's backend (issue: notebook 03 showed no figures
     after run(), which had called matplotlib.use("Agg")) nor close or add pyplot figures."""
-    from selab.train import plot_curves, plot_predictions
+    from selab.training.train import plot_curves, plot_predictions
 
     mine = plt.figure()
     history = [{"epoch": 1, "train_loss": 1.0, "val_mean_iou": 10.0},

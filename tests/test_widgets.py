@@ -1,4 +1,4 @@
-"""selab.widgets: each explorer is driven as plain Python, by setting control values and checking state.
+"""selab.workbench.widgets: each explorer is driven as plain Python, by setting control values and checking state.
 
 An exception inside a widget callback would not fail a papermill run, so the callbacks are tested here.
 """
@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from selab import viz, widgets
+from selab.workbench import viz, widgets
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_a_failing_callback_is_reported_and_raised(image):
 
 @pytest.fixture(scope="module")
 def small_graph(image):
-    from selab.superpixels import slic
+    from selab.method.superpixels import slic
 
     labels = slic(image, n_segments=60)
     num_nodes = int(labels.max()) + 1
@@ -86,7 +86,7 @@ def test_update_order_by_name_is_a_permutation_and_rejects_unknown_names():
 def test_update_order_explorer_follows_the_order_and_node(image, small_graph):
     import torch
 
-    from selab.graph_lstm import wavefront_levels
+    from selab.method.graph_lstm import wavefront_levels
 
     labels, confidence = small_graph
     app = widgets.UpdateOrderExplorer(image, labels, confidence=confidence, order="confidence")
@@ -122,9 +122,9 @@ def test_update_order_explorer_without_confidence_offers_no_confidence_order(ima
 def chain_setup(image):
     import torch
 
-    from selab.evolve import PartitionEnergy, merge_target, node_majority_labels
-    from selab.graph import graph_from_superpixels
-    from selab.superpixels import slic
+    from selab.method.evolve import PartitionEnergy, merge_target, node_majority_labels
+    from selab.method.graph import graph_from_superpixels
+    from selab.method.superpixels import slic
 
     labels = slic(image, n_segments=40)
     graph = graph_from_superpixels(labels)
@@ -148,7 +148,7 @@ def test_mh_table_tracks_the_state_energy():
 
 
 def test_mh_chain_explorer_steps_and_reruns_at_another_temperature(image, chain_setup):
-    from selab.evolve import metropolis_hastings
+    from selab.method.evolve import metropolis_hastings
 
     labels, graph, merge_prob, energy = chain_setup
     app = widgets.MHChainExplorer(image, labels, merge_prob, energy, num_steps=12, temperature=1.0, seed=3)
@@ -183,7 +183,7 @@ def test_mh_chain_explorer_rejects_a_wrong_number_of_probabilities(image, chain_
 def tiny_se_lstm():
     import torch
 
-    from selab.model import ModelConfig, SELabModel
+    from selab.model.parser import ModelConfig, SELabModel
 
     torch.manual_seed(0)
     config = ModelConfig(variant="se_lstm", num_layers=3, feature_channels=16, hidden_channels=16, n_segments=40,
@@ -252,7 +252,7 @@ def test_evolution_explorer_layer_structure_and_energy(tiny_se_lstm):
 
 
 def test_every_control_shows_its_whole_description(image, chain_setup, tiny_se_lstm):
-    from selab.superpixels import slic
+    from selab.method.superpixels import slic
 
     labels, _, merge_prob, energy = chain_setup
     model, sample = tiny_se_lstm
@@ -279,7 +279,7 @@ def test_readout_wraps_only_between_fields(image):
 @pytest.fixture(scope="module")
 def several_samples():
     """Three synthetic images; SLIC gives them different numbers of superpixels."""
-    from selab.synthetic import SyntheticPersonParts
+    from selab.data.synthetic import SyntheticPersonParts
 
     dataset = SyntheticPersonParts(3, 48, seed=2)
     return [dataset[index] for index in range(3)]
@@ -289,7 +289,7 @@ def test_records_print_as_one_line(tiny_se_lstm, several_samples):
     """Graph, GraphLSTMOutput, MHTrace and EvolutionTrace: a one-line repr, not a wall of tensors."""
     import torch
 
-    from selab.graph_lstm import GraphLSTM
+    from selab.method.graph_lstm import GraphLSTM
 
     model, _ = tiny_se_lstm
     output = widgets.evolution_forward(model, widgets.as_batch(several_samples[0], n_segments=40), structure="mh")

@@ -26,7 +26,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from selab.superpixels import (PoolingMatrix, _check_integer, adjacency, check_labels, node_label_histogram,
+from selab.method.superpixels import (PoolingMatrix, _check_integer, adjacency, check_labels, node_label_histogram,
                                pool_to_nodes, pooling_matrix)
 
 __all__ = [
@@ -234,7 +234,7 @@ class SuperpixelStructures:
     """What depends only on an image's superpixels, computed once per distinct label map and kept.
 
     The level-0 graph (:func:`graph_from_superpixels`) and the pooling matrix of
-    :func:`selab.superpixels.upsample_and_pool` are functions of the superpixels alone, and a training
+    :func:`selab.method.superpixels.upsample_and_pool` are functions of the superpixels alone, and a training
     run feeds the same cached superpixel maps every epoch. This cache keeps both per image, keyed by
     the map's content (shape, dtype and the SHA-1 digest of its bytes, the feature size), and puts a
     batch together from the images' entries: the same tensors as computing them for the batch (each
@@ -292,10 +292,10 @@ class SuperpixelStructures:
 
     def graph(self, superpixels, feature_size: tuple[int, int] | None = None):
         """The level-0 :class:`Graph` of ``superpixels`` [B,S,S] (or [S,S]) and, with ``feature_size``
-        ``(h, w)``, its float32 :class:`~selab.superpixels.PoolingMatrix` (else ``None``).
+        ``(h, w)``, its float32 :class:`~selab.method.superpixels.PoolingMatrix` (else ``None``).
 
         Equal to ``graph_from_superpixels(superpixels)`` and to the matrix
-        :func:`~selab.superpixels.upsample_and_pool` builds for [B,C,h,w] float32 features.
+        :func:`~selab.method.superpixels.upsample_and_pool` builds for [B,C,h,w] float32 features.
         """
         lab = _as_long_tensor(superpixels, None, "superpixels")
         if lab.ndim == 2:
@@ -489,7 +489,7 @@ def check_cluster(graph: Graph, cluster) -> torch.Tensor:
         raise ValueError("cluster: a cluster contains nodes of different images; clusters must never cross images")
     if bool((lo[1:] < lo[:-1]).any()):
         raise ValueError("cluster: clusters must be numbered image by image, in image order "
-                         "(renumber with selab.graph.canonical_cluster)")
+                         "(renumber with selab.method.graph.canonical_cluster)")
     return cluster
 
 
@@ -566,14 +566,14 @@ def level_majority_labels(graph: Graph, mask: torch.Tensor | None = None, num_cl
                           superpixel_histogram: torch.Tensor | None = None) -> torch.Tensor:
     """Majority ground-truth label of every node of a level: int64 ``[N]`` (ties: the smaller class id).
 
-    With ``superpixel_histogram [N0,K]`` (:func:`selab.superpixels.node_label_histogram` of the level-0
+    With ``superpixel_histogram [N0,K]`` (:func:`selab.method.superpixels.node_label_histogram` of the level-0
     superpixels) the node's class counts are the sums of its superpixels' counts, through
     ``superpixel_assignment``: the same counts as the node's pixels give, without a pass over the pixels
     at every level (issue 18). Else the pixels of ``mask [B,H,W]`` are counted on ``assignment``.
 
     Examples
     --------
-    >>> from selab.superpixels import node_label_histogram
+    >>> from selab.method.superpixels import node_label_histogram
     >>> g = graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]]))
     >>> mask = torch.tensor([[[0, 0, 1], [1, 1, 0]]])
     >>> level = coarsen(g, torch.tensor([0, 1, 0]))

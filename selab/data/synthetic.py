@@ -414,7 +414,7 @@ class SyntheticPersonParts(torch.utils.data.Dataset):
         Index of the first image; selab decision: ``make_dataset`` takes the validation split from
         ``start=1_000_000`` so it never overlaps the training images.
     transform : callable, optional
-        Applied to the sample dict (see :mod:`selab.data`).
+        Applied to the sample dict (see :mod:`selab.data.datasets`).
 
     Items are dicts ``image`` float32 [3, H, W] in [0, 1], ``mask`` int64 [H, W], ``id`` str
     (the 7-digit image index), the sample format of every selab dataset.
@@ -459,7 +459,7 @@ def write_pascal_layout(dataset: torch.utils.data.Dataset, root: str | os.PathLi
 
     Writes ``JPEGImages/<id>.jpg``, ``SegmentationPart/<id>.png`` (8-bit, one class id per pixel),
     ``train_id.txt`` and ``val_id.txt`` (the last ``val_fraction`` of the samples), so that
-    :class:`selab.data.PascalPersonParts` reads it like the real benchmark.
+    :class:`selab.data.datasets.PascalPersonParts` reads it like the real benchmark.
 
     Parameters
     ----------

@@ -3,9 +3,9 @@ r"""Structure evolution: one evolving step of the Structure-evolving LSTM, and t
 Implements the part of the Structure-evolving LSTM (Liang et al., "Interpretable Structure-Evolving
 LSTM", CVPR 2017) that is new over Graph LSTM, as one module per evolving layer,
 :class:`StructureEvolution`: after a Graph LSTM layer, every edge gets a merge probability
-(:mod:`selab.merge`); a structure is chosen by a Metropolis-Hastings sampler (:mod:`selab.mh`) against
-the energy of a partition (:mod:`selab.energy`), by thresholding (greedy) or not at all; the accepted
-partition is coarsened into the next, higher-level graph (:func:`selab.graph.coarsen`: merged nodes take
+(:mod:`selab.method.merge`); a structure is chosen by a Metropolis-Hastings sampler (:mod:`selab.method.mh`) against
+the energy of a partition (:mod:`selab.method.energy`), by thresholding (greedy) or not at all; the accepted
+partition is coarsened into the next, higher-level graph (:func:`selab.method.graph.coarsen`: merged nodes take
 the mean of their f, h and m). :func:`hierarchy_stats` measures the hierarchy (node counts, clique label
 purity).
 
@@ -19,8 +19,8 @@ energy (``energy="ground_truth"``), and the deterministic greedy structure (``p 
 (``eval_mode="auto"``; decisions 4 and 6). ``mode="none"`` gives a plain Graph LSTM (no merging, in
 training and at test time).
 
-The names of :mod:`selab.merge`, :mod:`selab.energy`, :mod:`selab.mh` and the supervision of the merge
-probabilities (:mod:`selab.loss`) are re-exported here, where the notebooks import them.
+The names of :mod:`selab.method.merge`, :mod:`selab.method.energy`, :mod:`selab.method.mh` and the supervision of the merge
+probabilities (:mod:`selab.model.loss`) are re-exported here, where the notebooks import them.
 """
 from __future__ import annotations
 
@@ -30,15 +30,15 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from selab.energy import ENERGIES, PartitionEnergy
-from selab.graph import coarse_confidence, coarsen, scatter_mean
-from selab.loss import merge_loss, merge_target
-from selab.merge import __all__ as merge_all
-from selab.merge import (Budget, MergeProbability, Proposal, _check_budget, candidate_edges, connected_components,
+from selab.method.energy import ENERGIES, PartitionEnergy
+from selab.method.graph import coarse_confidence, coarsen, scatter_mean
+from selab.model.loss import merge_loss, merge_target
+from selab.method.merge import __all__ as merge_all
+from selab.method.merge import (Budget, MergeProbability, Proposal, _check_budget, candidate_edges, connected_components,
                          greedy_merge, proposal_log_prob, propose, smallest_members)
-from selab.mh import __all__ as mh_all
-from selab.mh import Chains, MHStep, MHTrace, _run_chains, metropolis_hastings
-from selab.superpixels import node_label_histogram, node_majority_labels
+from selab.method.mh import __all__ as mh_all
+from selab.method.mh import Chains, MHStep, MHTrace, _run_chains, metropolis_hastings
+from selab.method.superpixels import node_label_histogram, node_majority_labels
 
 __all__ = ["StructureEvolution", "EvolutionTrace", "EvolutionOutput", "hierarchy_stats", "combine_hierarchy_stats",
            "MODES"]
@@ -56,7 +56,7 @@ MODES = ("mh", "greedy", "none")
 class EvolutionTrace:
     """What one evolution step did, per image (detached, for the notebooks).
 
-    ``chains[b]`` is the :class:`~selab.mh.MHTrace` of image b (``None`` in greedy / none mode); ``edges_on`` the
+    ``chains[b]`` is the :class:`~selab.method.mh.MHTrace` of image b (``None`` in greedy / none mode); ``edges_on`` the
     final switched-on edges of the whole batch; node counts before/after per image.
     """
 
@@ -108,7 +108,7 @@ class StructureEvolution(nn.Module):
     higher-level graph, which takes the mean of their states.
 
     The paper fixes merging probabilities from the gate outputs (supervised with an L2 loss,
-    :func:`selab.loss.merge_loss`), stochastic structures accepted by Metropolis-Hastings in training and
+    :func:`selab.model.loss.merge_loss`), stochastic structures accepted by Metropolis-Hastings in training and
     averaged clique states. The rest is selab's, each a named option (docs/method.md, "Where selab
     decides"): the probability's form (``source``, decision 1), independent edge proposals within a merge
     budget (``merge_budget``, decision 2), the energy (``beta``, ``energy_scale``, ``distance``, ``energy``;
@@ -134,16 +134,16 @@ class StructureEvolution(nn.Module):
     threshold : float, default 0.5
         Greedy mode: merge edges with ``p > threshold``.
     beta, energy_scale : float, default 0.1 and 100.0
-        Merge reward and energy unit of the default energy (see :class:`~selab.energy.PartitionEnergy`).
+        Merge reward and energy unit of the default energy (see :class:`~selab.method.energy.PartitionEnergy`).
     distance : {"tv", "sq"}, default "tv"
-        Class-distribution distance of the energy (see :class:`~selab.energy.PartitionEnergy`).
+        Class-distribution distance of the energy (see :class:`~selab.method.energy.PartitionEnergy`).
     eval_mode : {"auto", "greedy", "mh", "none", None}, default "auto"
         Mode in ``eval()``. ``"auto"`` follows the family of ``mode``: ``"mh"`` and ``"greedy"``
         -> ``"greedy"`` (selab decision, docs/method.md decision 6: a deterministic structure at test time),
         ``"none"`` -> ``"none"`` (a model trained without merging is not merged at test time either);
         ``None`` uses ``mode`` itself (MH at test time for an MH-trained model).
     source : {"forget_gates", "hidden"}, default "forget_gates"
-        Input of :class:`~selab.merge.MergeProbability`.
+        Input of :class:`~selab.method.merge.MergeProbability`.
     energy : {"ground_truth", "prediction", "mixed"}, default "ground_truth"
         Energy of the MH chains in training (selab decision, issue 19): ``"ground_truth"`` scores
         partitions with the nodes' majority ground-truth labels, so training cliques are nearly
@@ -250,7 +250,7 @@ class StructureEvolution(nn.Module):
 
         Parameters
         ----------
-        graph : selab.graph.Graph
+        graph : selab.method.graph.Graph
             This level (``edge_index``, ``batch``, ``size``, ``assignment``, optional ``x`` = f).
         lstm_output : GraphLSTMOutput
             With ``.h [N, H]``, ``.m [N, H]``, ``.edge_forget [2, E, H]``.
@@ -335,7 +335,7 @@ def hierarchy_stats(levels: list, mask, num_classes: int = 7) -> list[dict]:
 
     Parameters
     ----------
-    levels : list of selab.graph.Graph
+    levels : list of selab.method.graph.Graph
         The levels of one batch, each with ``assignment [B,S,S]`` (global node ids) and ``batch``.
     mask : LongTensor [B,S,S] or list of LongTensor [H_b,W_b]
         Ground-truth labels at the levels' resolution, or one full-resolution mask per image (then
@@ -353,7 +353,7 @@ def hierarchy_stats(levels: list, mask, num_classes: int = 7) -> list[dict]:
     Examples
     --------
     >>> import numpy as np
-    >>> from selab.graph import coarsen, graph_from_superpixels
+    >>> from selab.method.graph import coarsen, graph_from_superpixels
     >>> level0 = graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]]))
     >>> level1 = coarsen(level0, torch.tensor([0, 0, 1]))
     >>> mask = torch.tensor([[[0, 0, 1], [0, 0, 0]]])

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse import csgraph
 
-from selab.graph import check_edge_index, describe
+from selab.method.graph import check_edge_index, describe
 
 __all__ = [
     "ORDERS",

@@ -77,7 +77,7 @@ def to_image(image: Any) -> np.ndarray:
 def new_axes(ax: Axes | None = None, figsize: tuple[float, float] = (5, 5)) -> Axes:
     """Return ``ax``, or the axis of a new pyplot figure when ``ax`` is None.
 
-    The only place selab.viz touches pyplot: a new figure in a notebook should show itself (inline
+    The only place selab.workbench.viz touches pyplot: a new figure in a notebook should show itself (inline
     backend), so it is made by ``plt.subplots``; the backend is whatever the caller has.
     """
     if ax is None:

@@ -8,7 +8,7 @@ from the resampled images' summed confusion matrices (the benchmark's split-leve
 per-image scores). A row's mIoU is the mean over its runs, so the interval is that of the difference
 of the rows' seed-averaged scores.
 
-Run folders come from ``selab train`` or a sweep (:mod:`selab.sweep`); a sweep cell's row name is its
+Run folders come from ``selab train`` or a sweep (:mod:`selab.experiments.sweep`); a sweep cell's row name is its
 label. Each run needs ``metrics.json``; the paired comparison also needs ``val_per_image.npz`` (written
 by training after its last epoch, or by ``selab evaluate --per-image``).
 
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from selab.classes import CLASS_NAMES
-from selab.metrics import PER_IMAGE_FILE, iou, load_per_image
-from selab.sweep import CELL_FILE
+from selab.training.metrics import PER_IMAGE_FILE, iou, load_per_image
+from selab.experiments.sweep import CELL_FILE
 
 
 @dataclass
@@ -279,7 +279,7 @@ def pairs_markdown(results: list[dict]) -> str:
 
 def hierarchy_markdown(rows: list[dict]) -> str:
     """Per level at test time, for the rows that have a hierarchy: nodes per image and clique label
-    purity (:func:`selab.evolve.hierarchy_stats`), each the mean over the row's runs."""
+    purity (:func:`selab.method.evolve.hierarchy_stats`), each the mean over the row's runs."""
     lines = ["| row | runs | nodes per image, level 0 → top | clique label purity (%), level 0 → top |",
              "|---|---|---|---|"]
     for row in rows:

@@ -1,15 +1,15 @@
 r"""Training and evaluation: :class:`TrainConfig`, one :func:`run` for the notebook (papermill) and the
 ``selab`` command, checkpoints and run folders, and :func:`evaluate`.
 
-Trains the three variants of :mod:`selab.model` (``cnn``, ``graph_lstm`` of Liang et al., ECCV 2016,
+Trains the three variants of :mod:`selab.model.parser` (``cnn``, ``graph_lstm`` of Liang et al., ECCV 2016,
 ``se_lstm`` of Liang et al., CVPR 2017) on PASCAL-Person-Part, an image/mask folder or the built-in
-synthetic data (prepared by :mod:`selab.prepare`), and evaluates them with the benchmark's metric (IoU
+synthetic data (prepared by :mod:`selab.data.prepare`), and evaluates them with the benchmark's metric (IoU
 from a confusion matrix accumulated over the split, at each mask's full resolution). The paper's recipe
 is SGD (momentum 0.9, weight decay 5e-4, lr 1e-3 for new layers and 1e-4 for pretrained ones, batch 2)
 and a two-step schedule (first the confidence layer, then all): ``TrainConfig(optimizer="sgd", lr=1e-3,
 backbone_lr_scale=0.1, weight_decay=5e-4, batch_size=2, two_step_epochs=E1)``, and the whole network
 fine-tuned with the paper's augmentation: add ``backbone="efficientnet_lite0", freeze_backbone=False,
-augmentation="paper"`` (:mod:`selab.augment`). selab's defaults (AdamW, poly schedule, batch 8, a frozen
+augmentation="paper"`` (:mod:`selab.data.augment`). selab's defaults (AdamW, poly schedule, batch 8, a frozen
 pretrained backbone with cached features) train faster on a CPU.
 
 A run folder holds ``config.json``, ``checkpoints/last.pt`` (+ ``best.pt``), ``metrics.json``
@@ -53,17 +53,17 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from tqdm.auto import tqdm
 
-from selab import distributed
-from selab.augment import renumber
+from selab.training import distributed
+from selab.data.augment import renumber
 from selab.classes import CLASS_COLORS, CLASS_NAMES, colorize
-from selab.data import DATASETS, resize_image
-from selab.evolve import StructureEvolution, combine_hierarchy_stats, hierarchy_stats
+from selab.data.datasets import DATASETS, resize_image
+from selab.method.evolve import StructureEvolution, combine_hierarchy_stats, hierarchy_stats
 from selab.files import atomic_save, atomic_write_text, writable_folder
-from selab.loss import _cross_entropy, compute_loss  # noqa: F401  (_cross_entropy: tests reach it here)
-from selab.metrics import PER_IMAGE_FILE, ConfusionMatrix, confusion_matrix, save_per_image
-from selab.model import ModelConfig, SELabModel, build_model
+from selab.model.loss import _cross_entropy, compute_loss  # noqa: F401  (_cross_entropy: tests reach it here)
+from selab.training.metrics import PER_IMAGE_FILE, ConfusionMatrix, confusion_matrix, save_per_image
+from selab.model.parser import ModelConfig, SELabModel, build_model
 # PreparedSplit is imported for the notebooks that build a split from a run's config (03, 06).
-from selab.prepare import PreparedSplit, TrainingData, check_data, evaluation_loader, to_device  # noqa: F401
+from selab.data.prepare import PreparedSplit, TrainingData, check_data, evaluation_loader, to_device  # noqa: F401
 from selab.seeds import MODEL, epoch_generator, rng_state, seed_everything, set_rng_state
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -87,12 +87,12 @@ class TrainConfig:
     Parameters
     ----------
     variant : {"cnn", "graph_lstm", "se_lstm"}
-        The model (:class:`selab.model.ModelConfig`).
+        The model (:class:`selab.model.parser.ModelConfig`).
     backbone : {"small", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
         ``small``: a CNN trained from scratch; ``efficientnet_lite0/1/2``: ImageNet-pretrained
-        (:data:`selab.backbones.BACKBONES`).
+        (:data:`selab.model.backbones.BACKBONES`).
     dataset : {"synthetic", "pascal_person_part", "folder"}
-        Built-in generated data, PASCAL-Person-Part, or an image/mask folder (:mod:`selab.data`).
+        Built-in generated data, PASCAL-Person-Part, or an image/mask folder (:mod:`selab.data.datasets`).
     data_root : str, optional
         Dataset folder (not needed for ``synthetic``).
     split : str
@@ -139,10 +139,10 @@ class TrainConfig:
     augmentation : {"flip", "paper"}
         ``flip``: random horizontal flips (the only augmentation cached features can follow). ``paper``:
         the paper's random crops around the people, scale, rotation, flips and colour-intensity scaling
-        (:mod:`selab.augment`), on uncached features only (``freeze_backbone=False`` or
+        (:mod:`selab.data.augment`), on uncached features only (``freeze_backbone=False`` or
         ``cache_features=False``). selab decision: ``flip`` by default, so that earlier runs keep their results.
     model : dict
-        Further :class:`~selab.model.ModelConfig` fields (``hidden_channels``, ``num_layers``, ...).
+        Further :class:`~selab.model.parser.ModelConfig` fields (``hidden_channels``, ``num_layers``, ...).
     seed : int
         Seeds the weights and every random draw of training (:mod:`selab.seeds`).
     out_dir : str
@@ -858,7 +858,7 @@ def tta_sizes(size: int, scales, multiple: int) -> list[int]:
 
     selab decision: ``multiple`` is the backbone's coarsest stride (32 for EfficientNet-Lite), so that every
     stride-2 convolution sees an even input: EfficientNet-Lite0's static padding (computed for 224 px) is
-    then exactly the padding of the rescaled input (:func:`selab.backbones.load_efficientnet_lite`), and
+    then exactly the padding of the rescaled input (:func:`selab.model.backbones.load_efficientnet_lite`), and
     the feature grids of every scale line up with the image. Scale 1 keeps ``size`` as it is (the
     single-scale pass). Ties round up. A scale that rounds to a size already listed is dropped (at small
     sizes scales collapse: 0.75 x 64 px rounds to 64), so no pass is counted twice in the average.
@@ -879,9 +879,9 @@ def rescaled(data: dict, size: int) -> dict:
     """The model's inputs for a batch's images at ``size`` x ``size`` (multi-scale test-time augmentation).
 
     Each image is resized from its full-resolution original (``full_images``, with the antialiased
-    resize of :mod:`selab.prepare`), so a larger scale sees real detail rather than an upsampled
+    resize of :mod:`selab.data.prepare`), so a larger scale sees real detail rather than an upsampled
     S x S image. selab decision: the superpixels are the batch's own S x S map resized with nearest
-    neighbour and :func:`~selab.augment.renumber`-ed (as the paper's scaling augmentation treats them in
+    neighbour and :func:`~selab.data.augment.renumber`-ed (as the paper's scaling augmentation treats them in
     training), not SLIC run again at the new size: every scale then parses the same partition (the graph
     only changes where a tiny superpixel vanishes or splits), the scales differ in their CNN features
     alone, and evaluation runs no SLIC. Cached features are left out (the backbone computes the
@@ -926,7 +926,7 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
     Logits [B,K,S,S] are upsampled (bilinear) to each mask's own size before the argmax, and the
     confusion matrix accumulates over the whole split (pixels labelled ``ignore_index`` left out).
     ``per_image``, a list, receives one ``(id, confusion [K,K])`` pair per image (for paired
-    comparisons of runs, :mod:`selab.compare`). ``precision="bf16"``: the forward pass under autocast.
+    comparisons of runs, :mod:`selab.experiments.compare`). ``precision="bf16"``: the forward pass under autocast.
     ``flip=True``: test-time augmentation, the mean of the logits of each image and of its mirror image
     (mirrored back). ``scales`` (e.g. ``(0.75, 1, 1.25)``, must include 1): multi-scale test-time
     augmentation, the whole model run again on each image at every other scale (:func:`tta_sizes`,
@@ -980,7 +980,7 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
     scores = matrix.compute()
     if hierarchy:
         # The evolved hierarchy at test time, per level: nodes per image and clique label purity
-        # (selab.evolve.hierarchy_stats, on the masks at the training size).
+        # (selab.method.evolve.hierarchy_stats, on the masks at the training size).
         levels = combine_hierarchy_stats(hierarchy)
         scores["hierarchy"] = {"mean_nodes_per_image": [s["mean_nodes_per_image"] for s in levels],
                                "purity": [s["purity"] for s in levels]}
@@ -996,7 +996,7 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
 
     ``model_options`` tests the model another way (:func:`load_model`); ``per_image_out`` (an ``.npz``
     path) also saves every image's confusion matrix
-    (:func:`selab.metrics.save_per_image`), for paired comparisons with :mod:`selab.compare`.
+    (:func:`selab.training.metrics.save_per_image`), for paired comparisons with :mod:`selab.experiments.compare`.
     ``tta``: test-time augmentation (:func:`evaluate_model`), one of :data:`TTA_MODES`: ``"flip"``, each
     image and its mirror image; ``"scale"``, each image at every scale of ``tta_scales`` (default
     0.75, 1, 1.25; must include 1); ``"flip,scale"``, both. Recorded as ``test_time_augmentation`` in the
@@ -1268,7 +1268,7 @@ def _train(config: TrainConfig, folder: RunFolder, device) -> dict:
                                   f"{_first_non_finite(model.state_dict().items())}", last_path)
             examples = []
             if val_loader is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-                # The last epoch's per-image confusions let runs be compared image by image (selab.compare).
+                # The last epoch's per-image confusions let runs be compared image by image (selab.experiments.compare).
                 per_image = [] if epoch + 1 == config.epochs else None
                 try:
                     scores, examples = evaluate_model(model, val_loader, device, progress=config.progress,

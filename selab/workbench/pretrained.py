@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from selab.backbones import build_backbone
+from selab.model.backbones import build_backbone
 from selab.files import atomic_save
-from selab.model import SELabModel, build_model
+from selab.model.parser import SELabModel, build_model
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 _BACKBONE_PREFIX = "backbone."
 
 
@@ -94,7 +94,7 @@ def export(checkpoint: dict, name: str, metrics: dict, commit: str | None, comma
     Parameters
     ----------
     checkpoint : dict
-        As saved by :func:`selab.train.save_checkpoint` (``model``, ``model_config``, ``train_config``).
+        As saved by :func:`selab.training.train.save_checkpoint` (``model``, ``model_config``, ``train_config``).
     name : str
         File stem; a plain name.
     metrics : dict

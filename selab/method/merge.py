@@ -7,11 +7,11 @@ proposal switches each candidate edge on independently with its probability (:fu
 :func:`candidate_edges`, the merge budget of decision 2), its probability q is
 :func:`proposal_log_prob`, and its cliques are the connected components of the switched-on edges
 (:func:`connected_components`, a vectorised union-find). :func:`greedy_merge` is the deterministic
-structure of test time (decision 6). The sampler that accepts or rejects proposals is :mod:`selab.mh`.
+structure of test time (decision 6). The sampler that accepts or rejects proposals is :mod:`selab.method.mh`.
 
 An edge state ``z`` is a bool ``[E]`` over ``edge_index [2, E]`` (PyG's convention, each undirected
 edge once); a partition is a ``cluster [N]`` vector numbered in the order of each clique's smallest
-node (:func:`selab.graph.canonical_cluster`), so the cliques of a batch never cross images.
+node (:func:`selab.method.graph.canonical_cluster`), so the cliques of a batch never cross images.
 
 Examples
 --------
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from selab.graph import canonical_cluster, check_edge_index
+from selab.method.graph import canonical_cluster, check_edge_index
 
 __all__ = [
     "MergeProbability",
@@ -67,7 +67,7 @@ class MergeProbability(nn.Module):
 
     In short, the compatibility of two connected nodes is read from a Graph LSTM layer's gate outputs and
     turned into the probability that the two merge into one clique. It is learned with an L2 loss against
-    whether the two nodes share a ground-truth label (:func:`selab.loss.merge_loss`).
+    whether the two nodes share a ground-truth label (:func:`selab.model.loss.merge_loss`).
 
     The paper fixes the inputs (the LSTM gate outputs) and the L2 supervision; the form is a selab
     decision (docs/method.md decision 1): with ``source="forget_gates"`` (the default)
@@ -202,7 +202,7 @@ def _log_q(p: np.ndarray, graph: np.ndarray, num_graphs: int, on_state: np.ndarr
     ``np.flatnonzero`` of an ``[S, C]`` bool array); row 0 is "nothing on". A graph's log q is the sum
     of log(1 - p) over its candidates plus log p - log(1 - p) per switched-on edge, and -inf (q = 0)
     where an edge with p = 1 is off or one with p = 0 is on. The one definition of log q: the sampler
-    (:mod:`selab.mh`) scores all its proposals with it, :func:`proposal_log_prob` one state.
+    (:mod:`selab.method.mh`) scores all its proposals with it, :func:`proposal_log_prob` one state.
     """
     with np.errstate(divide="ignore"):
         log_on, log_off = np.log(p), np.log1p(-p)

@@ -1,6 +1,6 @@
 """Parsing photos with a trained model: label maps, colour overlays and the evolved hierarchy.
 
-``selab predict IMAGE... --model NAME|RUN_DIR --out DIR`` runs a shipped model (:mod:`selab.pretrained`)
+``selab predict IMAGE... --model NAME|RUN_DIR --out DIR`` runs a shipped model (:mod:`selab.workbench.pretrained`)
 or a run folder's checkpoint on any photos, in batches: each photo is resized to the model's training
 size (as in training), cut into superpixels with the model's SLIC settings, parsed, and the logits are
 upsampled to the photo's own size. For every photo it writes ``<stem>_labels.png`` (class ids as a
@@ -12,7 +12,7 @@ their majority class) and ``<stem>_hierarchy.json`` (:func:`hierarchy_record`), 
 Examples
 --------
 >>> from skimage import data
->>> from selab.model import ModelConfig, SELabModel
+>>> from selab.model.parser import ModelConfig, SELabModel
 >>> model = SELabModel(ModelConfig(variant="se_lstm", backbone="small", n_segments=60)).eval()
 >>> result = predict_images(model, [torch.from_numpy(data.astronaut()).permute(2, 0, 1) / 255.0], image_size=64)[0]
 >>> result.labels.shape, len(result.hierarchy["levels"])
@@ -34,9 +34,9 @@ from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
 from selab.classes import CLASS_COLORS, CLASS_NAMES
-from selab.data import IMAGE_SUFFIXES, read_image, resize_image
-from selab.evolve import node_label_histogram
-from selab.superpixels import slic
+from selab.data.datasets import IMAGE_SUFFIXES, read_image, resize_image
+from selab.method.evolve import node_label_histogram
+from selab.method.superpixels import slic
 
 
 @dataclass

@@ -23,7 +23,7 @@ cell's parameters, ``out_dir`` set to the folder and, unless given, ``cache_dir`
 (the features and superpixels are computed once for the sweep). The sweep is resumable: a cell whose last run
 finished is skipped, an interrupted one is continued with ``resume=True`` (the training run's own exact
 resume), a failed one is retried. ``SWEEP/sweep.json`` records the spec, the commit and every cell's
-status, time and log; :mod:`selab.compare` and ``notebooks/07_compare_runs.ipynb`` read the folder.
+status, time and log; :mod:`selab.experiments.compare` and ``notebooks/07_compare_runs.ipynb`` read the folder.
 
 selab decision: a thin runner over papermill rather than a workflow engine (Snakemake drives papermill
 grids in some projects): cells are independent, so a grid, a skip rule and a process pool are all it
@@ -55,7 +55,7 @@ import yaml
 from selab.files import atomic_write_text
 
 # The training notebook of this checkout (a spec may name another, relative to the working directory).
-DEFAULT_NOTEBOOK = str(Path(__file__).resolve().parents[1] / "notebooks" / "05_train.ipynb")
+DEFAULT_NOTEBOOK = str(Path(__file__).resolve().parents[2] / "notebooks" / "05_train.ipynb")
 CELL_FILE = "sweep_cell.json"  # in each cell folder: its row, grid values, parameters and status
 SPEC_KEYS = {"notebook", "parameters", "rows", "grid"}
 

@@ -1,7 +1,7 @@
 """What training reads: a split resized to S x S, with cached superpixels and features, batched.
 
-The data side of :func:`selab.train.run`. :func:`base_dataset` picks a split's full-resolution samples
-(:mod:`selab.data`); :class:`PreparedSplit` resizes them (antialiased bilinear image, nearest-neighbour
+The data side of :func:`selab.training.train.run`. :func:`base_dataset` picks a split's full-resolution samples
+(:mod:`selab.data.datasets`); :class:`PreparedSplit` resizes them (antialiased bilinear image, nearest-neighbour
 mask) and adds the superpixels of the resized image and, with a frozen backbone, its multi-scale
 features, both computed once and cached on disk (:class:`SuperpixelCache`, one ``.pt`` file per image
 for the features); :func:`collate` batches its items; :class:`TrainingData` shuffles and flips each
@@ -10,7 +10,7 @@ keeps the full-resolution masks for scoring.
 
 Augmentation (``TrainConfig.augment``, ``TrainConfig.augmentation``): ``"flip"`` mirrors a sample
 horizontally, image, mask, superpixels and every cached feature map alike; ``"paper"`` applies the paper's
-crops around the people, scale, rotation, flip and colour-intensity scaling (:mod:`selab.augment`) to the
+crops around the people, scale, rotation, flip and colour-intensity scaling (:mod:`selab.data.augment`) to the
 full-resolution image and mask and to the cached superpixel map. selab decision: with cached features only
 the flip is possible (a feature map cannot follow a crop or a rotation of its image: it would have to be
 computed again), so ``"paper"`` needs uncached features (a trained backbone, or ``cache_features=False``).
@@ -18,7 +18,7 @@ computed again), so ``"paper"`` needs uncached features (a trained backbone, or 
 Examples
 --------
 >>> import tempfile
->>> from selab.train import TrainConfig
+>>> from selab.training.train import TrainConfig
 >>> config = TrainConfig(variant="graph_lstm", limit=2, image_size=32, n_segments=20, cache_dir=tempfile.mkdtemp())
 >>> split = PreparedSplit(config, "train", limit=2, keep_full=False)
 >>> batch = collate([split[0], split[1]])
@@ -39,15 +39,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from selab import distributed, superpixels
-from selab.augment import Augmentation
-from selab.data import check_files, make_dataset, resize_image
+from selab.training import distributed
+
+from selab.method import superpixels
+from selab.data.augment import Augmentation
+from selab.data.datasets import check_files, make_dataset, resize_image
 from selab.files import atomic_save, atomic_write
 from selab.seeds import AUGMENT, FLIPS, SHUFFLE, epoch_generator
 
-if TYPE_CHECKING:  # type hints only: selab.train imports this module
-    from selab.model import SELabModel
-    from selab.train import TrainConfig
+if TYPE_CHECKING:  # type hints only: selab.training.train imports this module
+    from selab.model.parser import SELabModel
+    from selab.training.train import TrainConfig
 
 SYNTHETIC_TRAIN_IMAGES, SYNTHETIC_VAL_IMAGES = 256, 32
 
@@ -66,7 +68,7 @@ def _dataset_key(config: TrainConfig, split: str) -> str:
 def base_dataset(config: TrainConfig, split: str, limit: int | None):
     """The split's full-resolution samples (dicts with ``image`` [3,H,W], ``mask`` [H,W], ``id``).
 
-    :func:`selab.data.make_dataset`; ``synthetic`` renders ``limit`` images (default 256 for training,
+    :func:`selab.data.datasets.make_dataset`; ``synthetic`` renders ``limit`` images (default 256 for training,
     32 otherwise) at ``image_size``, with disjoint ``train``/``val``/``test``.
     """
     if config.dataset == "synthetic" and limit is None:
@@ -118,7 +120,7 @@ class SuperpixelCache:
     Parameters
     ----------
     cache_dir : path
-    n_segments, compactness : SLIC parameters (see :func:`selab.superpixels.slic`).
+    n_segments, compactness : SLIC parameters (see :func:`selab.method.superpixels.slic`).
 
     Examples
     --------
@@ -176,7 +178,7 @@ class PreparedSplit(torch.utils.data.Dataset):
     Items: ``image`` [3,S,S], ``mask`` [S,S], ``superpixels`` [S,S] (graph variants), ``features`` (list of
     [C_i,h_i,w_i] float16, cached), ``id``, and for evaluation ``full_mask`` / ``full_image`` at the
     original resolution. ``flips`` (a bool tensor per index) mirrors a sample horizontally: image, mask,
-    superpixels and every feature map alike. ``draws`` (one row of :meth:`selab.augment.Augmentation.draws`
+    superpixels and every feature map alike. ``draws`` (one row of :meth:`selab.data.augment.Augmentation.draws`
     per index) applies the paper's augmentation instead, the flip included.
     """
 
@@ -296,7 +298,7 @@ def collate(items: list[dict]) -> dict:
     Tensors of one size stack under the item's key (``image`` [B,3,S,S], ``mask``, ``superpixels``
     [B,S,S], ``features`` a list of [B,C_i,h_i,w_i]); what differs per image becomes a list under the
     plural key: ``ids``, ``full_masks``, ``full_images``. Superpixel ids stay per image (0..N_b-1);
-    :func:`selab.graph.graph_from_superpixels` offsets them.
+    :func:`selab.method.graph.graph_from_superpixels` offsets them.
     """
     data = {"image": torch.stack([i["image"] for i in items]), "mask": torch.stack([i["mask"] for i in items]),
             "ids": [i["id"] for i in items]}
@@ -353,7 +355,7 @@ class TrainingData:
         if self.config.augment and self.config.augmentation == "paper":
             self.dataset.draws = self.dataset.augmentation.draws(
                 len(self.dataset), epoch_generator(self.config.seed, epoch, AUGMENT))
-        # distributed: batch_size is the global batch; this process takes its share of each (selab.distributed)
+        # distributed: batch_size is the global batch; this process takes its share of each (selab.training.distributed)
         local_batch = distributed.local_batch_size(self.config.batch_size)
         remaining = distributed.shard(order.tolist())[start_step * local_batch :]
         return _loader(torch.utils.data.Subset(self.dataset, remaining), local_batch, self.config.num_workers)

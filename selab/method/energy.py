@@ -4,9 +4,9 @@ selab decision 3 of docs/method.md: the target of the Structure-evolving LSTM's 
 CVPR 2017) is :math:`\pi(G) \propto \exp(-E(G)/T)`, with E scoring how much a partition hurts the
 parsing: the class disagreement of the nodes merged into one clique, minus a reward per merge.
 :class:`PartitionEnergy` evaluates it for one partition, for many at once (:meth:`PartitionEnergy.per_graph_many`),
-or per slot of the sampler's layout (:meth:`PartitionEnergy.disagreement_by_slot`, see :mod:`selab.mh`),
+or per slot of the sampler's layout (:meth:`PartitionEnergy.disagreement_by_slot`, see :mod:`selab.method.mh`),
 from the nodes' ground-truth labels (training), predicted class distributions (test time) or a mix.
-``ENERGIES`` names the sources :class:`selab.evolve.StructureEvolution` offers.
+``ENERGIES`` names the sources :class:`selab.method.evolve.StructureEvolution` offers.
 
 Examples
 --------
@@ -181,7 +181,7 @@ class PartitionEnergy:
         """Energies of S partitions at once, per image: ``[S, B]`` float64.
 
         Cluster ids of each row are in ``0..N-1``; a cluster is counted in the image of its members
-        (partitions from :func:`selab.merge.connected_components` of a batch never cross images).
+        (partitions from :func:`selab.method.merge.connected_components` of a batch never cross images).
         """
         num_states, n = clusters.shape
         if n != self.prob.shape[0]:

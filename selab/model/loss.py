@@ -1,6 +1,6 @@
 r"""The loss stage: what the model's predictions are scored against, and how.
 
-The model (:mod:`selab.model`) computes predictions only; this module holds the supervision of all three
+The model (:mod:`selab.model.parser`) computes predictions only; this module holds the supervision of all three
 variants, read from the batch's ground-truth ``mask``:
 
 - the pixel cross-entropy of the logits, and of the initial confidence maps (weighted by
@@ -14,7 +14,7 @@ variants, read from the batch's ground-truth ``mask``:
 Examples
 --------
 >>> import torch
->>> from selab.model import ModelConfig, SELabModel
+>>> from selab.model.parser import ModelConfig, SELabModel
 >>> model = SELabModel(ModelConfig(variant="cnn", backbone="small", feature_channels=8)).eval()
 >>> batch = {"image": torch.rand(1, 3, 16, 16), "mask": torch.zeros(1, 16, 16, dtype=torch.long)}
 >>> sorted(compute_loss(model(batch), batch, model.config))
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selab.graph import check_edge_index, level_majority_labels
-from selab.superpixels import node_label_histogram
+from selab.method.graph import check_edge_index, level_majority_labels
+from selab.method.superpixels import node_label_histogram
 
 __all__ = ["compute_loss", "merge_target", "merge_targets", "merge_loss"]
 
@@ -52,7 +52,7 @@ def merge_targets(levels: list, mask: Tensor, num_classes: int) -> list[Tensor]:
 
     The levels' majority labels are the argmax of their class counts. Where the first level's nodes are
     the superpixels (``superpixel_assignment`` the identity), the counts are counted on the pixels once,
-    for the superpixels, and summed per node at every level (:func:`selab.graph.level_majority_labels`):
+    for the superpixels, and summed per node at every level (:func:`selab.method.graph.level_majority_labels`):
     the same counts, hence the same labels and ties, as counting every level's pixels.
     """
     if not levels:
@@ -111,8 +111,8 @@ def compute_loss(output, batch: dict, model_config, confidence_only: bool = Fals
     """Pixel cross-entropy + weighted confidence-map cross-entropy + weighted merge-probability L2.
 
     Pixels labelled ``ignore_index`` count in neither cross-entropy (nor in the merge targets, whose
-    label histograms skip values outside the classes). ``output`` is a :class:`selab.model.ModelOutput`,
-    ``model_config`` its model's :class:`selab.model.ModelConfig`. Returns a dict of scalar tensors:
+    label histograms skip values outside the classes). ``output`` is a :class:`selab.model.parser.ModelOutput`,
+    ``model_config`` its model's :class:`selab.model.parser.ModelConfig`. Returns a dict of scalar tensors:
     ``loss`` (the total) and its parts.
     """
     mask = batch["mask"].to(output.confidence_logits.device if output.logits is None else output.logits.device)

@@ -44,13 +44,15 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from selab import orders, viz
+from selab.method import orders
+
+from selab.workbench import viz
 from selab.classes import CLASS_COLORS
-from selab.data import decode_image, read_image, read_mask, resize_image
-from selab.evolve import connected_components, metropolis_hastings, node_label_histogram
-from selab.graph import graph_from_superpixels
-from selab.graph_lstm import GraphLSTM
-from selab.superpixels import adjacency, pool_to_nodes, slic, unpool_to_pixels
+from selab.data.datasets import decode_image, read_image, read_mask, resize_image
+from selab.method.evolve import connected_components, metropolis_hastings, node_label_histogram
+from selab.method.graph import graph_from_superpixels
+from selab.method.graph_lstm import GraphLSTM
+from selab.method.superpixels import adjacency, pool_to_nodes, slic, unpool_to_pixels
 
 __all__ = ["ORDERS", "PEOPLE_PHOTOS", "update_order", "FigureApp", "SuperpixelExplorer", "UpdateOrderExplorer",
            "mh_table", "MHChainExplorer", "merge_colour_floor", "photo_sample", "photo_samples", "as_batch",
@@ -67,7 +69,7 @@ def update_order(name: str, edge_index: Any, pos: Any, confidence: Any | None = 
                  seed: int = 0) -> torch.Tensor:
     """Rank ``[N]`` of every node in the update order called ``name`` (one of :data:`ORDERS`).
 
-    The model's own orders (:func:`selab.orders.update_rank`) on array-like inputs: ``confidence`` is
+    The model's own orders (:func:`selab.method.orders.update_rank`) on array-like inputs: ``confidence`` is
     the paper's confidence-driven order (foreground first, most confident first); ``bfs`` and ``dfs``
     start at the most confident node when ``confidence`` is given (the paper's "BFS/DFS (confidence)"),
     else at the left-most node ("location"); ``random`` uses ``seed``.
@@ -265,7 +267,7 @@ class UpdateOrderExplorer(FigureApp):
 
     Examples
     --------
-    >>> from selab.superpixels import slic
+    >>> from selab.method.superpixels import slic
     >>> image = viz.demo_image("astronaut", 64)
     >>> app = UpdateOrderExplorer(image, slic(image, 60))
     >>> app.controls["order"].value = "dfs"
@@ -369,7 +371,7 @@ class UpdateOrderExplorer(FigureApp):
 
 
 def mh_table(trace: Any) -> dict[str, np.ndarray]:
-    """A Metropolis-Hastings trace (:class:`selab.mh.MHTrace`) as columns, one row per proposal.
+    """A Metropolis-Hastings trace (:class:`selab.method.mh.MHTrace`) as columns, one row per proposal.
 
     Columns: ``energy``, ``log_q``, ``alpha``, ``accepted``, ``num_clusters`` of each proposal, and
     ``state_energy``: the energy of the chain's state after the step.
@@ -377,7 +379,7 @@ def mh_table(trace: Any) -> dict[str, np.ndarray]:
     Examples
     --------
     >>> import torch
-    >>> from selab.evolve import PartitionEnergy, metropolis_hastings
+    >>> from selab.method.evolve import PartitionEnergy, metropolis_hastings
     >>> energy = PartitionEnergy(node_labels=torch.tensor([0, 0, 1]))
     >>> _, trace = metropolis_hastings(torch.tensor([[0, 1], [1, 2]]), torch.tensor([0.9, 0.1]), energy, 3)
     >>> mh_table(trace)["alpha"].shape
@@ -409,14 +411,14 @@ class MHChainExplorer(FigureApp):
     merge_prob : float tensor [E]
         Merge probability of every edge of ``graph_from_superpixels(labels)``.
     energy : callable
-        ``energy(cluster [N]) -> float``, e.g. :class:`selab.energy.PartitionEnergy`.
-    num_steps, merge_budget, seed : the chain's settings (see :func:`selab.mh.metropolis_hastings`).
+        ``energy(cluster [N]) -> float``, e.g. :class:`selab.method.energy.PartitionEnergy`.
+    num_steps, merge_budget, seed : the chain's settings (see :func:`selab.method.mh.metropolis_hastings`).
 
     Examples
     --------
     >>> import torch
-    >>> from selab.evolve import PartitionEnergy
-    >>> from selab.superpixels import adjacency, slic
+    >>> from selab.method.evolve import PartitionEnergy
+    >>> from selab.method.superpixels import adjacency, slic
     >>> image = viz.demo_image("astronaut", 48); labels = slic(image, 30)
     >>> energy = PartitionEnergy(node_labels=torch.zeros(int(labels.max()) + 1, dtype=torch.long))
     >>> app = MHChainExplorer(image, labels, torch.full((adjacency(labels).shape[1],), 0.5), energy, 10)
@@ -502,7 +504,7 @@ def photo_sample(source: Any, image_size: int, mask: Any | None = None, name: st
     ``source`` is a scikit-image sample photo's name (``"astronaut"``, see :data:`PEOPLE_PHOTOS`), the
     path of an image file, the bytes of one (a ``FileUpload``), or an image array (``[H,W,3]``,
     ``[3,H,W]`` or grey). It is resized to ``image_size`` square exactly as in training and prediction
-    (``selab.data.resize_image``). ``mask`` (a label PNG's path or a class-id array of the photo's
+    (``selab.data.datasets.resize_image``). ``mask`` (a label PNG's path or a class-id array of the photo's
     size) is resized with the nearest label.
 
     Examples
@@ -664,7 +666,7 @@ def level_contributions(model: Any, output: Any) -> list:
     """Each level's additive share of the logits: ``[B,K,S,S]`` per level whose states reach the pixels.
 
     The model's logits are the CNN's logits plus one node-classifier term per classified layer copied back
-    to the pixels of its level (:meth:`selab.model.SELabModel.level_logits`: ``se_lstm``: every level;
+    to the pixels of its level (:meth:`selab.model.parser.SELabModel.level_logits`: ``se_lstm``: every level;
     ``graph_lstm``: the last layer on level 0; ``cnn``: none).
     """
     if not model.config.uses_graph:
@@ -748,7 +750,7 @@ class EvolutionExplorer(FigureApp):
     Examples
     --------
     >>> import torch
-    >>> from selab.model import ModelConfig, SELabModel
+    >>> from selab.model.parser import ModelConfig, SELabModel
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <...>
     >>> model = SELabModel(ModelConfig(variant="se_lstm", num_layers=3, feature_channels=16, hidden_channels=16))

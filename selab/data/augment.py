@@ -4,7 +4,7 @@ Liang et al. (ECCV 2016) train with "random object crops, flips, colour-intensit
 selab adds a random scale. :class:`Augmentation` turns one row of uniform draws into one sample's
 transform, so that a run draws every sample's row for an epoch up front from the generator of
 ``(seed, epoch)`` (:mod:`selab.seeds`, stream ``AUGMENT``): the same epoch gets the same transforms,
-whatever the order, the workers or an interruption (:class:`selab.prepare.TrainingData`).
+whatever the order, the workers or an interruption (:class:`selab.data.prepare.TrainingData`).
 
 The geometric part is one affine map from the S x S output to the source, built from:
 
@@ -61,7 +61,7 @@ def renumber(superpixels: torch.Tensor) -> torch.Tensor:
     A crop or a rotation can cut a superpixel into pieces that no longer touch (and nearest-neighbour
     sampling can leave a thin part behind). selab decision: every 4-connected piece becomes a node of its
     own, as SLIC's own superpixels are connected regions: a node is then one place in the image, and its
-    edges (:func:`selab.superpixels.adjacency`, also 4-connected) join regions that touch. Numbered in
+    edges (:func:`selab.method.superpixels.adjacency`, also 4-connected) join regions that touch. Numbered in
     raster order of their first pixel. Measured on 20 synthetic 96 px images (about 64 superpixels each, 3
     windows each): the splitting adds about 3 nodes per image, about 2 of them pieces of at most 2 pixels,
     which stay nodes (not merged into a neighbour).

@@ -128,7 +128,7 @@ def check_labels(labels, name: str = "labels") -> int:
         missing = int((~present).sum())
     if missing:
         raise ValueError(f"{name}: labels must be numbered 0..N-1 with no gaps; {missing} of the ids "
-                         f"0..{n - 1} are missing (renumber with selab.superpixels.relabel)")
+                         f"0..{n - 1} are missing (renumber with selab.method.superpixels.relabel)")
     return n
 
 
@@ -496,7 +496,7 @@ class PoolingMatrix(NamedTuple):
     ``crow, cols, weights`` are the CSR arrays of the [N, B*h*w] matrix; ``crow_t, rows_t, weights_t``
     those of its transpose (the entries in stable order of their column). Made by
     :meth:`from_coo`; :func:`upsample_and_pool` takes one as ``matrix`` (selab keeps them per
-    superpixel map, :class:`selab.graph.SuperpixelStructures`), so a training step does not build it.
+    superpixel map, :class:`selab.method.graph.SuperpixelStructures`), so a training step does not build it.
     """
 
     crow: torch.Tensor

@@ -4,9 +4,9 @@ The data of the Graph LSTM (Liang et al., ECCV 2016) and Structure-evolving LSTM
 CVPR 2017) experiments on PASCAL-Person-Part (Xia et al.): every dataset yields one sample format,
 a dict with ``image`` float32 [3, H, W] in [0, 1], ``mask`` int64 [H, W] (class ids 0..6) and ``id``
 str, at the files' own sizes. :func:`make_dataset` picks one by name (the built-in synthetic data
-included, :mod:`selab.synthetic`); :func:`check_files` and :func:`check_dataset` (``selab check-data``)
+included, :mod:`selab.data.synthetic`); :func:`check_files` and :func:`check_dataset` (``selab check-data``)
 report every bad file at once. What training reads (resized, with cached superpixels and features) is
-built from these in :mod:`selab.prepare`.
+built from these in :mod:`selab.data.prepare`.
 
 Examples
 --------
@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from selab.classes import CLASS_NAMES, NUM_CLASSES
-from selab.synthetic import SyntheticPersonParts
+from selab.data.synthetic import SyntheticPersonParts
 
 __all__ = ["DATASETS", "decode_image", "read_image", "resize_image", "read_mask", "check_files", "PascalPersonParts",
            "ImageMaskFolder", "SyntheticPersonParts", "make_dataset", "check_dataset", "DatasetReport"]
@@ -395,7 +395,7 @@ def make_dataset(name: str, root=None, split: str = "train", limit: int | None =
                  seed: int = 0, transform: Transform | None = None, ignore_index: int | None = None):
     """Build a dataset by name: ``synthetic``, ``pascal_person_part`` or ``folder``.
 
-    Real data comes at its files' own sizes (:mod:`selab.prepare` resizes it for training).
+    Real data comes at its files' own sizes (:mod:`selab.data.prepare` resizes it for training).
 
     Parameters
     ----------
@@ -554,7 +554,7 @@ def check_dataset(root, dataset: str = "pascal_person_part", splits: Sequence[st
     Examples
     --------
     >>> import tempfile
-    >>> from selab.synthetic import write_pascal_layout
+    >>> from selab.data.synthetic import write_pascal_layout
     >>> root = write_pascal_layout(SyntheticPersonParts(5, 32), tempfile.mkdtemp(), val_fraction=0.4)
     >>> report = check_dataset(root, progress=False)
     >>> report.ok, report.splits, report.num_images

@@ -42,13 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selab.backbones import BACKBONES, build_backbone
+from selab.model.backbones import BACKBONES, build_backbone
 from selab.classes import NUM_CLASSES
-from selab.evolve import StructureEvolution
-from selab.graph import Graph, SuperpixelStructures, graph_from_superpixels, level_majority_labels, scatter_mean
-from selab.graph_lstm import GraphLSTM
-from selab.orders import ORDERS, update_rank
-from selab.superpixels import node_label_histogram, unpool_to_pixels, upsample_and_pool
+from selab.method.evolve import StructureEvolution
+from selab.method.graph import Graph, SuperpixelStructures, graph_from_superpixels, level_majority_labels, scatter_mean
+from selab.method.graph_lstm import GraphLSTM
+from selab.method.orders import ORDERS, update_rank
+from selab.method.superpixels import node_label_histogram, unpool_to_pixels, upsample_and_pool
 
 VARIANTS = ("cnn", "graph_lstm", "se_lstm")
 NEXT_INPUTS = ("output", "input", "level0")
@@ -69,7 +69,7 @@ class ModelConfig:
     output_stride : {8, 16}
         Finest backbone stride used.
     freeze_backbone : bool
-        Keep the backbone fixed (eval mode, no gradients); lets :mod:`selab.train` cache its features.
+        Keep the backbone fixed (eval mode, no gradients); lets :mod:`selab.training.train` cache its features.
     finetune_after_stride : int, optional
         Partial fine-tuning of a frozen pretrained EfficientNet-Lite (issue 19): the backbone stays
         frozen up to the last block at this stride (8 or 16) and the blocks after it train with the head
@@ -100,18 +100,18 @@ class ModelConfig:
         Order in training; default ``stochastic`` for ``se_lstm`` (confidence plus noise, the paper's
         "stochastic node updating") and ``order`` otherwise.
     schedule : {"wavefront", "sequential", "synchronous"}
-        Graph LSTM schedule (:class:`selab.graph_lstm.GraphLSTM`): ``wavefront`` is the paper's
+        Graph LSTM schedule (:class:`selab.method.graph_lstm.GraphLSTM`): ``wavefront`` is the paper's
         sequential update computed level by level; ``synchronous`` is a selab ablation (every neighbour
         read in its old state, all nodes in one step).
     order_noise : float
         Noise scale of the stochastic order.
     n_segments, compactness : SLIC parameters of the superpixels (used by the data pipeline).
     evolution : dict
-        Keyword arguments for :class:`selab.evolve.StructureEvolution` (``se_lstm`` only). A list value
+        Keyword arguments for :class:`selab.method.evolve.StructureEvolution` (``se_lstm`` only). A list value
         gives one value per evolution, in order (length ``num_layers - 1``), e.g.
         ``{"merge_budget": [0.25, 0.5, 0.75]}``; any other value is shared by all evolutions. With
         ``{"mode": "none"}`` nothing ever merges (``eval_mode`` follows ``mode``, see
-        :class:`~selab.evolve.StructureEvolution`) and the model is the same network as with merging:
+        :class:`~selab.method.evolve.StructureEvolution`) and the model is the same network as with merging:
         the same parameters, carried states and per-level classifiers, and the merge probabilities
         still get their L2 loss (``merge_loss_weight=0`` drops it). ``{"energy": "prediction"}``
         scores the training chains by the predicted node classes instead of the ground truth.
@@ -142,7 +142,7 @@ class ModelConfig:
         Weight of the merge-probability L2 loss (``se_lstm``).
     merge_loss_balanced : bool
         ``se_lstm``: the L2 loss weighs the edges to merge and the edges to keep half and half
-        (:func:`selab.loss.merge_loss`) instead of every edge alike (default, the paper's plain L2). selab
+        (:func:`selab.model.loss.merge_loss`) instead of every edge alike (default, the paper's plain L2). selab
         option (issue 19): with the plain loss the merge probabilities rank well but sit above 0.5 on
         nearly every edge, because most edges join one part.
     confidence_loss_weight : float
@@ -152,7 +152,7 @@ class ModelConfig:
         Dropout on the fused features before the classifier.
     batchnorm : {"batch", "sync", "frozen"}
         How the BatchNorm layers normalise in training. ``"batch"`` (PyTorch's default): with the
-        statistics of the batch, in a data-parallel run (:mod:`selab.distributed`) of each process's
+        statistics of the batch, in a data-parallel run (:mod:`selab.training.distributed`) of each process's
         part of it. ``"sync"``: of the global batch, all processes together (``torch.nn.SyncBatchNorm``,
         GPUs only; the same as ``"batch"`` in one process). ``"frozen"``: with the running statistics,
         never updated (eval-mode BatchNorm, the scale and shift still learn), so that the result does not
@@ -291,7 +291,7 @@ class ModelOutput:
         The update order used in each layer.
     merge_prob : list of Tensor [E_l]
         ``se_lstm``: merge probabilities of the edges of every level but the last (their targets are
-        :func:`selab.loss.merge_targets`).
+        :func:`selab.model.loss.merge_targets`).
     traces : list
         ``se_lstm``: the Metropolis-Hastings trace of each layer.
     samples : list of ModelOutput
@@ -299,7 +299,7 @@ class ModelOutput:
         ``ranks``, ``merge_prob``, ``traces``; no logits); the fields above are those of the first.
     level_labels : list of LongTensor [N_l]
         ``se_lstm`` given ``energy_labels``: the majority labels of every evolved level (those the chains'
-        energy read), counted on ``labels_mask``; :func:`selab.loss.compute_loss` takes its merge
+        energy read), counted on ``labels_mask``; :func:`selab.model.loss.compute_loss` takes its merge
         targets from them when its mask is that one, instead of counting again (issue 18).
     labels_mask : Tensor [B,S,S], optional
     """
@@ -325,7 +325,7 @@ def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
 class FeatureNeck(nn.Module):
     """Fuse multi-scale features at the finest stride: upsample, concatenate, 1x1 then 3x3 conv.
 
-    With :class:`~selab.backbones.EfficientNetLite0Backbone` this is the "two-layer conv head on stride-8
+    With :class:`~selab.model.backbones.EfficientNetLite0Backbone` this is the "two-layer conv head on stride-8
     features" of the DESIGN reference, fed richer concatenated stride-8/16/32 features.
     """
 
@@ -354,7 +354,7 @@ class SELabModel(nn.Module):
     or precomputed backbone ``features`` (a list of [B,C_i,h_i,w_i], from the feature cache) plus ``image``
     for the output size;
     the graph variants also need ``superpixels`` [B,S,S] (per-image ids from 0) or a level-0 ``graph``.
-    Returns a :class:`ModelOutput`: predictions only; their supervision is :func:`selab.loss.compute_loss`.
+    Returns a :class:`ModelOutput`: predictions only; their supervision is :func:`selab.model.loss.compute_loss`.
 
     Examples
     --------
@@ -506,7 +506,7 @@ class SELabModel(nn.Module):
     # -- graph variants ---------------------------------------------------------------------------------
     def update_rank(self, order_name: str, confidence: torch.Tensor, graph: Graph,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """Rank ``[N]`` of every node of ``graph`` in the update order ``order_name`` (:func:`selab.orders.update_rank`)."""
+        """Rank ``[N]`` of every node of ``graph`` in the update order ``order_name`` (:func:`selab.method.orders.update_rank`)."""
         return update_rank(order_name, graph.edge_index, graph.pos, graph.batch, confidence,
                            noise=self.config.order_noise, generator=generator)
 

@@ -2,8 +2,8 @@ r"""The Metropolis-Hastings sampler of structure evolution: one chain per image,
 
 selab decision 4 of docs/method.md, for the Structure-evolving LSTM (Liang et al., CVPR 2017): an
 independence sampler over edge states z. Proposals switch every candidate edge on independently with
-its merge probability (:mod:`selab.merge`), the target is :math:`\pi(z) \propto \exp(-E(\mathrm{partition}(z))/T)`
-(:mod:`selab.energy`), and a proposal is accepted with
+its merge probability (:mod:`selab.method.merge`), the target is :math:`\pi(z) \propto \exp(-E(\mathrm{partition}(z))/T)`
+(:mod:`selab.method.energy`), and a proposal is accepted with
 :math:`\alpha = \min(1, \pi(z') q(z) / (\pi(z) q(z')))`. Every chain starts from "nothing on".
 Because the proposal does not depend on the chain's state, all proposals of a layer are drawn,
 clustered and scored at once; only the scalar accept/reject loop is sequential. :class:`MHTrace`
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from selab.energy import PartitionEnergy
-from selab.graph import canonical_cluster, check_edge_index
-from selab.merge import (Budget, _candidate_mask, _check_budget, _check_merge_prob, _clique_roots,
+from selab.method.energy import PartitionEnergy
+from selab.method.graph import canonical_cluster, check_edge_index
+from selab.method.merge import (Budget, _candidate_mask, _check_budget, _check_merge_prob, _clique_roots,
                          _components_of_states, _group_by_graph, _log_q)
 
 __all__ = ["metropolis_hastings", "MHStep", "MHTrace", "Chains"]
@@ -96,7 +96,7 @@ def _edges_per_graph(edge_graph: np.ndarray, num_graphs: int) -> list:
 class Chains(NamedTuple):
     """The host arrays of one MH step over a disjoint batch of graphs: one chain per graph (image).
 
-    Two index layouts run through the sampler (and :meth:`selab.energy.PartitionEnergy.disagreement_by_slot`):
+    Two index layouts run through the sampler (and :meth:`selab.method.energy.PartitionEnergy.disagreement_by_slot`):
 
     - **slot** ``s * num_graphs + b``: a (state, graph) pair, state ``s`` (the S proposals, 0-based)
       major; per-slot arrays reshape to ``[S, B]`` (with a row 0 for "nothing on", ``[S + 1, B]``).
@@ -142,7 +142,7 @@ def _run_chains(
     """One independent MH chain per graph of a disjoint batch; all proposals drawn and scored at once.
 
     The random numbers come from ``generator`` (on its device), the results go to ``device``.
-    ``energy`` is a :class:`~selab.energy.PartitionEnergy` (scored from the cliques directly, per graph)
+    ``energy`` is a :class:`~selab.method.energy.PartitionEnergy` (scored from the cliques directly, per graph)
     or, for a single chain (``num_graphs == 1``), any callable ``cluster [N] -> float``. Returns the
     final edge state ``[E]``, its partition ``[N]`` (canonical ids) and one trace per graph.
     """
@@ -269,7 +269,7 @@ def metropolis_hastings(
     The paper fixes a Metropolis-Hastings acceptance over structures proposed from the merging
     probabilities; the rest is selab decision 4 (docs/method.md): an independence sampler whose
     proposals do not depend on the state, started from "nothing on", with the energy of decision 3
-    (:class:`~selab.energy.PartitionEnergy`) and the merge budget of decision 2.
+    (:class:`~selab.method.energy.PartitionEnergy`) and the merge budget of decision 2.
 
     The state is a bool edge vector z; its partition is the connected components of z; the target is
     :math:`\pi(z) \propto \exp(-E(\mathrm{partition}(z)) / T)`; proposals switch each edge on
@@ -277,7 +277,7 @@ def metropolis_hastings(
     :math:`\alpha = \min(1, \pi(z') q(z) / (\pi(z) q(z')))`. The chain starts from "nothing on" and
     runs ``num_steps`` proposals. With ``merge_budget`` only the top-k edges can be switched on (others
     always off, and q is computed over the candidates only). Works on one graph or a disjoint batch
-    (as one chain; :class:`~selab.evolve.StructureEvolution` runs one chain per image).
+    (as one chain; :class:`~selab.method.evolve.StructureEvolution` runs one chain per image).
 
     Parameters
     ----------

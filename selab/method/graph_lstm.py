@@ -22,12 +22,12 @@ already updated in this layer::
     h_i^new = tanh(g^o_i m_i^new)
 
 Paper configuration: ``GraphLSTM(C, H, residual=True)`` (two stacked layers with residual connections,
-weights uniform in [-0.1, 0.1]) driven by :func:`~selab.orders.confidence_order`, schedule
+weights uniform in [-0.1, 0.1]) driven by :func:`~selab.method.orders.confidence_order`, schedule
 ``"wavefront"`` (or ``"sequential"``: same numbers, slower). ``identical_forget_gates=True`` is the
 paper's ablation; ``schedule="synchronous"`` (every neighbour counted as not yet updated, all nodes at
 once) is a selab ablation and the cost floor of the wavefront.
 
-Update orders live in :mod:`selab.orders` and are re-exported here.
+Update orders live in :mod:`selab.method.orders` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selab.graph import check_edge_index, describe
-from selab.orders import (  # noqa: F401  (re-exported: the orders belong to the layer's API)
+from selab.method.graph import check_edge_index, describe
+from selab.method.orders import (  # noqa: F401  (re-exported: the orders belong to the layer's API)
     bfs_order,
     confidence_order,
     dfs_order,
@@ -318,7 +318,7 @@ class GraphLSTM(nn.Module):
 
     To duplicate the configuration of the Graph LSTM paper, stack two layers with ``residual=True`` (and the
     defaults ``identical_forget_gates=False``, ``init_range=0.1``), run them in the confidence-driven order
-    (:func:`~selab.orders.confidence_order`) with ``schedule="wavefront"`` or ``"sequential"`` (the same
+    (:func:`~selab.method.orders.confidence_order`) with ``schedule="wavefront"`` or ``"sequential"`` (the same
     numbers) in :meth:`forward`; ``identical_forget_gates=True`` is the paper's "identical forget gates"
     ablation. selab decisions: zero initial states (``h0``, ``m0``; the paper's text does not give them),
     the hidden size (not given either), ``residual`` read as ``h + x`` (with a learned projection when the
@@ -437,7 +437,7 @@ class GraphLSTM(nn.Module):
                 key = int(keys[1:][repeated][0])
                 raise ValueError(f"edge_index: the edge ({key // N}, {key % N}) appears more than once (in either "
                                  f"direction); each undirected edge must be listed once "
-                                 f"(selab.superpixels.adjacency gives such a list)")
+                                 f"(selab.method.superpixels.adjacency gives such a list)")
         if schedule not in UPDATE_SCHEDULES:
             raise ValueError(f"schedule: expected one of {UPDATE_SCHEDULES}, got {schedule!r}")
         if schedule != "synchronous" or rank is not None:
@@ -475,7 +475,7 @@ class GraphLSTM(nn.Module):
         x : Tensor [N, C]
             Node features f_i.
         edge_index : LongTensor [2, E]
-            Each undirected edge once (as from :func:`selab.superpixels.adjacency`).
+            Each undirected edge once (as from :func:`selab.method.superpixels.adjacency`).
         rank : LongTensor [N]
             Position of each node in the update order (0 first). Only the relative order of adjacent
             nodes matters, so ranks may restart per image; adjacent nodes must differ. May be ``None``

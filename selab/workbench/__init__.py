@@ -1,0 +1,1 @@
+"""What a researcher looks at: figures, the notebooks' widgets, running a model on photos, shipped models."""
