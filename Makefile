@@ -1,22 +1,34 @@
 # selab: the two commands are `make run` and `make test`; both set everything up themselves.
+# Inside an active conda environment (other than base, e.g. `conda activate selab` after
+# `conda env create -f environment.yml`) they use that environment's Python; otherwise they create
+# and use .venv/. Either way selab is installed once, editable, with its [dev] extras.
 PYTHON ?= python3
+ifneq ($(and $(CONDA_PREFIX),$(filter-out base,$(CONDA_DEFAULT_ENV))),)
+BIN    := $(CONDA_PREFIX)/bin
+# in this checkout, so that a second clone installs itself into the same environment too
+STAMP  := .cache/conda-$(notdir $(CONDA_PREFIX)).installed
+NEW_ENV = { echo "no python in the active conda environment $(CONDA_PREFIX)" >&2; exit 2; }
+else
 VENV   := .venv
-PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.selab-installed
+NEW_ENV = $(PYTHON) -m venv $(VENV)
+endif
+PY     := $(BIN)/python
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 CELL_TIMEOUT ?= 600
 
-.PHONY: install run test test-python test-notebooks test-papermill test-browser test-docs docs docs-notebooks bench clean
+.PHONY: install run test test-python test-notebooks test-papermill test-browser test-docs docs bench clean
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(NEW_ENV)
 	$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
 install: $(STAMP)
 
 # The main job: a papermill training run of the Structure-evolving LSTM on the built-in synthetic data,
-# into its own run folder (about 1.5 min on 2 cores, validation mIoU about 37%). 0 selects selab's
+# into its own run folder (about 1.5 min on a quiet 2-core CPU; docs/results.md has what it reaches). 0 selects selab's
 # quick-run defaults (256 images, 3 evolving layers, 64 hidden); the notebook's own defaults are smaller
 # still, for nbval.
 RUN_PARAMS ?= -p num_images 0 -p val_images 0 -p num_layers 0 -p hidden_channels 0 -p epochs 30 -p image_size 96
@@ -30,7 +42,7 @@ run: $(STAMP)
 # of 05_train with non-default parameters, the documentation site with warnings as errors, then the
 # JupyterLab browser tests.
 test: $(STAMP)
-	git ls-files -z '*.ipynb' | xargs -0 -r $(VENV)/bin/nbstripout --verify
+	git ls-files -z '*.ipynb' | xargs -0 -r $(BIN)/nbstripout --verify
 	$(MAKE) test-python test-notebooks test-papermill test-docs test-browser
 
 test-python: $(STAMP)
@@ -50,7 +62,8 @@ test-browser: $(STAMP)
 	$(PY) -m pytest -m browser tests/browser
 
 # The documentation site (docs/): API reference from the docstrings, the method, data and results pages,
-# the notebooks rendered as committed (never executed here); offline. Open docs/_build/html/index.html.
+# the notebooks executed on their defaults (cached in docs/_build/.jupyter_cache); offline.
+# Open docs/_build/html/index.html.
 docs: $(STAMP)
 	$(PY) -m sphinx -b html docs docs/_build/html
 
@@ -58,16 +71,8 @@ docs: $(STAMP)
 test-docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
-# Optional: executed copies of the notebooks (their defaults) in docs/_executed/, which `make docs`
-# then renders with their outputs.
-docs-notebooks: $(STAMP)
-	@mkdir -p docs/_executed
-	for nb in notebooks/*.ipynb; do \
-	    $(PY) -m papermill -k python3 --execution-timeout $(CELL_TIMEOUT) $$nb docs/_executed/$$(basename $$nb) \
-	        -p out_dir runs/docs-notebooks/$$(basename $$nb .ipynb) || exit 1; done
-
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf runs .pytest_cache .hypothesis bench/results docs/_build docs/api docs/notebooks docs/_executed
+	rm -rf runs .pytest_cache .hypothesis bench/results docs/_build docs/api docs/notebooks
