@@ -1,13 +1,14 @@
 """Sphinx configuration of selab's documentation site.
 
-Build with ``make docs`` (offline; about half a minute). Two kinds of pages are generated here on
+Build with ``make docs`` (offline). Two kinds of pages are generated here on
 every build, into git-ignored folders, so that they cannot drift from the code:
 
 - ``docs/api/<module>.rst``: one API page per module of ``selab/``, listing every public function and
   class (a module's ``__all__`` where it has one, else what the module itself defines);
-- ``docs/notebooks/<name>.ipynb``: the notebooks of ``notebooks/``, rendered by myst-nb without being
-  executed (they are committed without outputs). An executed copy of the same name in
-  ``docs/_executed/`` (``make docs-notebooks`` writes them with papermill) is rendered instead.
+- ``docs/notebooks/<name>.ipynb``: the notebooks of ``notebooks/``, which are committed without outputs;
+  myst-nb executes them on their defaults (small data, the shipped models, seconds to a minute each)
+  so that the site shows their figures. Results are cached in ``docs/_build/.jupyter_cache``: a
+  notebook runs again only when its code changes.
 """
 
 from __future__ import annotations
@@ -41,11 +42,14 @@ extensions = [
     "myst_nb",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
-exclude_patterns = ["_build", "_executed", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
 templates_path: list[str] = []
 
-# -- notebooks: rendered as committed (or from executed copies), never executed here -----------------
-nb_execution_mode = "off"
+# -- notebooks: executed on their defaults at build time, so the pages show their figures ------------
+nb_execution_mode = "cache"
+nb_execution_timeout = 600  # seconds per cell: the slowest default cell takes well under a minute
+nb_execution_in_temp = True  # the notebooks write runs/... into a scratch folder, not into docs/
+nb_execution_raise_on_error = True  # a notebook that fails breaks the build
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
 suppress_warnings = ["mystnb.unknown_mime_type"]
@@ -152,8 +156,7 @@ def copy_notebooks() -> None:
         if stale.name not in {s.name for s in sources}:
             stale.unlink()
     for source in sources:
-        executed = DOCS / "_executed" / source.name
-        write_if_changed(out / source.name, (executed if executed.is_file() else source).read_bytes())
+        write_if_changed(out / source.name, source.read_bytes())
 
 
 generate_api()
