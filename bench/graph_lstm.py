@@ -75,7 +75,7 @@ def orders(edge_index, batch, pos, confidence):
 
 
 def time_forward_backward(layer, x, edge_index, rank, schedule, repeats, device, states=None):
-    """Wall and process-CPU seconds of forward+backward; minima, since this machine is shared.
+    """Wall and process-CPU seconds of forward+backward; minima, since the machine may be shared.
     ``states`` = (h0, m0) of a layer that continues from earlier states (default: zero states)."""
     h0, m0 = states if states is not None else (None, None)
 

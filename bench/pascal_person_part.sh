@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's PASCAL-Person-Part table: the three variants, one after another, same settings.
+# The 5- and 12-epoch tables of docs/results.md: the three variants, one after another, same settings.
 # Usage: bash bench/pascal_person_part.sh [EPOCHS] [OUT_PREFIX]   (defaults: 5, runs/pascal/full)
 # Needs SELAB_PASCAL_ROOT: a PASCAL-Person-Part copy (docs/data.md). Appends "<variant> rc=.. seconds=.." to
 # OUT_PREFIX-times.txt; each run folder holds metrics.json (final per-class IoU, mean IoU, pixel accuracy).

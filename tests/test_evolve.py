@@ -483,7 +483,7 @@ def test_candidate_edges_break_ties_by_edge_id_like_a_stable_sort():
         assert torch.equal(candidate_edges(p, budget, edge_graph), expected)
 
 
-# ------------------------------------------------------------------ issue 19 options of StructureEvolution
+# ------------------------------------------------------------------ the test-time and energy options of StructureEvolution
 @pytest.mark.parametrize("mode,eval_mode,expected", [("mh", "auto", "greedy"), ("greedy", "auto", "greedy"),
                                                      ("none", "auto", "none"), ("mh", None, "mh"),
                                                      ("none", "greedy", "greedy"), ("greedy", "mh", "mh")])

@@ -58,7 +58,7 @@ def test_same_seed_run_reproduces_the_recorded_numbers(tmp_path, name):
         scale = math.sqrt(squares) + 1e-12
         assert abs(got["weights"][key][0] - total) <= 1e-4 * scale * 10, key
         # AdamW normalises its steps, so where a bias's gradient is near zero float rounding becomes a step of
-        # lr size: on another CPU (an AMD EPYC, stop 23) a batch-norm bias's sum of squares differed by 4.4e-4
+        # lr size: on another CPU (an AMD EPYC) a batch-norm bias's sum of squares differed by 4.4e-4
         # (relative) while every loss agreed within 1e-6.
         assert got["weights"][key][1] == pytest.approx(squares, rel=2e-3), key
 

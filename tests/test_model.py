@@ -161,7 +161,7 @@ def batch64(synthetic_batch):
     return synthetic_batch(64, seed=5, n_segments=60)
 
 
-# Recorded at 7ebce88, before the issue-19 options (next_input, next_state, eval_samples, energy, per-layer
+# Recorded at 7ebce88, before the options of the next level and of evolution (next_input, next_state, eval_samples, energy, per-layer
 # evolution lists) were added: the defaults of every new option must reproduce these numbers.
 DEFAULT_OUTPUTS = {
     ("graph_lstm", True): (-1432.6942815058865, [0.262314110994339, -0.09270597249269485, 0.27602508664131165,
@@ -195,7 +195,7 @@ def test_default_config_outputs_are_unchanged(variant, batch64):
         torch.testing.assert_close(out.logits[0, :, 0, 0], torch.tensor(first), rtol=1e-6, atol=1e-6)
 
 
-# ------------------------------------------------------------------ issue 19: next level's input and state
+# ------------------------------------------------------------------ next level's input and state
 def _se_lstm(**options):
     torch.manual_seed(0)
     config = {"variant": "se_lstm", "backbone": "small", "feature_channels": 16, "hidden_channels": 8,
@@ -291,7 +291,7 @@ def test_config_names_the_bad_new_option(field, value):
         ModelConfig(variant="se_lstm", **{field: value})
 
 
-# ------------------------------------------------------------------ issue 19: se_lstm without evolution
+# ------------------------------------------------------------------ se_lstm without evolution
 @pytest.mark.parametrize("no_merge", [{"mode": "greedy", "threshold": 1.0}, {"mode": "mh", "merge_budget": 0,
                                                                             "eval_mode": "mh"}])
 def test_se_lstm_mode_none_is_the_same_network_as_merging_nothing(no_merge, batch64):
@@ -337,7 +337,7 @@ def test_evolution_mode_none_is_none_at_test_time_too(mode, eval_mode, expected)
     assert [e.current_mode() for e in model.train().evolutions] == [mode] * 2
 
 
-# ------------------------------------------------------------------ issue 19: training and test structures
+# ------------------------------------------------------------------ training and test structures
 def test_prediction_energy_in_training_ignores_the_labels(batch64):
     """energy='prediction': the training chains score partitions by node_class_prob, not by the mask."""
     # other labels: neighbouring superpixels mostly disagree (the synthetic mask is mostly background)
@@ -386,7 +386,7 @@ def test_eval_samples_average_the_logits_of_k_sampled_structures(batch64):
     assert model.train()(batch64, generator=torch.Generator().manual_seed(0)).samples == []
 
 
-# ------------------------------------------------------------------ issue 19: deeper hierarchies
+# ------------------------------------------------------------------ deeper hierarchies
 def test_per_evolution_budgets_cap_each_levels_merges(batch64):
     import math
 

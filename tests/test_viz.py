@@ -244,8 +244,8 @@ def other_backend():
 
 
 def test_training_figures_keep_the_callers_backend_and_figures(tmp_path, other_backend):
-    """selab.training.train's figures must not switch a notebook's backend (issue: notebook 03 showed no figures
-    after run(), which had called matplotlib.use("Agg")) nor close or add pyplot figures."""
+    """selab.training.train's figures must not switch a notebook's backend (a matplotlib.use("Agg") inside run()
+    leaves a notebook such as 03 without figures) nor close or add pyplot figures."""
     from selab.training.train import plot_curves, plot_predictions
 
     mine = plt.figure()

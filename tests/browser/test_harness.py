@@ -1,7 +1,7 @@
 """The browser harness itself: on a tiny widget notebook written to the temporary lab root, a slider
 moved by keyboard redraws a figure, and a widget callback that raises is reported as an error.
 
-This keeps the helpers honest (each check must be able to fail) independently of selab's notebooks.
+This keeps the harness honest (each of its checks must be able to fail) independently of selab's notebooks.
 """
 
 import json
