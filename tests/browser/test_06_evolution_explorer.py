@@ -9,7 +9,7 @@ picture, and the readout must name the image the selector shows. No error output
 in JupyterLab's log console, no console or page errors in the browser.
 
 With ``SELAB_BROWSER_DOCS=1`` the explorer's screenshot is also written to docs/explorer.png (the
-README's picture); otherwise runs never write into the repo.
+documentation's first picture, docs/index.md); otherwise runs never write into the repo.
 """
 
 import os
