@@ -528,49 +528,6 @@ def test_state_is_coarsened_into_h_and_energy_source_is_explicit():
         StructureEvolution(6, eval_mode="sometimes")
 
 
-# ------------------------------------------------------------------ hierarchy statistics
-def python_purity(assignment, mask, num_classes):
-    """Purity written out node by node: pixels of each node's majority label over labelled pixels."""
-    assignment, mask = np.asarray(assignment).ravel(), np.asarray(mask).ravel()
-    pure = total = 0
-    for node in np.unique(assignment):
-        labels = mask[(assignment == node) & (mask >= 0) & (mask < num_classes)]
-        if labels.size:
-            pure += np.bincount(labels, minlength=num_classes).max()
-            total += labels.size
-    return pure / total
-
-
-def test_hierarchy_stats_counts_nodes_and_purity_per_level():
-    from selab.method.evolve import combine_hierarchy_stats, hierarchy_stats
-    from selab.method.graph import coarsen
-
-    graph = _toy_batch()  # two images, 16 and 9 superpixels, 8x8 pixels
-    rng = np.random.default_rng(0)
-    mask = torch.from_numpy(rng.integers(0, 3, size=(2, 8, 8)))
-    mask[0, :2, :2] = 255  # ignored pixels
-    cluster = connected_components(graph.edge_index, torch.from_numpy(rng.random(graph.edge_index.shape[1]) < 0.4),
-                                   graph.num_nodes)
-    levels = [graph, coarsen(graph, cluster)]
-    stats = hierarchy_stats(levels, mask, num_classes=3)
-    assert [s["num_nodes"] for s in stats] == [25, levels[1].num_nodes]
-    assert stats[0]["nodes_per_image"] == [16, 9] and sum(stats[1]["nodes_per_image"]) == levels[1].num_nodes
-    for s, level in zip(stats, levels):
-        assert s["pixels"] == 2 * 64 - 4
-        assert s["purity"] == pytest.approx(python_purity(level.assignment, mask, 3))
-    assert stats[1]["purity"] <= stats[0]["purity"]  # merging never purifies
-    # full-resolution masks (twice the size): the assignment is resized by nearest neighbour
-    full = [m.repeat_interleave(2, 0).repeat_interleave(2, 1) for m in mask]
-    for a, b in zip(hierarchy_stats(levels, full, num_classes=3), stats):
-        assert a["purity"] == pytest.approx(b["purity"]) and a["pixels"] == 4 * b["pixels"]
-    # batches add up: two copies of a batch have the purity of one
-    combined = combine_hierarchy_stats([stats, stats])
-    assert combined[1]["purity"] == pytest.approx(stats[1]["purity"])
-    assert combined[0]["nodes_per_image"] == [16, 9, 16, 9] and combined[0]["mean_nodes_per_image"] == 12.5
-    with pytest.raises(ValueError, match="mask"):
-        hierarchy_stats(levels, mask[:, :4])
-
-
 def test_mixed_energy_interpolates_between_ground_truth_and_prediction():
     graph = _toy_batch()
     n, e = graph.num_nodes, graph.edge_index.shape[1]

@@ -390,7 +390,7 @@ def test_eval_samples_average_the_logits_of_k_sampled_structures(batch64):
 def test_per_evolution_budgets_cap_each_levels_merges(batch64):
     import math
 
-    from selab.method.evolve import hierarchy_stats
+    from selab.training.partition_scores import hierarchy_stats
 
     budgets = [0.1, 0.5, 1.0, 3]
     model = _se_lstm(num_layers=5, evolution={"mode": "greedy", "merge_budget": budgets})

@@ -279,7 +279,7 @@ def pairs_markdown(results: list[dict]) -> str:
 
 def hierarchy_markdown(rows: list[dict]) -> str:
     """Per level at test time, for the rows that have a hierarchy: nodes per image and clique label
-    purity (:func:`selab.method.evolve.hierarchy_stats`), each the mean over the row's runs."""
+    purity (:func:`selab.training.partition_scores.hierarchy_stats`), each the mean over the row's runs."""
     lines = ["| row | runs | nodes per image, level 0 → top | clique label purity (%), level 0 → top |",
              "|---|---|---|---|"]
     for row in rows:

@@ -6,8 +6,8 @@ LSTM", CVPR 2017) that is new over Graph LSTM, as one module per evolving layer,
 (:mod:`selab.method.merge`); a structure is chosen by a Metropolis-Hastings sampler (:mod:`selab.method.mh`) against
 the energy of a partition (:mod:`selab.method.energy`), by thresholding (greedy) or not at all; the accepted
 partition is coarsened into the next, higher-level graph (:func:`selab.method.graph.coarsen`: merged nodes take
-the mean of their f, h and m). :func:`hierarchy_stats` measures the hierarchy (node counts, clique label
-purity).
+the mean of their f, h and m). :func:`selab.training.partition_scores.hierarchy_stats` measures the hierarchy
+(node counts, purity and the other scores of each level).
 
 The SE-LSTM text that fixes these details is not available; every choice here is a selab decision
 (docs/method.md, "Where selab decides") with a named option. The defaults reproduce selab's reading of the
@@ -40,8 +40,7 @@ from selab.method.mh import __all__ as mh_all
 from selab.method.mh import Chains, MHStep, MHTrace, _run_chains, metropolis_hastings
 from selab.method.superpixels import node_label_histogram, node_majority_labels
 
-__all__ = ["StructureEvolution", "EvolutionTrace", "EvolutionOutput", "hierarchy_stats", "combine_hierarchy_stats",
-           "MODES"]
+__all__ = ["StructureEvolution", "EvolutionTrace", "EvolutionOutput", "MODES"]
 # re-exported, where the notebooks import them
 __all__ += merge_all + ["PartitionEnergy"] + mh_all + ["coarse_confidence", "merge_target", "merge_loss",
                                                          "node_label_histogram", "node_majority_labels"]
@@ -317,103 +316,3 @@ class StructureEvolution(nn.Module):
         trace = EvolutionTrace(mode, merge_prob.detach(), edge_index, edges_on, cluster, before, after, chains,
                                energy if mode == "mh" else None)
         return EvolutionOutput(next_graph, cluster, merge_prob, trace, h, m, confidence)
-
-
-# --------------------------------------------------------------------------------------------------
-# the hierarchy at test time: node counts and clique label purity
-# --------------------------------------------------------------------------------------------------
-def hierarchy_stats(levels: list, mask, num_classes: int = 7) -> list[dict]:
-    r"""Node counts and clique label purity of every level of a batch (``ModelOutput.levels``).
-
-    selab definition (issue 19): the **purity** of a level is the fraction of labelled pixels whose
-    level node's majority label (over the node's labelled pixels) is their own label,
-    :math:`\sum_n \max_k c_{nk} / \sum_{n,k} c_{nk}` with :math:`c_{nk}` the pixels of class k in node
-    n. It is 1 when every node is pure, and it can only fall from one level to the next (a merged
-    node's majority count is at most the sum of its members'). At level 0 it is the superpixels'
-    achievable segmentation accuracy (ASA). Pixels with a label outside ``0..num_classes-1`` (ignore
-    values such as 255) are not counted.
-
-    Parameters
-    ----------
-    levels : list of selab.method.graph.Graph
-        The levels of one batch, each with ``assignment [B,S,S]`` (global node ids) and ``batch``.
-    mask : LongTensor [B,S,S] or list of LongTensor [H_b,W_b]
-        Ground-truth labels at the levels' resolution, or one full-resolution mask per image (then
-        each level's assignment is resized to it by nearest neighbour).
-    num_classes : int
-
-    Returns
-    -------
-    list of dict
-        One per level: ``level``, ``num_nodes`` (over the batch), ``nodes_per_image`` (list of int),
-        ``mean_nodes_per_image``, ``pure_pixels`` and ``pixels`` (counts, so that batches add up,
-        see :func:`combine_hierarchy_stats`) and ``purity`` (``pure_pixels / pixels``, NaN without
-        labelled pixels).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from selab.method.graph import coarsen, graph_from_superpixels
-    >>> level0 = graph_from_superpixels(np.array([[0, 0, 1], [2, 2, 1]]))
-    >>> level1 = coarsen(level0, torch.tensor([0, 0, 1]))
-    >>> mask = torch.tensor([[[0, 0, 1], [0, 0, 0]]])
-    >>> [(s["num_nodes"], round(s["purity"], 3)) for s in hierarchy_stats([level0, level1], mask)]
-    [(3, 0.833), (2, 0.833)]
-    """
-    if not isinstance(levels, (list, tuple)) or not levels:
-        raise ValueError("hierarchy_stats: levels must be a non-empty list of Graph (ModelOutput.levels)")
-    stats = []
-    for index, level in enumerate(levels):
-        assignment = level.assignment
-        num_images = assignment.shape[0]
-        if isinstance(mask, Tensor):
-            if mask.shape != assignment.shape:
-                raise ValueError(f"hierarchy_stats: mask {tuple(mask.shape)} must match level {index}'s "
-                                 f"assignment {tuple(assignment.shape)} (or be a list of per-image masks)")
-            hist = node_label_histogram(mask.to(assignment.device), assignment, level.num_nodes, num_classes)
-        else:
-            if len(mask) != num_images:
-                raise ValueError(f"hierarchy_stats: {len(mask)} masks for {num_images} images")
-            hist = 0
-            for b, full in enumerate(mask):  # a loop over images, not pixels or nodes
-                full = torch.as_tensor(full).to(assignment.device)
-                resized = torch.nn.functional.interpolate(assignment[b][None, None].double(), size=tuple(full.shape),
-                                                          mode="nearest")[0, 0].long()
-                hist = hist + node_label_histogram(full, resized, level.num_nodes, num_classes)
-        pure, pixels = int(hist.max(1).values.sum()) if level.num_nodes else 0, int(hist.sum())
-        per_image = torch.bincount(level.batch, minlength=num_images).tolist()
-        stats.append({"level": index, "num_nodes": level.num_nodes, "nodes_per_image": per_image,
-                      "mean_nodes_per_image": level.num_nodes / max(num_images, 1), "pure_pixels": pure,
-                      "pixels": pixels, "purity": pure / pixels if pixels else float("nan")})
-    return stats
-
-
-def combine_hierarchy_stats(batches: list) -> list[dict]:
-    """:func:`hierarchy_stats` of several batches as one (e.g. a validation split), level by level.
-
-    Node counts are concatenated and pixel counts summed, so the purity is over all pixels of the
-    split and ``mean_nodes_per_image`` over all images. Batches must have the same number of levels.
-
-    Examples
-    --------
-    >>> a = [{"level": 0, "num_nodes": 5, "nodes_per_image": [5], "mean_nodes_per_image": 5.0,
-    ...       "pure_pixels": 9, "pixels": 10, "purity": 0.9}]
-    >>> b = [dict(a[0], num_nodes=3, nodes_per_image=[3], pure_pixels=10, purity=1.0)]
-    >>> combined = combine_hierarchy_stats([a, b])[0]
-    >>> combined["mean_nodes_per_image"], combined["purity"]
-    (4.0, 0.95)
-    """
-    batches = [list(b) for b in batches]
-    if not batches:
-        raise ValueError("combine_hierarchy_stats: no batches")
-    depth = {len(b) for b in batches}
-    if len(depth) != 1:
-        raise ValueError(f"combine_hierarchy_stats: batches have different numbers of levels {sorted(depth)}")
-    combined = []
-    for per_level in zip(*batches):
-        nodes = [n for s in per_level for n in s["nodes_per_image"]]
-        pure, pixels = sum(s["pure_pixels"] for s in per_level), sum(s["pixels"] for s in per_level)
-        combined.append({"level": per_level[0]["level"], "num_nodes": sum(nodes), "nodes_per_image": nodes,
-                         "mean_nodes_per_image": sum(nodes) / max(len(nodes), 1), "pure_pixels": pure,
-                         "pixels": pixels, "purity": pure / pixels if pixels else float("nan")})
-    return combined

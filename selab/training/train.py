@@ -57,9 +57,10 @@ from selab.training import distributed
 from selab.data.augment import renumber
 from selab.classes import CLASS_COLORS, CLASS_NAMES, colorize
 from selab.data.datasets import DATASETS, resize_image
-from selab.method.evolve import StructureEvolution, combine_hierarchy_stats, hierarchy_stats
+from selab.method.evolve import StructureEvolution
 from selab.files import atomic_save, atomic_write_text, writable_folder
 from selab.model.loss import _cross_entropy, compute_loss  # noqa: F401  (_cross_entropy: tests reach it here)
+from selab.training.partition_scores import combine_hierarchy_stats, hierarchy_stats
 from selab.training.metrics import PER_IMAGE_FILE, ConfusionMatrix, confusion_matrix, save_per_image
 from selab.model.parser import ModelConfig, SELabModel, build_model
 # PreparedSplit is imported for the notebooks that build a split from a run's config (03, 06).
@@ -979,11 +980,11 @@ def evaluate_model(model: SELabModel, loader, device, progress: bool = False, nu
         per_image[:] = distributed.gather_shards(per_image)
     scores = matrix.compute()
     if hierarchy:
-        # The evolved hierarchy at test time, per level: nodes per image and clique label purity
-        # (selab.method.evolve.hierarchy_stats, on the masks at the training size).
+        # The evolved hierarchy at test time, per level: nodes per image, clique label purity (ASA) and the
+        # other partition scores (selab.training.partition_scores.hierarchy_stats, on the masks at the training size).
         levels = combine_hierarchy_stats(hierarchy)
-        scores["hierarchy"] = {"mean_nodes_per_image": [s["mean_nodes_per_image"] for s in levels],
-                               "purity": [s["purity"] for s in levels]}
+        scores["hierarchy"] = {key: [s[key] for s in levels] for key in (
+            "mean_nodes_per_image", "purity", "achievable_miou", "boundary_recall", "undersegmentation_error")}
     return scores, examples
 
 
