@@ -1,6 +1,7 @@
 """The ``selab`` command: ``train`` and ``evaluate`` (:mod:`selab.training.train`), ``predict`` (:mod:`selab.workbench.predict`),
 ``export-model`` (:mod:`selab.workbench.pretrained`), ``check-data`` (:mod:`selab.data.datasets`), ``sweep`` (:mod:`selab.experiments.sweep`) and
-``compare`` (:mod:`selab.experiments.compare`: the ladder and paired intervals of finished runs, as Markdown).
+``compare`` (:mod:`selab.experiments.compare`: the ladder and paired intervals of finished runs, as Markdown) and
+``hierarchy`` (:mod:`selab.experiments.hierarchy`: a model's levels against hand-crafted hierarchies, as Markdown).
 
 ``selab train`` has one flag per :class:`~selab.training.train.TrainConfig` field, derived from the dataclass
 (type, default) and its docstring (help), so the command line cannot drift from the config.
@@ -18,6 +19,7 @@ Examples
     selab evaluate runs/quick --dataset synthetic --split val --out runs/quick/eval.json
     selab check-data "$SELAB_PASCAL_ROOT"
     selab compare runs/ladder --pairs se_lstm_mh:se_lstm_none,graph_lstm:cnn
+    selab hierarchy se_lstm --data-root "$SELAB_PASCAL_ROOT" --split val --out runs/hierarchy.json
     selab train --variant cnn --dataset pascal_person_part --data-root "$SELAB_PASCAL_ROOT" \\
         --backbone efficientnet_lite0 --image-size 320 --epochs 15 --out runs/cnn320
 
@@ -42,7 +44,7 @@ import types
 import typing
 from pathlib import Path
 
-from selab.experiments import compare, sweep
+from selab.experiments import compare, hierarchy, sweep
 
 from selab.training import distributed
 
@@ -221,6 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--level", type=float, default=0.95, help="coverage of the intervals")
     table.add_argument("--no-per-class", action="store_true", help="leave the per-class IoU columns out")
 
+    levels = commands.add_parser("hierarchy", help="a model's test-time hierarchy against hand-crafted ones, as Markdown",
+                                 description="Run a model over a split with its deterministic test-time structure and "
+                                             "score every level and the baselines built from the same superpixels "
+                                             "(mean colour, backbone features, predicted classes, ground-truth "
+                                             "oracle) at the same node counts and at --counts: nodes per image, "
+                                             "achievable mIoU, ASA, boundary recall, undersegmentation error.")
+    levels.add_argument("model", help="run folder, checkpoint file or shipped model name (e.g. se_lstm)")
+    levels.add_argument("--dataset", choices=DATASETS, default=None, help="default: the model's own dataset")
+    levels.add_argument("--data-root", default=None)
+    levels.add_argument("--split", default="val")
+    levels.add_argument("--limit", type=int, default=None, help="the first N images of the split")
+    levels.add_argument("--counts", type=_counts, default=hierarchy.DEFAULT_COUNTS, metavar="C,C,...",
+                        help="fixed node counts per image of the baselines (default: 200,100,50,25,12)")
+    levels.add_argument("--image-size", type=int, default=None, help="default: the training size")
+    levels.add_argument("--tolerance", type=int, default=2, help="of the boundary recall, in pixels")
+    levels.add_argument("--batch-size", type=int, default=4)
+    levels.add_argument("--device", default="cpu")
+    levels.add_argument("--cache-dir", default=None, help="superpixel cache (default: a temporary folder)")
+    levels.add_argument("--out", default=None, metavar="FILE.json", help="also write the result as JSON")
+    levels.add_argument("--quiet", action="store_true", help="no progress bar")
+
     check = commands.add_parser("check-data", help="check a dataset folder and print its class histogram",
                                 description="Read every listed image and mask once and report missing files, "
                                             "images that do not decode, masks of the wrong size and labels "
@@ -233,6 +256,35 @@ def build_parser() -> argparse.ArgumentParser:
                        help="labels must lie in 0..N-1 (default 7, PASCAL-Person-Part's)")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return hierarchy.parse_counts(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _hierarchy(args) -> str:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected a positive int, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit: expected a positive int, got {args.limit}")
+    if Path(args.model).exists():
+        model, checkpoint = load_model(args.model, args.device)
+        train_config = checkpoint["train_config"]
+    elif args.model in pretrained.available():
+        model, record = pretrained.load(args.model, args.device)
+        train_config = record["train_config"]
+    else:
+        raise ValueError(f"{args.model} is neither a run folder, a checkpoint file nor a shipped model "
+                         f"(shipped: {', '.join(pretrained.available())})")
+    result = hierarchy.measure_hierarchy(model, train_config, dataset=args.dataset, data_root=args.data_root,
+                                         split=args.split, limit=args.limit, counts=args.counts,
+                                         image_size=args.image_size, batch_size=args.batch_size, device=args.device,
+                                         cache_dir=args.cache_dir, tolerance=args.tolerance,
+                                         progress=not args.quiet, out=args.out, source=args.model)
+    return hierarchy.hierarchy_markdown(result)
 
 
 def _predict(args) -> dict:
@@ -305,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "compare":
             print(compare.report(args.paths, compare.parse_pairs(args.pairs), per_class=not args.no_per_class,
                                  num_samples=args.bootstrap, level=args.level), end="")
+        elif args.command == "hierarchy":
+            print(_hierarchy(args), end="")
         elif args.command == "check-data":
             report = check_dataset(args.root, dataset=args.dataset, splits=args.splits,
                                    num_classes=args.num_classes or NUM_CLASSES, progress=not args.quiet)
