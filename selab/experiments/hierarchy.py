@@ -130,7 +130,8 @@ def _loader(model: SELabModel, train_config: dict, dataset, data_root, split, li
             cache_dir, progress):
     config = dict(train_config)
     dataset = dataset or config["dataset"]
-    if dataset != "synthetic" and not (data_root or (dataset == config["dataset"] and config.get("data_root"))):
+    own = dataset == config["dataset"] and config.get("data_root") and Path(config["data_root"]).is_dir()
+    if dataset != "synthetic" and not (data_root or own):
         raise ValueError(f"hierarchy: dataset {dataset!r} needs its folder: pass data_root (--data-root)")
     if data_root is not None and not Path(data_root).is_dir():
         raise ValueError(f"hierarchy: data root {data_root} is not a folder")
