@@ -45,8 +45,8 @@ from selab.model.parser import SELabModel
 from selab.training.partition_scores import PartitionScores, score_partition
 from selab.training.train import TrainConfig, check_device
 
-__all__ = ["METHODS", "BASELINES", "DEFAULT_COUNTS", "parse_counts", "baseline_descriptors", "image_partitions",
-           "measure_hierarchy", "hierarchy_markdown"]
+__all__ = ["METHODS", "BASELINES", "DEFAULT_COUNTS", "method_label", "parse_counts", "baseline_descriptors",
+           "image_partitions", "partitions_of_image", "evaluation_batches", "measure_hierarchy", "hierarchy_markdown"]
 
 #: The baselines, in table order; ``learned`` (the model's levels) comes first.
 BASELINES = ("colour", "features", "prediction", "oracle")
@@ -54,6 +54,11 @@ METHODS = ("learned",) + BASELINES
 DEFAULT_COUNTS = (200, 100, 50, 25, 12)
 _LABELS = {"learned": "learned", "colour": "mean colour", "features": "backbone features",
            "prediction": "predicted classes", "oracle": "ground-truth oracle"}
+
+
+def method_label(method: str) -> str:
+    """A method's name in tables and legends, e.g. ``"colour"`` -> ``"mean colour"``."""
+    return _LABELS.get(method, method)
 
 
 def parse_counts(text) -> tuple[int, ...]:
@@ -126,8 +131,28 @@ def image_partitions(model: SELabModel, data: dict, counts=DEFAULT_COUNTS) -> di
     return {"level0": level0, "output": output, "rows": rows, "partitions": partitions}
 
 
-def _loader(model: SELabModel, train_config: dict, dataset, data_root, split, limit, image_size, batch_size, device,
-            cache_dir, progress):
+def partitions_of_image(found: dict, image: int) -> tuple[torch.Tensor, dict]:
+    """One image's share of :func:`image_partitions`: ``(superpixels [H,W], {row: {method: cluster [N_b]}})``,
+    superpixel and cluster ids from 0 within the image."""
+    level0 = found["level0"]
+    lo, hi = level0.ptr[image].item(), level0.ptr[image + 1].item()
+    superpixels = level0.assignment[image] - lo
+    partitions = {}
+    for row, methods in found["partitions"].items():
+        partitions[row] = {}
+        for method, cluster in methods.items():
+            local = cluster[lo:hi]
+            partitions[row][method] = local - local.min()
+    return superpixels, partitions
+
+
+def evaluation_batches(model: SELabModel, train_config: dict, dataset=None, data_root=None, split: str = "val",
+                       limit: int | None = None, image_size: int | None = None, batch_size: int = 4, device="cpu",
+                       cache_dir=None, progress: bool = False):
+    """``(loader, TrainConfig)``: the evaluation batches :func:`measure_hierarchy` reads (see its parameters;
+    ``cache_dir`` is required here, the superpixel cache)."""
+    if cache_dir is None:
+        raise ValueError("hierarchy: cache_dir (a folder for the superpixel cache) is required")
     config = dict(train_config)
     dataset = dataset or config["dataset"]
     own = dataset == config["dataset"] and config.get("data_root") and Path(config["data_root"]).is_dir()
@@ -195,8 +220,8 @@ def measure_hierarchy(model: SELabModel, train_config: dict, dataset: str | None
     model = model.to(torch_device).eval()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="selab-hierarchy-") as scratch:
-        loader, config = _loader(model, train_config, dataset, data_root, split, limit, image_size, batch_size,
-                                 torch_device, cache_dir or scratch, progress)
+        loader, config = evaluation_batches(model, train_config, dataset, data_root, split, limit, image_size,
+                                            batch_size, torch_device, cache_dir or scratch, progress)
         totals: dict = {}
         order: list = []
         for data in tqdm(loader, desc=f"hierarchy ({split})", disable=not progress, leave=False):
@@ -249,7 +274,7 @@ def hierarchy_markdown(result: dict) -> str:
     """
     head, rule = ["| row |"], ["|---|"]
     for method in METHODS:
-        name = _LABELS[method]
+        name = method_label(method)
         head.append(f" {name}: nodes | mIoU | ASA | BR | UE |")
         rule.append("---|---|---|---|---|")
     lines = ["".join(head), "".join(rule)]
