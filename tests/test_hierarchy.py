@@ -118,3 +118,15 @@ def test_measure_hierarchy_on_the_real_data(shipped, pascal_root):
     _check_result(result, (100, 25), levels=len(model.layers))
     top = result["rows"][len(model.layers) - 1]["methods"]["learned"]
     assert math.isfinite(top["boundary_recall"]) and top["nodes_per_image"] > 25
+
+
+def test_compare_shows_the_achievable_miou_of_runs_that_recorded_it():
+    from selab.experiments.compare import hierarchy_markdown as compare_hierarchy
+
+    old = {"label": "old", "runs": 1, "hierarchy": {"mean_nodes_per_image": [900, 600], "purity": [0.97, 0.96]}}
+    new = {"label": "new", "runs": 2, "hierarchy": {"mean_nodes_per_image": [900, 300], "purity": [0.97, 0.95],
+                                                     "achievable_miou": [82.51, 80.04]}}
+    table = compare_hierarchy([new])
+    assert "achievable mIoU" in table.splitlines()[0] and "| new | 2 | 900 → 300 | 97.0 → 95.0 | 82.5 → 80.0 |" in table
+    assert "achievable mIoU" not in compare_hierarchy([old, new])  # only where every row has it
+    assert "| old | 1 | 900 → 600 | 97.0 → 96.0 |" in compare_hierarchy([old, new])

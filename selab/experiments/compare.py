@@ -278,15 +278,18 @@ def pairs_markdown(results: list[dict]) -> str:
 
 
 def hierarchy_markdown(rows: list[dict]) -> str:
-    """Per level at test time, for the rows that have a hierarchy: nodes per image and clique label
-    purity (:func:`selab.training.partition_scores.hierarchy_stats`), each the mean over the row's runs."""
-    lines = ["| row | runs | nodes per image, level 0 → top | clique label purity (%), level 0 → top |",
-             "|---|---|---|---|"]
-    for row in rows:
-        h = row.get("hierarchy")
-        if not h:
-            continue
+    """Per level at test time, for the rows that have a hierarchy: nodes per image, clique label purity and,
+    for runs that recorded it, achievable mIoU (:func:`selab.training.partition_scores.hierarchy_stats`), each
+    the mean over the row's runs."""
+    shown = [row for row in rows if row.get("hierarchy")]
+    achievable = bool(shown) and all("achievable_miou" in row["hierarchy"] for row in shown)
+    lines = ["| row | runs | nodes per image, level 0 → top | clique label purity (%), level 0 → top |"
+             + (" achievable mIoU, level 0 → top |" if achievable else ""),
+             "|---|---|---|---|" + ("---|" if achievable else "")]
+    for row in shown:
+        h = row["hierarchy"]
         nodes = " → ".join(f"{v:.0f}" for v in h["mean_nodes_per_image"])
         purity = " → ".join(f"{100 * v:.1f}" for v in h["purity"])
-        lines.append(f"| {row['label']} | {row['runs']} | {nodes} | {purity} |")
+        extra = (" " + " → ".join(f"{v:.1f}" for v in h["achievable_miou"]) + " |") if achievable else ""
+        lines.append(f"| {row['label']} | {row['runs']} | {nodes} | {purity} |" + extra)
     return "\n".join(lines)
