@@ -98,6 +98,20 @@ def test_weights_make_the_merged_descriptor_a_weighted_mean():
     assert distances.tolist() == pytest.approx([1.5, 4.375])
 
 
+def test_the_unit_mean_rule_keeps_merged_descriptors_on_the_sphere():
+    angles = np.array([0.0, 0.1, 1.2, 1.3])
+    directions = np.stack([np.cos(angles), np.sin(angles)], 1)
+    edges = [[0, 1, 2], [1, 2, 3]]  # a path 0 - 1 - 2 - 3
+    merges, distances = merge_sequence(edges, directions, [1, 1, 1, 1], rule="unit_mean")
+    plain, plain_distances = merge_sequence(edges, directions, [1, 1, 1, 1])
+    assert merges[:2].tolist() == plain[:2].tolist() == [[0, 1], [2, 3]]
+    # {0,1} and {2,3}: their means shrink (norm cos 0.05), their unit means do not
+    assert distances[2] == pytest.approx(2 * np.sin(0.6))
+    assert plain_distances[2] == pytest.approx(2 * np.sin(0.6) * np.cos(0.05))
+    with pytest.raises(ValueError, match="rule"):
+        merge_sequence(edges, directions, [1, 1, 1, 1], rule="median")
+
+
 def test_agglomerate_batch_keeps_images_apart_with_per_image_counts():
     (first, labels), (second, _) = _small_problem(1), _small_problem(2)
     graphs = [graph_from_superpixels(labels), graph_from_superpixels(labels // 2)]  # 80 and 40 regions

@@ -35,7 +35,9 @@ from skimage.color import rgb2lab
 from selab.method.graph import Graph, canonical_cluster, check_edge_index
 from selab.method.superpixels import node_label_histogram, pool_to_nodes, upsample_and_pool
 
-__all__ = ["merge_sequence", "agglomerate", "agglomerate_batch", "mean_lab", "pooled_maps", "pooled_probabilities",
+#: The merged-descriptor rules of :func:`merge_sequence`.
+RULES = ("mean", "unit_mean")
+__all__ = ["RULES", "merge_sequence", "agglomerate", "agglomerate_batch", "mean_lab", "pooled_maps", "pooled_probabilities",
            "class_distribution"]
 
 
@@ -46,12 +48,14 @@ def _as_array(value, name: str, ndim: int) -> np.ndarray:
     return array
 
 
-def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1, rule: str = "mean") -> tuple[np.ndarray, np.ndarray]:
     """The greedy merges of one region adjacency graph, nearest descriptors first, until ``stop_at`` regions.
 
     Each merge joins the two adjacent regions at the smallest Euclidean distance between their
-    descriptors; the merged region takes the ``weight``-weighted mean of their descriptors and the sum of
-    their weights, and its distances to its neighbours are computed anew (``merge_hierarchical``'s rule).
+    descriptors; the merged region takes the ``weight``-weighted mean of their descriptors (``rule="mean"``,
+    ``merge_hierarchical``'s rule; ``rule="unit_mean"``: the mean rescaled to norm 1, for descriptors that
+    are directions, such as L2-normalised features, so that the distance stays a cosine distance) and
+    the sum of their weights, and its distances to its neighbours are computed anew.
     Region ids: ``0..N-1`` the nodes, ``N + t`` the region made by merge t. Ties go to the smaller ids.
     Stops early when no edge is left (a graph of several components).
 
@@ -67,6 +71,8 @@ def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1) -> tuple[np
     weight : array or Tensor [N] float, > 0
         E.g. the regions' pixel counts.
     stop_at : int, default 1
+    rule : {"mean", "unit_mean"}, default "mean"
+        The merged region's descriptor.
 
     Returns
     -------
@@ -92,8 +98,11 @@ def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1) -> tuple[np
     if not np.isfinite(features).all():
         raise ValueError("agglomerate: descriptor holds non-finite values")
     check_edge_index(torch.from_numpy(edges), n)
+    if rule not in RULES:
+        raise ValueError(f"agglomerate: rule must be one of {RULES}, got {rule!r}")
     if isinstance(stop_at, bool) or not isinstance(stop_at, (int, np.integer)) or stop_at < 1:
         raise ValueError(f"agglomerate: stop_at must be an int >= 1, got {stop_at!r}")
+    unit = rule == "unit_mean"
     size = 2 * n - 1 if n else 0
     table = np.empty((size, features.shape[1]))
     table[:n] = features
@@ -117,6 +126,8 @@ def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1) -> tuple[np
         new = n + len(merges)
         mass[new] = mass[a] + mass[b]
         table[new] = (mass[a] * table[a] + mass[b] * table[b]) / mass[new]
+        if unit:
+            table[new] /= max(np.sqrt(table[new] @ table[new]), 1e-12)
         alive[a] = alive[b] = False
         alive[new] = True
         around = (neighbours[a] | neighbours[b]) - {a, b}
@@ -158,12 +169,12 @@ def _check_counts(counts) -> list[int]:
     return [int(c) for c in counts]
 
 
-def agglomerate(edge_index, descriptor, weight, counts) -> list[np.ndarray]:
+def agglomerate(edge_index, descriptor, weight, counts, rule: str = "mean") -> list[np.ndarray]:
     """The greedy agglomeration of one graph (:func:`merge_sequence`) at every requested node count.
 
     Parameters
     ----------
-    edge_index, descriptor, weight
+    edge_index, descriptor, weight, rule
         As in :func:`merge_sequence`.
     counts : int or sequence of int, >= 1
         Node counts, in any order. A count of N or more gives the nodes themselves; a count below the
@@ -181,11 +192,11 @@ def agglomerate(edge_index, descriptor, weight, counts) -> list[np.ndarray]:
     """
     counts = _check_counts(counts)
     n = len(_as_array(descriptor, "descriptor", 2))
-    merges, _ = merge_sequence(edge_index, descriptor, weight, stop_at=max(1, min(counts)))
+    merges, _ = merge_sequence(edge_index, descriptor, weight, stop_at=max(1, min(counts)), rule=rule)
     return [_prefix_partition(merges, n, min(max(n - c, 0), len(merges))) for c in counts]
 
 
-def agglomerate_batch(graph: Graph, descriptor, counts) -> list[torch.Tensor]:
+def agglomerate_batch(graph: Graph, descriptor, counts, rule: str = "mean") -> list[torch.Tensor]:
     """:func:`agglomerate` every image of a batched level-0 ``graph``; the regions never cross images.
 
     Parameters
@@ -195,6 +206,8 @@ def agglomerate_batch(graph: Graph, descriptor, counts) -> list[torch.Tensor]:
     descriptor : Tensor [N,D]
     counts : sequence of int, or [B][C] nested sequence
         The same counts for every image, or each image's own (C counts per image).
+    rule : {"mean", "unit_mean"}, default "mean"
+        The merged region's descriptor (:func:`merge_sequence`).
 
     Returns
     -------
@@ -221,7 +234,7 @@ def agglomerate_batch(graph: Graph, descriptor, counts) -> list[torch.Tensor]:
     for b in range(images):  # a loop over images
         lo, hi = ptr[b], ptr[b + 1]
         local = edges[:, cuts[b]:cuts[b + 1]] - lo
-        clusters = agglomerate(local, features[lo:hi], size[lo:hi], per_image[b])
+        clusters = agglomerate(local, features[lo:hi], size[lo:hi], per_image[b], rule)
         for slot, cluster in zip(outputs, clusters):
             slot.append(torch.from_numpy(cluster) + offset)
         offset += max((int(c.max()) + 1 if c.size else 0) for c in clusters)  # room for the largest count
