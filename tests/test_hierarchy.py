@@ -130,3 +130,11 @@ def test_compare_shows_the_achievable_miou_of_runs_that_recorded_it():
     assert "achievable mIoU" in table.splitlines()[0] and "| new | 2 | 900 → 300 | 97.0 → 95.0 | 82.5 → 80.0 |" in table
     assert "achievable mIoU" not in compare_hierarchy([old, new])  # only where every row has it
     assert "| old | 1 | 900 → 600 | 97.0 → 96.0 |" in compare_hierarchy([old, new])
+
+
+def test_a_model_without_graph_levels_is_refused():
+    from selab.model.parser import ModelConfig, build_model
+
+    cnn = build_model(ModelConfig(variant="cnn", backbone="small", feature_channels=8))
+    with pytest.raises(ValueError, match="no graph levels"):
+        measure_hierarchy(cnn, {"dataset": "synthetic"}, progress=False)
