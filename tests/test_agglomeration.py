@@ -176,4 +176,4 @@ def test_a_thousand_superpixels_agglomerate_quickly():
     clusters = agglomerate(graph.edge_index, colour, graph.size, [500, 200, 100, 50, 25, 12])
     elapsed = time.perf_counter() - start
     assert [int(c.max()) + 1 for c in clusters] == [500, 200, 100, 50, 25, 12]
-    assert elapsed < 0.5, f"{graph.num_nodes} nodes to 12 took {elapsed * 1000:.0f} ms"  # about 10 ms unloaded
+    assert elapsed < 0.5, f"{graph.num_nodes} nodes to 12 took {elapsed * 1000:.0f} ms"  # about 40 ms on a busy core

@@ -61,7 +61,7 @@ def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1, rule: str =
 
     This is an evaluation tool, not a training hot path: one Python step per merge over a binary heap
     (lazy deletion: an entry whose region was merged is skipped), the distances to a merged region's
-    neighbours computed at once; about 5 ms per 1000 merges.
+    neighbours computed at once: 800 superpixels to 12 regions in about 40 ms of CPU time, measured on a busy core.
 
     Parameters
     ----------
@@ -106,9 +106,11 @@ def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1, rule: str =
     size = 2 * n - 1 if n else 0
     table = np.empty((size, features.shape[1]))
     table[:n] = features
-    mass = np.concatenate([mass, np.empty(max(size - n, 0))])
-    alive = np.zeros(size, dtype=bool)
-    alive[:n] = True
+    # Python lists and a bytearray, not numpy arrays, for what the loop reads one entry at a time:
+    # indexing a numpy array for one scalar costs several times more.
+    weights = mass.tolist() + [0.0] * max(size - n, 0)
+    alive = bytearray(size)
+    alive[:n] = b"\x01" * n
     neighbours: list = [set() for _ in range(n)]
     low, high = np.minimum(edges[0], edges[1]), np.maximum(edges[0], edges[1])
     for a, b in zip(low.tolist(), high.tolist()):  # once per edge, building the graph the heap walks
@@ -117,32 +119,37 @@ def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1, rule: str =
     start = np.sqrt(((table[low] - table[high]) ** 2).sum(1)) if low.size else np.zeros(0)
     heap = list(zip(start.tolist(), low.tolist(), high.tolist()))
     heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
     merges, distances = [], []
     regions = n
     while regions > stop_at and heap:
-        distance, a, b = heapq.heappop(heap)
+        distance, a, b = pop(heap)
         if not (alive[a] and alive[b]):
             continue  # a stale entry: one of its regions was merged since
         new = n + len(merges)
-        mass[new] = mass[a] + mass[b]
-        table[new] = (mass[a] * table[a] + mass[b] * table[b]) / mass[new]
+        total = weights[a] + weights[b]
+        weights[new] = total
+        row = (table[a] * weights[a] + table[b] * weights[b]) / total
         if unit:
-            table[new] /= max(np.sqrt(table[new] @ table[new]), 1e-12)
-        alive[a] = alive[b] = False
-        alive[new] = True
-        around = (neighbours[a] | neighbours[b]) - {a, b}
+            row /= max(float(np.sqrt(row @ row)), 1e-12)
+        table[new] = row
+        alive[a] = alive[b] = 0
+        alive[new] = 1
+        around = neighbours[a] | neighbours[b]
+        around.discard(a)
+        around.discard(b)
         neighbours[a] = neighbours[b] = None
         neighbours.append(around)
         if around:
-            others = np.fromiter(around, dtype=np.int64, count=len(around))
-            for other in others.tolist():
+            others = list(around)
+            for other in others:
                 links = neighbours[other]
                 links.discard(a)
                 links.discard(b)
                 links.add(new)
-            gaps = np.sqrt(((table[others] - table[new]) ** 2).sum(1))
-            for gap, other in zip(gaps.tolist(), others.tolist()):
-                heapq.heappush(heap, (gap, other, new))  # other < new: ids only grow
+            gaps = table[others] - row
+            for gap, other in zip(np.sqrt(np.einsum("ij,ij->i", gaps, gaps)).tolist(), others):
+                push(heap, (gap, other, new))  # other < new: ids only grow
         merges.append((a, b))
         distances.append(distance)
         regions -= 1
