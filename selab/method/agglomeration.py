@@ -37,8 +37,8 @@ from selab.method.superpixels import node_label_histogram, pool_to_nodes, upsamp
 
 #: The merged-descriptor rules of :func:`merge_sequence`.
 RULES = ("mean", "unit_mean")
-__all__ = ["RULES", "merge_sequence", "agglomerate", "agglomerate_batch", "mean_lab", "pooled_maps", "pooled_probabilities",
-           "class_distribution"]
+__all__ = ["RULES", "merge_sequence", "agglomerate", "agglomerate_batch", "mean_lab", "pooled_maps",
+           "pooled_probabilities", "class_distribution"]
 
 
 def _as_array(value, name: str, ndim: int) -> np.ndarray:
@@ -48,7 +48,8 @@ def _as_array(value, name: str, ndim: int) -> np.ndarray:
     return array
 
 
-def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1, rule: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1,
+                   rule: str = "mean") -> tuple[np.ndarray, np.ndarray]:
     """The greedy merges of one region adjacency graph, nearest descriptors first, until ``stop_at`` regions.
 
     Each merge joins the two adjacent regions at the smallest Euclidean distance between their
