@@ -33,15 +33,14 @@ import torch
 from PIL import Image
 from skimage import data
 
-from selab.method.evolve import (
-    PartitionEnergy,
-    StructureEvolution,
-    merge_target,
-    metropolis_hastings,
-    node_majority_labels,
-)
+from selab.method.energy import PartitionEnergy
+from selab.method.evolve import StructureEvolution
+from selab.method.mh import metropolis_hastings
+from selab.method.superpixels import node_majority_labels
+from selab.model.loss import merge_target
 from selab.method.graph import batch_graphs, graph_from_superpixels
-from selab.method.graph_lstm import GraphLSTM, confidence_order
+from selab.method.graph_lstm import GraphLSTM
+from selab.method.orders import confidence_order
 from selab.method.superpixels import pool_to_nodes, slic
 
 IMAGES = ("astronaut", "chelsea", "coffee", "rocket")

@@ -66,15 +66,11 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore :func:`rng_state` (also the numpy/tuple form that earlier selab versions wrote)."""
+    """Restore the global RNG states that :func:`rng_state` recorded."""
     python, numpy_state = state["python"], state["numpy"]
-    if isinstance(python, dict):
-        python = (python["version"], tuple(int(v) for v in python["internal"].tolist()), python["gauss_next"])
-    random.setstate(python)
-    if isinstance(numpy_state, dict):
-        numpy_state = (numpy_state["algorithm"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
-    np.random.set_state(numpy_state)
+    random.setstate((python["version"], tuple(int(v) for v in python["internal"].tolist()), python["gauss_next"]))
+    np.random.set_state((numpy_state["algorithm"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -10,7 +10,6 @@ from selab.model.backbones import (
     EfficientNetLiteBackbone,
     build_backbone,
     load_efficientnet_lite,
-    load_efficientnet_lite0,
     stride_cuts,
 )
 
@@ -43,7 +42,7 @@ def _chelsea(size):
 
 
 def test_pretrained_lite0_classifies_chelsea_as_a_cat():
-    net = load_efficientnet_lite0(pretrained=True).eval()
+    net = load_efficientnet_lite(0, pretrained=True).eval()
     with torch.no_grad():
         top = int(net(_chelsea(224)).argmax())
     assert 281 <= top <= 285  # ImageNet's domestic cats (285: Egyptian cat)

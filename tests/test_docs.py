@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from selab.method.evolve import MergeProbability, PartitionEnergy, StructureEvolution
+from selab.method.energy import PartitionEnergy
+from selab.method.evolve import StructureEvolution
+from selab.method.merge import MergeProbability
 from selab.model.parser import ModelConfig
 from selab.training.train import TrainConfig
 

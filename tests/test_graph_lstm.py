@@ -5,17 +5,9 @@ import pytest
 import torch
 from skimage import data, transform
 
-from selab.method.graph_lstm import (
-    GraphLSTM,
-    bfs_order,
-    confidence_order,
-    dfs_order,
-    leftmost_node,
-    most_confident_node,
-    random_order,
-    stochastic_order,
-    wavefront_levels,
-)
+from selab.method.graph_lstm import GraphLSTM, wavefront_levels
+from selab.method.orders import (bfs_order, confidence_order, dfs_order, leftmost_node, most_confident_node,
+                                 random_order, stochastic_order)
 from selab.method.superpixels import adjacency, pool_to_nodes, slic
 
 

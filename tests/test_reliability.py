@@ -613,7 +613,7 @@ def test_graph_lstm_dtypes():
 
 
 def test_metropolis_hastings_rejects_a_nan_energy():
-    from selab.method.evolve import metropolis_hastings
+    from selab.method.mh import metropolis_hastings
 
     with pytest.raises(ValueError, match="energy returned NaN"):
         metropolis_hastings(torch.tensor([[0, 1], [1, 2]]), torch.tensor([0.5, 0.5]), lambda c: float("nan"), 3,

@@ -122,7 +122,9 @@ def test_update_order_explorer_without_confidence_offers_no_confidence_order(ima
 def chain_setup(image):
     import torch
 
-    from selab.method.evolve import PartitionEnergy, merge_target, node_majority_labels
+    from selab.method.energy import PartitionEnergy
+    from selab.method.superpixels import node_majority_labels
+    from selab.model.loss import merge_target
     from selab.method.graph import graph_from_superpixels
     from selab.method.superpixels import slic
 
@@ -148,7 +150,7 @@ def test_mh_table_tracks_the_state_energy():
 
 
 def test_mh_chain_explorer_steps_and_reruns_at_another_temperature(image, chain_setup):
-    from selab.method.evolve import metropolis_hastings
+    from selab.method.mh import metropolis_hastings
 
     labels, graph, merge_prob, energy = chain_setup
     app = widgets.MHChainExplorer(image, labels, merge_prob, energy, num_steps=12, temperature=1.0, seed=3)

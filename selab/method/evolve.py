@@ -18,9 +18,6 @@ proposals over the top quarter of each image's edges (``merge_budget=0.25``, dec
 energy (``energy="ground_truth"``), and the deterministic greedy structure (``p > 0.5``) at test time
 (``eval_mode="auto"``; decisions 4 and 6). ``mode="none"`` gives a plain Graph LSTM (no merging, in
 training and at test time).
-
-The names of :mod:`selab.method.merge`, :mod:`selab.method.energy`, :mod:`selab.method.mh` and the supervision of the merge
-probabilities (:mod:`selab.model.loss`) are re-exported here, where the notebooks import them.
 """
 from __future__ import annotations
 
@@ -32,19 +29,11 @@ from torch import Tensor, nn
 
 from selab.method.energy import ENERGIES, PartitionEnergy
 from selab.method.graph import coarse_confidence, coarsen, scatter_mean
-from selab.model.loss import merge_loss, merge_target
-from selab.method.merge import __all__ as merge_all
-from selab.method.merge import (Budget, MergeProbability, Proposal, Target, _check_budget, _check_target, candidate_edges,
-                         connected_components, greedy_merge, proposal_log_prob, propose, smallest_members,
-                         target_edges)
-from selab.method.mh import __all__ as mh_all
-from selab.method.mh import Chains, MHStep, MHTrace, _run_chains, metropolis_hastings
-from selab.method.superpixels import node_label_histogram, node_majority_labels
+from selab.method.merge import (Budget, MergeProbability, Target, check_budget, check_target, connected_components,
+                                greedy_merge, target_edges)
+from selab.method.mh import Chains, run_chains
 
 __all__ = ["StructureEvolution", "EvolutionTrace", "EvolutionOutput", "MODES"]
-# re-exported, where the notebooks import them
-__all__ += merge_all + ["PartitionEnergy"] + mh_all + ["coarse_confidence", "merge_target", "merge_loss",
-                                                         "node_label_histogram", "node_majority_labels"]
 
 MODES = ("mh", "greedy", "none")
 
@@ -202,8 +191,8 @@ class StructureEvolution(nn.Module):
             raise ValueError(f"num_proposals must be an int >= 0, got {num_proposals!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        _check_budget(merge_budget)
-        _check_target(target_nodes)
+        check_budget(merge_budget)
+        check_target(target_nodes)
         self.target_nodes = target_nodes
         self.mode, self.eval_mode, self.energy = mode, eval_mode, energy
         self.prediction_weight = float(prediction_weight)
@@ -246,7 +235,7 @@ class StructureEvolution(nn.Module):
         chains = Chains.of(edge_index, merge_prob, n, batch, self.merge_budget)
         if targeted is not None:
             chains = chains._replace(candidates=targeted.cpu().numpy())
-        edges_on, cluster, traces = _run_chains(chains, energy, self.num_proposals, self.temperature, generator,
+        edges_on, cluster, traces = run_chains(chains, energy, self.num_proposals, self.temperature, generator,
                                                 merge_prob.device)
         return cluster.to(batch.device), edges_on, traces
 

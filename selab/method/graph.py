@@ -26,7 +26,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from selab.method.superpixels import (PoolingMatrix, _check_integer, adjacency, check_labels, node_label_histogram,
+from selab.method.superpixels import (PoolingMatrix, check_integer, adjacency, check_labels, node_label_histogram,
                                pool_to_nodes, pooling_matrix)
 
 __all__ = [
@@ -162,7 +162,7 @@ def check_edge_index(edge_index, num_nodes: int | None = None, name: str = "edge
 
 
 def _as_long_tensor(array, device=None, name: str = "labels") -> torch.Tensor:
-    _check_integer(array, name)
+    check_integer(array, name)
     if isinstance(array, np.ndarray):
         array = torch.from_numpy(array.astype(np.int64, copy=False))
     return array.to(device=device if device is not None else array.device, dtype=torch.int64)

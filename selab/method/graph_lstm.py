@@ -27,7 +27,7 @@ weights uniform in [-0.1, 0.1]) driven by :func:`~selab.method.orders.confidence
 paper's ablation; ``schedule="synchronous"`` (every neighbour counted as not yet updated, all nodes at
 once) is a selab ablation and the cost floor of the wavefront.
 
-Update orders live in :mod:`selab.method.orders` and are re-exported here.
+Update orders live in :mod:`selab.method.orders`.
 """
 
 from __future__ import annotations
@@ -35,34 +35,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selab.method.graph import check_edge_index, describe
-from selab.method.orders import (  # noqa: F401  (re-exported: the orders belong to the layer's API)
-    bfs_order,
-    confidence_order,
-    dfs_order,
-    leftmost_node,
-    most_confident_node,
-    random_order,
-    rank_from_order,
-    stochastic_order,
-)
 
 __all__ = [
     "GraphLSTM",
     "GraphLSTMOutput",
     "wavefront_levels",
     "UPDATE_SCHEDULES",
-    "confidence_order",
-    "stochastic_order",
-    "bfs_order",
-    "dfs_order",
-    "random_order",
-    "leftmost_node",
-    "most_confident_node",
-    "rank_from_order",
 ]
 
 UPDATE_SCHEDULES = ("wavefront", "sequential", "synchronous")

@@ -50,7 +50,7 @@ Target = Optional[Union[int, float]]
 # --------------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------------
-def _check_merge_prob(merge_prob: Tensor, num_edges: int) -> None:
+def check_merge_prob(merge_prob: Tensor, num_edges: int) -> None:
     if not isinstance(merge_prob, Tensor):
         raise TypeError(f"merge_prob must be a torch.Tensor, got {type(merge_prob).__name__}")
     if merge_prob.shape != (num_edges,):
@@ -147,13 +147,13 @@ def candidate_edges(merge_prob: Tensor, budget: Budget = None, edge_graph: Optio
     probable edges, a float in (0, 1] keeps that fraction of the edges; with ``edge_graph [E]`` (the
     image of each edge) the budget applies per image. Other edges are always off.
     """
-    _check_budget(budget)
+    check_budget(budget)
     p = merge_prob.detach().to(torch.float64).cpu().numpy()
     graph = None if edge_graph is None else edge_graph.cpu().numpy()
-    return torch.from_numpy(_candidate_mask(p, budget, graph)).to(merge_prob.device)
+    return torch.from_numpy(candidate_mask(p, budget, graph)).to(merge_prob.device)
 
 
-def _check_budget(budget: Budget) -> None:
+def check_budget(budget: Budget) -> None:
     if budget is None:
         return
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
@@ -164,7 +164,7 @@ def _check_budget(budget: Budget) -> None:
         raise ValueError(f"merge_budget as a count must be >= 0, got {budget}")
 
 
-def _candidate_mask(p: np.ndarray, budget: Budget, graph: Optional[np.ndarray]) -> np.ndarray:
+def candidate_mask(p: np.ndarray, budget: Budget, graph: Optional[np.ndarray]) -> np.ndarray:
     """:func:`candidate_edges` on host arrays: ``p [E]`` float64, ``graph [E]`` int or None."""
     num_edges = p.size
     if budget is None:
@@ -174,7 +174,7 @@ def _candidate_mask(p: np.ndarray, budget: Budget, graph: Optional[np.ndarray]) 
     graph = np.zeros(num_edges, np.int64) if graph is None else graph
     # each image's edges as one slice (in edge id order), the k-th largest p of each image by an O(E)
     # selection, then one comparison over all edges
-    order, starts, ends = _group_by_graph(graph, int(graph.max()) + 1)
+    order, starts, ends = group_by_graph(graph, int(graph.max()) + 1)
     per_graph = ends - starts
     keep = np.ceil(per_graph * budget).astype(np.int64) if isinstance(budget, float) else np.minimum(per_graph, budget)
     p_sorted, graph_sorted = (p, graph) if order is None else (p[order], graph[order])
@@ -195,7 +195,7 @@ def _candidate_mask(p: np.ndarray, budget: Budget, graph: Optional[np.ndarray]) 
     return chosen
 
 
-def _group_by_graph(graph: np.ndarray, num_graphs: int) -> tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
+def group_by_graph(graph: np.ndarray, num_graphs: int) -> tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
     """``(order, starts, ends)``: graph b's items are ``order[starts[b]:ends[b]]``, in index order.
 
     ``order`` is ``None`` when the items are grouped by graph already (then the ranges index them
@@ -207,7 +207,7 @@ def _group_by_graph(graph: np.ndarray, num_graphs: int) -> tuple[Optional[np.nda
     return order, ends - counts, ends
 
 
-def _log_q(p: np.ndarray, graph: np.ndarray, num_graphs: int, on_state: np.ndarray, on_edge: np.ndarray,
+def proposal_log_q(p: np.ndarray, graph: np.ndarray, num_graphs: int, on_state: np.ndarray, on_edge: np.ndarray,
            num_states: int) -> np.ndarray:
     """log q of edge states under the independent-edge proposal, per state and graph: float64 ``[1 + S, B]``.
 
@@ -253,7 +253,7 @@ def proposal_log_prob(edges_on: Tensor, merge_prob: Tensor, candidates: Optional
     index = np.flatnonzero(candidate)
     p = merge_prob.detach().double().cpu().numpy()[index]
     switched = np.flatnonzero(on[index])
-    return float(_log_q(p, np.zeros(index.size, np.int64), 1, np.zeros(switched.size, np.int64), switched, 1)[1, 0])
+    return float(proposal_log_q(p, np.zeros(index.size, np.int64), 1, np.zeros(switched.size, np.int64), switched, 1)[1, 0])
 
 
 class Proposal(NamedTuple):
@@ -287,7 +287,7 @@ def propose(
     tensor([0, 0, 1])
     """
     check_edge_index(edge_index)
-    _check_merge_prob(merge_prob, edge_index.shape[1])
+    check_merge_prob(merge_prob, edge_index.shape[1])
     num_nodes = check_edge_index(edge_index, num_nodes)
     candidates = candidate_edges(merge_prob, merge_budget)
     edges_on = _draw_edges(merge_prob, candidates, 1, generator)[0]
@@ -379,7 +379,7 @@ class _StateComponents(NamedTuple):
     root: np.ndarray  # [S * A] position of the smallest member of each position's component
 
 
-def _components_of_states(ends: np.ndarray, state: np.ndarray, edge: np.ndarray, num_states: int,
+def components_of_states(ends: np.ndarray, state: np.ndarray, edge: np.ndarray, num_states: int,
                           num_nodes: int) -> _StateComponents:
     """Components of S edge states given as switched-on (``state``, candidate ``edge``) pairs; the
     candidate edges have end nodes ``ends [2, C]``."""
@@ -392,7 +392,7 @@ def _components_of_states(ends: np.ndarray, state: np.ndarray, edge: np.ndarray,
     return _StateComponents(active, smallest_members(rows, cols, num_states * active.size))
 
 
-def _clique_roots(components: _StateComponents, num_nodes: int, state: np.ndarray) -> np.ndarray:
+def clique_roots(components: _StateComponents, num_nodes: int, state: np.ndarray) -> np.ndarray:
     """Smallest member of every node's clique ``[N]`` when the active nodes are in ``state [A]``
     (1-based proposal index; 0 = nothing on)."""
     roots = np.arange(num_nodes)
@@ -420,14 +420,14 @@ def greedy_merge(
     tensor([0, 0, 1])
     """
     check_edge_index(edge_index)
-    _check_merge_prob(merge_prob, edge_index.shape[1])
+    check_merge_prob(merge_prob, edge_index.shape[1])
     n = check_edge_index(edge_index, num_nodes)
     p = merge_prob.detach()
     edges_on = (p > threshold) & candidate_edges(p, merge_budget, edge_graph)
     return connected_components(edge_index, edges_on.to(edge_index.device), n), edges_on
 
 
-def _check_target(target: Target) -> None:
+def check_target(target: Target) -> None:
     if target is None:
         return
     if isinstance(target, bool) or not isinstance(target, (int, float)):
@@ -481,9 +481,9 @@ def target_edges(
     >>> connected_components(ei, target_edges(ei, torch.tensor([0.9, 0.2, 0.7]), 4, target_nodes=0.25), 4)
     tensor([0, 0, 0, 0])
     """
-    _check_target(target_nodes)
+    check_target(target_nodes)
     check_edge_index(edge_index)
-    _check_merge_prob(merge_prob, edge_index.shape[1])
+    check_merge_prob(merge_prob, edge_index.shape[1])
     n = check_edge_index(edge_index, num_nodes)
     ei = edge_index.cpu().numpy()
     num_edges = ei.shape[1]

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from selab.method.energy import PartitionEnergy
 from selab.method.graph import canonical_cluster, check_edge_index
-from selab.method.merge import (Budget, _candidate_mask, _check_budget, _check_merge_prob, _clique_roots,
-                         _components_of_states, _group_by_graph, _log_q)
+from selab.method.merge import (Budget, candidate_mask, check_budget, check_merge_prob, clique_roots,
+                         components_of_states, group_by_graph, proposal_log_q)
 
 __all__ = ["metropolis_hastings", "MHStep", "MHTrace", "Chains"]
 
@@ -87,7 +87,7 @@ def _edges_per_graph(edge_graph: np.ndarray, num_graphs: int) -> list:
     """Each graph's edges as an index: a slice where the edges are grouped by graph (cheap views)."""
     if num_graphs == 1:
         return [slice(None)]
-    order, starts, ends = _group_by_graph(edge_graph, num_graphs)
+    order, starts, ends = group_by_graph(edge_graph, num_graphs)
     if order is None:
         return [slice(start, end) for start, end in zip(starts.tolist(), ends.tolist())]
     return [torch.from_numpy(order[start:end]) for start, end in zip(starts.tolist(), ends.tolist())]
@@ -128,10 +128,10 @@ class Chains(NamedTuple):
             num_graphs = int(node_graph.max()) + 1 if node_graph.size else 1
         edge_graph = node_graph[ei[0]]
         p = merge_prob.detach().double().cpu().numpy()
-        return cls(ei, p, _candidate_mask(p, merge_budget, edge_graph), edge_graph, node_graph, num_graphs)
+        return cls(ei, p, candidate_mask(p, merge_budget, edge_graph), edge_graph, node_graph, num_graphs)
 
 
-def _run_chains(
+def run_chains(
     chains: Chains,
     energy: Union[PartitionEnergy, Callable[[Tensor], float]],
     num_steps: int,
@@ -169,9 +169,9 @@ def _run_chains(
     num_states = num_steps + 1
     on = np.flatnonzero(drawn_np)  # switched-on (proposal, candidate) pairs
     on_state, on_edge = on // candidate.size, on % candidate.size
-    log_q = _log_q(p_np, candidate_graph, num_graphs, on_state, on_edge, num_steps)
+    log_q = proposal_log_q(p_np, candidate_graph, num_graphs, on_state, on_edge, num_steps)
 
-    components = _components_of_states(ends, on_state, on_edge, num_steps, num_nodes)
+    components = components_of_states(ends, on_state, on_edge, num_steps, num_nodes)
     active_graph = node_graph[components.active]
     nodes_per_graph = np.bincount(node_graph, minlength=num_graphs)
     root = components.root
@@ -198,7 +198,7 @@ def _run_chains(
         energies = np.empty((num_states, 1))
         for s in range(num_states):
             active_state[:] = s
-            cluster = canonical_cluster(torch.from_numpy(_clique_roots(components, num_nodes, active_state)))
+            cluster = canonical_cluster(torch.from_numpy(clique_roots(components, num_nodes, active_state)))
             energies[s, 0] = float(energy(cluster.to(device)))
 
     traces = [MHTrace(float(energies[0, b]), float(log_q[0, b])) for b in range(num_graphs)]
@@ -230,7 +230,7 @@ def _run_chains(
         traces[b].edges_on = final[own[b]]
         traces[b].energy = energy_list[chosen_list[b]][b]
     # the final partition: each image's cliques in its chosen state (no second components pass)
-    roots = _clique_roots(components, num_nodes, chosen[active_graph])
+    roots = clique_roots(components, num_nodes, chosen[active_graph])
     return final, canonical_cluster(torch.from_numpy(roots)).to(device), traces
 
 
@@ -315,7 +315,7 @@ def metropolis_hastings(
     4
     """
     check_edge_index(edge_index)
-    _check_merge_prob(merge_prob, edge_index.shape[1])
+    check_merge_prob(merge_prob, edge_index.shape[1])
     if not callable(energy):
         raise TypeError("energy must be a callable cluster [N] -> float")
     if not isinstance(num_steps, int) or num_steps < 0:
@@ -323,9 +323,9 @@ def metropolis_hastings(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     n = check_edge_index(edge_index, num_nodes)
-    _check_budget(merge_budget)
+    check_budget(merge_budget)
     if not isinstance(energy, PartitionEnergy):
         energy = _finite_energy(energy)
     chains = Chains.of(edge_index, merge_prob, n, merge_budget=merge_budget)
-    _, cluster, traces = _run_chains(chains, energy, num_steps, float(temperature), generator, merge_prob.device)
+    _, cluster, traces = run_chains(chains, energy, num_steps, float(temperature), generator, merge_prob.device)
     return cluster.to(edge_index.device), traces[0]

@@ -84,7 +84,7 @@ def relabel(labels):
            [2, 1, 1]])
     """
     labels = labels if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    _check_integer(labels)
+    check_integer(labels)
     if isinstance(labels, torch.Tensor):
         _, inverse = torch.unique(labels, return_inverse=True)
         return inverse.to(torch.int64).reshape(labels.shape)
@@ -108,7 +108,7 @@ def check_labels(labels, name: str = "labels") -> int:
     >>> check_labels(np.array([[0, 1], [1, 2]]))
     3
     """
-    _check_integer(labels, name)
+    check_integer(labels, name)
     if isinstance(labels, torch.Tensor):
         flat = labels.reshape(-1)
         if flat.numel() == 0:
@@ -169,7 +169,7 @@ def slic(image, n_segments: int = 1000, compactness: float = 10.0, **skimage_kwa
     return relabel(labels)
 
 
-def _check_integer(labels, name: str = "labels") -> None:
+def check_integer(labels, name: str = "labels") -> None:
     """The one check that ``labels`` is an integer numpy array or torch tensor (TypeError otherwise)."""
     if isinstance(labels, torch.Tensor):
         integer = not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool)
@@ -182,7 +182,7 @@ def _check_integer(labels, name: str = "labels") -> None:
 
 
 def _check_label_map(labels, name: str = "labels"):
-    _check_integer(labels, name)
+    check_integer(labels, name)
     if labels.ndim not in (2, 3):
         raise ValueError(f"{name}: expected shape [H,W] or [B,H,W], got {tuple(labels.shape)}")
     if labels.numel() if isinstance(labels, torch.Tensor) else labels.size:

@@ -172,21 +172,6 @@ class EfficientNetLiteBackbone(nn.Module):
         return outputs
 
 
-class EfficientNetLite0Backbone(EfficientNetLiteBackbone):
-    """EfficientNet-Lite0 (:class:`EfficientNetLiteBackbone` with ``level=0``): strides 8, 16, 32 with
-    40, 112, 320 channels.
-
-    Examples
-    --------
-    >>> net = EfficientNetLite0Backbone(pretrained=False)
-    >>> [tuple(f.shape) for f in net(torch.rand(1, 3, 320, 320))]
-    [(1, 40, 40, 40), (1, 112, 20, 20), (1, 320, 10, 10)]
-    """
-
-    def __init__(self, pretrained: bool = True, output_stride: int = 8, padding: str | None = None):
-        super().__init__(0, pretrained=pretrained, output_stride=output_stride, padding=padding)
-
-
 def stride_cuts(net: nn.Module) -> dict[int, tuple[int, int]]:
     """``{stride: (index of the last MBConv block at that stride, its output channels)}`` of an EfficientNet.
 
@@ -238,17 +223,6 @@ def load_efficientnet_lite(level: int = 0, pretrained: bool = True, padding: str
         return EfficientNet.from_name(name, **options)
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
         return EfficientNet.from_pretrained(name, weights_path=LITE_WEIGHTS[level].get_model_file_path(), **options)
-
-
-def load_efficientnet_lite0(pretrained: bool = True) -> nn.Module:
-    """The full EfficientNet-Lite0 classifier, as the backbone builds it by default (static padding).
-
-    Examples
-    --------
-    >>> load_efficientnet_lite0(pretrained=False)._fc.out_features
-    1000
-    """
-    return load_efficientnet_lite(0, pretrained)
 
 
 def build_backbone(name: str, pretrained: bool = True, output_stride: int = 8, padding: str | None = None) -> nn.Module:

@@ -338,7 +338,7 @@ def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
 class FeatureNeck(nn.Module):
     """Fuse multi-scale features at the finest stride: upsample, concatenate, 1x1 then 3x3 conv.
 
-    With :class:`~selab.model.backbones.EfficientNetLite0Backbone` this is the "two-layer conv head on stride-8
+    With :class:`~selab.model.backbones.EfficientNetLiteBackbone` (EfficientNet-Lite0) this is the "two-layer conv head on stride-8
     features" of the DESIGN reference, fed richer concatenated stride-8/16/32 features.
     """
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from selab.classes import CLASS_COLORS, CLASS_NAMES
 from selab.data.datasets import IMAGE_SUFFIXES, read_image, resize_image
-from selab.method.evolve import node_label_histogram
+from selab.method.superpixels import node_label_histogram
 from selab.method.superpixels import slic
 
 

@@ -49,10 +49,11 @@ from selab.method import orders
 from selab.workbench import viz
 from selab.classes import CLASS_COLORS
 from selab.data.datasets import decode_image, read_image, read_mask, resize_image
-from selab.method.evolve import connected_components, metropolis_hastings, node_label_histogram
+from selab.method.merge import connected_components
+from selab.method.mh import metropolis_hastings
 from selab.method.graph import graph_from_superpixels
 from selab.method.graph_lstm import GraphLSTM
-from selab.method.superpixels import adjacency, pool_to_nodes, slic, unpool_to_pixels
+from selab.method.superpixels import adjacency, node_label_histogram, pool_to_nodes, slic, unpool_to_pixels
 
 __all__ = ["ORDERS", "PEOPLE_PHOTOS", "update_order", "FigureApp", "SuperpixelExplorer", "UpdateOrderExplorer",
            "mh_table", "MHChainExplorer", "merge_colour_floor", "photo_sample", "photo_samples", "as_batch",
