@@ -11,7 +11,10 @@ import sys
 
 import torch
 
-from selab.training.train import TrainConfig, evaluate_model, evaluation_loader, load_model
+from selab.training.checkpoints import load_model
+from selab.training.config import TrainConfig
+from selab.training.evaluation import evaluate_model
+from selab.training.loaders import evaluation_loader
 
 
 def main(run_dir: str) -> dict:

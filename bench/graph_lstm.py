@@ -73,7 +73,7 @@ def time_forward_backward(layer, x, edge_index, rank, schedule, repeats, device,
 
     def step():
         layer.zero_grad(set_to_none=True)
-        out = layer(x, edge_index, rank, schedule=schedule, h0=h0, m0=m0)
+        out = layer(x, edge_index, rank, update_schedule=schedule, h0=h0, m0=m0)
         (out.h.square().sum() + out.m.sum()).backward()
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from selab.model.loss import merge_targets
-from selab.data.prepare import evaluation_loader, to_device
-from selab.training.train import TrainConfig, load_model
+from selab.data.prepare import to_device
+from selab.training.loaders import evaluation_loader
+from selab.training.checkpoints import load_model
+from selab.training.config import TrainConfig
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:

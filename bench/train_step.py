@@ -3,7 +3,7 @@
 The PASCAL setting of ``make run``: 8 images of PASCAL-Person-Part resized to 320 x 320 (skimage sample
 images without the data), SLIC with about 1000 superpixels each, the frozen EfficientNet-Lite0 run once
 at start for the stride-8/16/32 features (kept in float16 like the feature cache), hidden 64 and the
-default ModelConfig of each variant, AdamW. A step is what :func:`selab.training.train.run` does per batch:
+default ModelConfig of each variant, AdamW. A step is what :func:`selab.training.loop.run` does per batch:
 forward, :func:`selab.model.loss.compute_loss`, zero_grad, backward, optimizer step. The variants take turns
 in a new shuffled order every repeat (a slow spell of the shared machine hits all alike); the table
 gives medians and the ratios se_lstm / cnn and graph_lstm / cnn.
@@ -29,6 +29,7 @@ import argparse
 import collections
 import contextlib
 import importlib
+import types
 import json
 import platform
 import statistics
@@ -48,7 +49,8 @@ from selab.method.graph import graph_from_superpixels
 from selab.model.loss import compute_loss
 from selab.model.parser import build_model
 from selab.method.superpixels import slic
-from selab.training.train import TrainConfig, build_optimizer
+from selab.training.config import TrainConfig
+from selab.training.optim import build_optimizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 PASCAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "pascal_person_part"
@@ -57,7 +59,7 @@ NECK, OTHER = "neck + classifier", "other (graph to device, glue)"
 
 
 def load_images(count: int, size: int, root: Path) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """``count`` images [B,3,S,S] and masks [B,S,S] resized like selab.training.train.PreparedSplit."""
+    """``count`` images [B,3,S,S] and masks [B,S,S] resized like selab.data.prepare.PreparedSplit."""
     images, masks = [], []
     if (root / "JPEGImages").is_dir():
         from selab.data.datasets import read_image, read_mask
@@ -87,6 +89,11 @@ def load_images(count: int, size: int, root: Path) -> tuple[torch.Tensor, torch.
     return torch.stack(out_images), torch.stack(out_masks), source
 
 
+def _model_config(config):
+    """A TrainConfig's ModelConfig, in this layout (a field) or an earlier one (a method)."""
+    return config.model if callable(getattr(config, "model_config", None)) else config.model
+
+
 def load_revision(revision: str):
     """The parser, loss and training modules as they were at git ``revision``, beside the current package.
 
@@ -108,9 +115,14 @@ def load_revision(revision: str):
     sys.path.insert(0, str(folder))
     try:
         # the package was laid out by stage later; a revision of either layout can be the baseline
-        names = (("model.parser", "model.loss", "training.train") if (folder / "selab" / "model" / "parser.py").is_file()
-                 else ("model", "loss", "train"))
-        return tuple(importlib.import_module(f"selab.{name}") for name in names)
+        if (folder / "selab" / "training" / "optim.py").is_file():
+            names = ("model.parser", "model.loss", "training.config", "training.optim")
+        elif (folder / "selab" / "model" / "parser.py").is_file():
+            names = ("model.parser", "model.loss", "training.train", "training.train")
+        else:
+            names = ("model", "loss", "train", "train")
+        parser, loss, config, optim = (importlib.import_module(f"selab.{name}") for name in names)
+        return parser, loss, types.SimpleNamespace(TrainConfig=config.TrainConfig, build_optimizer=optim.build_optimizer)
     finally:
         sys.path.remove(str(folder))
         for name in [name for name in sys.modules if ours(name)]:
@@ -275,11 +287,11 @@ def main() -> None:
         config = config_class(variant=base, backbone="efficientnet_lite0", image_size=args.size,
                               batch_size=args.batch)
         torch.manual_seed(0)
-        model = build(config.model_config()).to(device).train()
+        model = build(_model_config(config)).to(device).train()
         optimizer = (build_optimizer if train_module is None else train_module.build_optimizer)(model, config)
         generator = torch.Generator().manual_seed(0)
 
-        def step(model=model, optimizer=optimizer, generator=generator, model_config=config.model_config(),
+        def step(model=model, optimizer=optimizer, generator=generator, model_config=_model_config(config),
                  loss_of=loss_of):
             output = model(batch, generator=generator, energy_labels=batch["mask"])
             parts = loss_of(output, batch, model_config)

@@ -1,7 +1,7 @@
 """Benchmark: training images per second of cnn, graph_lstm and se_lstm, cached features vs end-to-end, 1 vs N processes.
 
-A step is what :func:`selab.training.train.run` does per batch: forward (through ``DistributedDataParallel`` when
-there are several processes, :func:`selab.training.distributed.wrap_model`), :func:`selab.training.train.compute_loss`,
+A step is what :func:`selab.training.loop.run` does per batch: forward (through ``DistributedDataParallel`` when
+there are several processes, :func:`selab.training.distributed.wrap_model`), :func:`selab.model.loss.compute_loss`,
 zero_grad, backward (DDP all-reduces the gradients here), AdamW step. Two ways to train:
 
 * ``cached``: the frozen ImageNet EfficientNet-Lite0's features computed once (float16, like the
@@ -43,7 +43,9 @@ from train_step import PASCAL, load_images  # noqa: E402  (the same images as be
 from selab.training import distributed  # noqa: E402
 from selab.model.parser import build_model  # noqa: E402
 from selab.method.superpixels import slic  # noqa: E402
-from selab.training.train import TrainConfig, build_optimizer, compute_loss  # noqa: E402
+from selab.model.loss import compute_loss
+from selab.training.config import TrainConfig
+from selab.training.optim import build_optimizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 VARIANTS = ("cnn", "graph_lstm", "se_lstm")
@@ -85,7 +87,7 @@ def measure(batch: dict, args, device) -> list[dict]:
                                  batch_size=args.batch, freeze_backbone=(mode != "end_to_end"), model=partial,
                                  device=str(device))
             torch.manual_seed(0)
-            model = build_model(config.model_config()).to(device).train()
+            model = build_model(config.model).to(device).train()
             optimizer = build_optimizer(model, config)
             network = distributed.wrap_model(model, device)
             generator = distributed.per_rank(torch.Generator().manual_seed(0))

@@ -1,9 +1,9 @@
-"""The ``selab`` command: ``train`` and ``evaluate`` (:mod:`selab.training.train`), ``predict`` (:mod:`selab.workbench.predict`),
+"""The ``selab`` command: ``train`` and ``evaluate`` (:mod:`selab.training.loop`), ``predict`` (:mod:`selab.workbench.predict`),
 ``export-model`` (:mod:`selab.workbench.pretrained`), ``check-data`` (:mod:`selab.data.datasets`), ``sweep`` (:mod:`selab.experiments.sweep`) and
 ``compare`` (:mod:`selab.experiments.compare`: the ladder and paired intervals of finished runs, as Markdown) and
 ``hierarchy`` (:mod:`selab.experiments.hierarchy`: a model's levels against hand-crafted hierarchies, as Markdown).
 
-``selab train`` has one flag per :class:`~selab.training.train.TrainConfig` field, derived from the dataclass
+``selab train`` has one flag per :class:`~selab.training.config.TrainConfig` field, derived from the dataclass
 (type, default) and its docstring (help), so the command line cannot drift from the config.
 
 Exit status: 0 done; 2 bad input (a parameter, a data file, a run folder or a checkpoint; one line on
@@ -54,8 +54,12 @@ from selab.classes import NUM_CLASSES
 from selab.data.datasets import DATASETS, check_dataset
 from selab.model.parser import ORDERS, VARIANTS, ModelConfig
 from selab.workbench.predict import predict_files
-from selab.training.train import CHOICES, TrainConfig, TrainingDiverged, evaluate, load_checkpoint, load_model, run
-from selab.training.train import TTA_MODES, TTA_SCALES
+from selab.training.checkpoints import load_checkpoint, load_model
+from selab.training.config import CHOICES, TrainConfig
+from selab.training.divergence import TrainingDiverged
+from selab.training.evaluation import evaluate
+from selab.training.loop import run
+from selab.training.evaluation import TTA_MODES, TTA_SCALES
 
 # ``selab train`` has one flag per TrainConfig field: its type and default from the dataclass, its help from
 # the docstring's Parameters section, so that the command line cannot drift from the config. What the

@@ -9,14 +9,16 @@ import pytest
 import skimage.graph
 import torch
 
-import selab.training.train
+import selab.training.loop
 from selab.data.augment import Augmentation, person_box, renumber
 from selab.model.parser import SELabModel
-from selab.data.prepare import TrainingData
+from selab.training.loaders import TrainingData
 from selab.seeds import seed_everything
 from selab.method.superpixels import adjacency, check_labels, slic
 from selab.data.synthetic import SyntheticPersonParts
-from selab.training.train import TrainConfig, build_optimizer, run
+from selab.training.config import TrainConfig
+from selab.training.loop import run
+from selab.training.optim import build_optimizer
 
 NO_COLOUR = Augmentation(intensity=(1.0, 1.0), channel=0.0)
 
@@ -127,7 +129,7 @@ def _tiny(tmp_path, name, **overrides):
 def test_an_epochs_augmentation_depends_only_on_seed_and_epoch(tmp_path):
     config = _tiny(tmp_path, "data")
     seed_everything(0)
-    data = TrainingData(config, SELabModel(config.model_config()))
+    data = TrainingData(config, SELabModel(config.model))
 
     def batches(epoch, start_step=0):
         return list(data.loader(epoch, data.order(epoch), start_step))
@@ -139,7 +141,7 @@ def test_an_epochs_augmentation_depends_only_on_seed_and_epoch(tmp_path):
     assert torch.equal(batches(0, start_step=1)[0]["image"], first[1]["image"])  # a resumed epoch
     assert not torch.equal(torch.cat([b["image"] for b in other]), torch.cat([b["image"] for b in first]))
     # the paper's augmentation changes what the flips alone would give
-    flips_only = TrainingData(_tiny(tmp_path, "flips", augmentation="flip"), SELabModel(config.model_config()))
+    flips_only = TrainingData(_tiny(tmp_path, "flips", augmentation="flip"), SELabModel(config.model))
     plain = list(flips_only.loader(0, flips_only.order(0)))
     assert not torch.equal(plain[0]["image"], first[0]["image"])
 
@@ -147,13 +149,13 @@ def test_an_epochs_augmentation_depends_only_on_seed_and_epoch(tmp_path):
 def test_end_to_end_training_moves_the_backbone_and_resumes_exactly(tmp_path, monkeypatch):
     config = _tiny(tmp_path, "straight")
     seed_everything(config.seed)
-    initial = SELabModel(config.model_config()).backbone.state_dict()
+    initial = SELabModel(config.model).backbone.state_dict()
     run(config)
     trained = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)["model"]
     moved = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, trained[f"backbone.{k}"])]
     assert "stride8.0.0.weight" in moved and "stride16.1.0.weight" in moved
 
-    original, calls = selab.training.train.compute_loss, {"n": 0}
+    original, calls = selab.training.loop.compute_loss, {"n": 0}
 
     def loss_then_ctrl_c(*args, **kwargs):
         calls["n"] += 1
@@ -161,10 +163,10 @@ def test_end_to_end_training_moves_the_backbone_and_resumes_exactly(tmp_path, mo
             os.kill(os.getpid(), signal.SIGINT)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(selab.training.train, "compute_loss", loss_then_ctrl_c)
+    monkeypatch.setattr(selab.training.loop, "compute_loss", loss_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         run(_tiny(tmp_path, "split"))
-    monkeypatch.setattr(selab.training.train, "compute_loss", original)
+    monkeypatch.setattr(selab.training.loop, "compute_loss", original)
     assert torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=True)["step"] == 1
     resumed = run(_tiny(tmp_path, "split", resume=True))
     straight = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
@@ -179,7 +181,7 @@ def test_parameter_groups_give_the_pretrained_backbone_its_own_learning_rate():
 
     def rates(**options):
         config = TrainConfig(**options)
-        model = SELabModel(config.model_config())
+        model = SELabModel(config.model)
         groups = build_optimizer(model, config).param_groups
         backbone = {id(p) for p in model.backbone.parameters()}
         return [(g["lr"], all(id(p) in backbone for p in g["params"])) for g in groups]
@@ -196,7 +198,7 @@ def test_efficientnet_lite0_trains_end_to_end_with_the_papers_augmentation(tmp_p
     run(config)
     checkpoint = torch.load(tmp_path / "lite0/checkpoints/last.pt", weights_only=True)
     assert [g["initial_lr"] for g in checkpoint["optimizer"]["param_groups"]] == [1e-3, pytest.approx(1e-4)]
-    pretrained = SELabModel(config.model_config()).backbone.state_dict()
+    pretrained = SELabModel(config.model).backbone.state_dict()
     stem = "net._conv_stem.weight"
     assert not torch.equal(checkpoint["model"][f"backbone.{stem}"], pretrained[stem])
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from selab.cli import TRAIN_CHOICES, build_parser, main, parameter_docs, train_config
-from selab.training.train import TrainConfig
+from selab.training.config import TrainConfig
 
 
 def test_train_then_evaluate(tmp_path, capsys):
@@ -82,7 +82,7 @@ def test_train_flags_reach_the_config():
     assert (config.momentum, config.backbone_lr_scale, config.num_figures) == (0.5, 0.2, 1)
     assert config.val_split is None and not config.augment and not config.progress and config.resume
     assert config.freeze_backbone is False and config.limit == 3 and config.n_segments == 30
-    assert config.out_dir == "runs/x" and config.model == {"order": "bfs", "dropout": 0.0}
+    assert config.out_dir == "runs/x" and (config.model.order, config.model.dropout) == ("bfs", 0.0)
     defaults = train_config(build_parser().parse_args(["train", "--out", "runs/x"]))
     assert defaults.to_dict() == {**TrainConfig(out_dir="runs/x").to_dict()}
     with pytest.raises(SystemExit):  # --out stays required

@@ -12,7 +12,7 @@ from selab.data import datasets as data
 from selab.data.datasets import ImageMaskFolder, PascalPersonParts, SyntheticPersonParts, make_dataset
 from selab.data.prepare import PreparedSplit, SuperpixelCache, collate
 from selab.method.superpixels import check_labels
-from selab.training.train import TrainConfig
+from selab.training.config import TrainConfig
 
 
 def _write_pair(root, sample_id, size=(12, 16), labels=None, image_dir="JPEGImages", mask_dir="SegmentationPart",

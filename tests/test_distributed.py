@@ -19,9 +19,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import selab.training.train
+import selab.training.checkpoints
+import selab.training.figures
+import selab.training.loop
+import selab.training.runs
 from selab.training import distributed
-from selab.training.train import TrainConfig, run
+from selab.training.config import TrainConfig
+from selab.training.loop import run
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is not available")
@@ -47,20 +51,22 @@ def _free_port() -> int:
 
 def _forbid(name):
     def refuse(*args, **kwargs):
-        raise AssertionError(f"a process other than rank 0 called selab.training.train.{name}")
+        raise AssertionError(f"a process other than rank 0 called {name}")
     return refuse
 
 
 def _worker(rank, world, port, config, interrupt, queue):
-    """One process of a torchrun-like group: the environment torchrun would set, then selab.training.train.run."""
+    """One process of a torchrun-like group: the environment torchrun would set, then selab.training.loop.run."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     try:
         if rank != 0:  # rank 0 alone writes the run folder
-            for name in ("atomic_save", "atomic_write_text", "write_metrics", "save_per_image", "_save_figure"):
-                setattr(selab.training.train, name, _forbid(name))
+            for module, name in ((selab.training.checkpoints, "atomic_save"), (selab.training.runs, "atomic_write_text"),
+                                 (selab.training.loop, "write_metrics"), (selab.training.loop, "write_config"),
+                                 (selab.training.loop, "save_per_image"), (selab.training.figures, "_save_figure")):
+                setattr(module, name, _forbid(f"{module.__name__}.{name}"))
         if interrupt is not None and rank == interrupt["rank"]:
-            calls, original = {"n": 0}, selab.training.train.compute_loss
+            calls, original = {"n": 0}, selab.training.loop.compute_loss
 
             def loss_then_ctrl_c(*args, **kwargs):
                 calls["n"] += 1
@@ -68,7 +74,7 @@ def _worker(rank, world, port, config, interrupt, queue):
                     os.kill(os.getpid(), signal.SIGINT)
                 return original(*args, **kwargs)
 
-            selab.training.train.compute_loss = loss_then_ctrl_c
+            selab.training.loop.compute_loss = loss_then_ctrl_c
         result = run(TrainConfig.from_dict(config))
         queue.put((rank, "ok", {"epochs": result["epochs"], "final": result["final"]}))
     except KeyboardInterrupt:
@@ -133,13 +139,13 @@ def test_two_processes_train_the_global_batch_of_one_process(tmp_path, variant):
     # the validation split was scored once per image, all images, in the split's order
     from selab.training.metrics import load_per_image
 
-    ids_one, confusion_one = load_per_image(tmp_path / "one" / selab.training.train.PER_IMAGE_FILE)
-    ids_two, confusion_two = load_per_image(tmp_path / "two" / selab.training.train.PER_IMAGE_FILE)
+    ids_one, confusion_one = load_per_image(tmp_path / "one" / selab.training.metrics.PER_IMAGE_FILE)
+    ids_two, confusion_two = load_per_image(tmp_path / "two" / selab.training.metrics.PER_IMAGE_FILE)
     assert ids_two.tolist() == ids_one.tolist() and len(ids_one) == 3
     assert confusion_two.sum() == confusion_one.sum()
 
 
-SE_LSTM = dict(variant="se_lstm", schedule="constant")
+SE_LSTM = dict(variant="se_lstm", lr_schedule="constant")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from selab.method.energy import PartitionEnergy
 from selab.method.evolve import StructureEvolution
 from selab.method.merge import MergeProbability
 from selab.model.parser import ModelConfig
-from selab.training.train import TrainConfig
+from selab.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD = (REPO / "docs" / "method.md").read_text()
@@ -71,9 +71,9 @@ def test_the_method_page_states_the_evolution_defaults(name, default):
 
 @pytest.mark.parametrize("config, names", [
     (ModelConfig, ["hidden_channels", "num_layers", "residual", "order", "train_order", "order_noise",
-                   "schedule", "merge_loss_weight", "confidence_loss_weight", "compactness"]),
+                   "update_schedule", "merge_loss_weight", "confidence_loss_weight", "compactness"]),
     (TrainConfig, ["backbone", "freeze_backbone", "cache_features", "augment", "n_segments", "optimizer",
-                   "lr", "schedule", "batch_size", "weight_decay"]),
+                   "lr", "lr_schedule", "batch_size", "weight_decay"]),
 ])
 def test_the_decision_tables_name_real_config_fields(config, names):
     fields = {f.name for f in dataclasses.fields(config)}

@@ -3,7 +3,9 @@
 import pytest
 
 from selab.training.metrics import PER_IMAGE_FILE, load_per_image
-from selab.training.train import TrainConfig, evaluate, run
+from selab.training.config import TrainConfig
+from selab.training.evaluation import evaluate
+from selab.training.loop import run
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,10 @@ def test_flip_test_time_augmentation_averages_the_mirror_images_logits(se_run, t
     import torch
 
     from selab.training.metrics import confusion_matrix
-    from selab.data.prepare import evaluation_loader, to_device
-    from selab.training.train import evaluate_model, load_model, mirrored
+    from selab.data.prepare import to_device
+    from selab.training.loaders import evaluation_loader
+    from selab.training.checkpoints import load_model
+    from selab.training.evaluation import evaluate_model, mirrored
 
     model, checkpoint = load_model(se_run)
     config = TrainConfig.from_dict(dict(checkpoint["train_config"], resume=False, progress=False))
@@ -88,7 +92,7 @@ def test_flip_test_time_augmentation_averages_the_mirror_images_logits(se_run, t
 def test_rescaled_inputs_keep_the_superpixel_partition():
     import torch
 
-    from selab.training.train import rescaled, tta_sizes
+    from selab.training.evaluation import rescaled, tta_sizes
 
     assert tta_sizes(320, (0.75, 1.0, 1.25), 32) == [256, 320, 416]
     assert tta_sizes(48, (0.5, 1.0, 2.0), 16) == [32, 48, 96] and tta_sizes(50, (1.0, 0.1), 16) == [50, 16]
@@ -114,8 +118,10 @@ def test_multiscale_test_time_augmentation_averages_every_scales_logits(se_run):
     import torch.nn.functional as F
 
     from selab.training.metrics import confusion_matrix
-    from selab.data.prepare import evaluation_loader, to_device
-    from selab.training.train import evaluate_model, load_model, mirrored, rescaled
+    from selab.data.prepare import to_device
+    from selab.training.loaders import evaluation_loader
+    from selab.training.checkpoints import load_model
+    from selab.training.evaluation import evaluate_model, mirrored, rescaled
 
     model, checkpoint = load_model(se_run)
     config = TrainConfig.from_dict(dict(checkpoint["train_config"], resume=False, progress=False))

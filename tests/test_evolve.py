@@ -506,24 +506,24 @@ def test_state_is_coarsened_into_h_and_energy_source_is_explicit():
     out = evo(graph, lstm, prob, node_labels=labels, generator=torch.Generator().manual_seed(0), state=state)
     members = torch.bincount(out.cluster).float()[:, None]
     torch.testing.assert_close(out.h, torch.zeros(out.graph.num_nodes, 6).index_add_(0, out.cluster, state) / members)
-    assert out.trace.energy == "ground_truth"
+    assert out.trace.energy_source == "ground_truth"
 
     def run(**kwargs):
         return evo(graph, lstm, prob, generator=torch.Generator().manual_seed(0), **kwargs)
 
     # the prediction energy ignores the labels: the same chains as without labels
-    by_prediction, unlabelled = run(node_labels=labels, energy="prediction"), run()
-    assert by_prediction.trace.energy == unlabelled.trace.energy == "prediction"
+    by_prediction, unlabelled = run(node_labels=labels, energy_source="prediction"), run()
+    assert by_prediction.trace.energy_source == unlabelled.trace.energy_source == "prediction"
     assert torch.equal(by_prediction.cluster, unlabelled.cluster)
     assert [c.energy for c in by_prediction.trace.chains] == [c.energy for c in unlabelled.trace.chains]
     assert [c.energy for c in by_prediction.trace.chains] != [c.energy for c in out.trace.chains]
     # the module option picks the default source where the labels are given
-    evo.energy = "prediction"
-    assert run(node_labels=labels).trace.energy == "prediction"
+    evo.energy_source = "prediction"
+    assert run(node_labels=labels).trace.energy_source == "prediction"
     with pytest.raises(ValueError, match="node_labels"):
-        run(energy="ground_truth")
+        run(energy_source="ground_truth")
     with pytest.raises(ValueError, match="energy"):
-        StructureEvolution(6, energy="labels")
+        StructureEvolution(6, energy_source="labels")
     with pytest.raises(ValueError, match="eval_mode"):
         StructureEvolution(6, eval_mode="sometimes")
 
@@ -537,11 +537,11 @@ def test_mixed_energy_interpolates_between_ground_truth_and_prediction():
 
     def chain_energies(energy, weight=0.5):
         torch.manual_seed(0)  # the same merge-probability weights, so the same proposals
-        evo = StructureEvolution(6, num_proposals=6, energy=energy, prediction_weight=weight)
+        evo = StructureEvolution(6, num_proposals=6, energy_source=energy, prediction_weight=weight)
         with torch.no_grad():
             evo.merge_probability.linear.bias.fill_(1.0)
         out = evo(graph, lstm, prob, node_labels=labels, generator=torch.Generator().manual_seed(0))
-        assert out.trace.energy == energy
+        assert out.trace.energy_source == energy
         return np.array([[s.energy for s in chain.steps] for chain in out.trace.chains])
 
     ground, predicted = chain_energies("ground_truth"), chain_energies("prediction")
@@ -550,4 +550,4 @@ def test_mixed_energy_interpolates_between_ground_truth_and_prediction():
     halfway = chain_energies("mixed", 0.5)
     assert not np.allclose(halfway, ground) and not np.allclose(halfway, predicted)
     with pytest.raises(ValueError, match="prediction_weight"):
-        StructureEvolution(6, energy="mixed", prediction_weight=1.5)
+        StructureEvolution(6, energy_source="mixed", prediction_weight=1.5)

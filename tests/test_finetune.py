@@ -8,7 +8,10 @@ import torch.nn.functional as F
 from selab.workbench import pretrained
 from selab.model.backbones import EfficientNetLiteBackbone, load_efficientnet_lite
 from selab.model.parser import ModelConfig, SELabModel, build_model
-from selab.training.train import TrainConfig, build_optimizer, load_checkpoint, run
+from selab.training.checkpoints import load_checkpoint
+from selab.training.config import TrainConfig
+from selab.training.loop import run
+from selab.training.optim import build_optimizer
 
 
 @pytest.fixture(scope="module")

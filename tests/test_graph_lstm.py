@@ -60,7 +60,7 @@ def run(layer, x, edge_index, rank, schedule, h0, m0):
     for t in (x, h0, m0):
         t.grad = None
     layer.zero_grad(set_to_none=True)
-    out = layer(x, edge_index, rank, schedule=schedule, h0=h0, m0=m0)
+    out = layer(x, edge_index, rank, update_schedule=schedule, h0=h0, m0=m0)
     g = torch.Generator().manual_seed(7)
     weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in (out.h, out.m, out.edge_forget)]
     loss = sum((w * t).sum() for w, t in zip(weights, (out.h, out.m, out.edge_forget)))
@@ -145,7 +145,7 @@ def test_zero_old_states_by_default_equal_explicit_zeros(photo_graphs, schedule,
             assert (explicit[name] - oracle[name]).abs().max() <= 1e-10, name
     layer.zero_grad(set_to_none=True)
     x.grad = m0.grad = None
-    out = layer(x, edge_index, rank, schedule=schedule, m0=m0)
+    out = layer(x, edge_index, rank, update_schedule=schedule, m0=m0)
     g = torch.Generator().manual_seed(7)
     weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in (out.h, out.m, out.edge_forget)]
     loss = sum((w * t).sum() for w, t in zip(weights, (out.h, out.m, out.edge_forget)))
@@ -217,7 +217,7 @@ def test_three_node_example_by_hand():
         "input": [u0, u1, u2], "forget": [f0, f1, f2], "output": [o0, o1, o2], "candidate": [c0, c1, c2],
     }
     for schedule in ("wavefront", "sequential"):
-        out = layer(torch.tensor(f), edge_index, torch.tensor([1, 0, 2]), schedule=schedule,
+        out = layer(torch.tensor(f), edge_index, torch.tensor([1, 0, 2]), update_schedule=schedule,
                     h0=torch.tensor(h_old), m0=torch.tensor(m_old))
         for name, rows in expected_gates.items():
             np.testing.assert_allclose(out.gates[name].detach().numpy(), np.stack(rows), atol=1e-12)
@@ -229,7 +229,7 @@ def test_three_node_example_by_hand():
         assert out.wavefront.tolist() == [1, 0, 1]
 
     # Synchronous ablation: node 0 sees node 1's OLD state.
-    sync = layer(torch.tensor(f), edge_index, torch.tensor([1, 0, 2]), schedule="synchronous",
+    sync = layer(torch.tensor(f), edge_index, torch.tensor([1, 0, 2]), update_schedule="synchronous",
                  h0=torch.tensor(h_old), m0=torch.tensor(m_old))
     u, g_f, o, c = gates(0, h_old[1])
     m_sync = adaptive(0, 1) * m_old[1] + g_f * m_old[0] + u * c
@@ -272,7 +272,7 @@ def test_gradcheck(schedule, identical):
     def f(x, h0, m0, *weights):
         with torch.nn.utils.stateless._reparametrize_module(
                 layer, dict(zip([n for n, _ in layer.named_parameters()], weights))):
-            out = layer(x, edge_index, rank, schedule=schedule, h0=h0, m0=m0)
+            out = layer(x, edge_index, rank, update_schedule=schedule, h0=h0, m0=m0)
         return out.h, out.m, out.edge_forget
 
     assert torch.autograd.gradcheck(f, (x, h0, m0, *[p.detach().requires_grad_() for p in params]))
@@ -319,7 +319,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="x"):
         layer(torch.randn(3, 5), edge_index, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="schedule"):
-        layer(x, edge_index, torch.tensor([0, 1, 2]), schedule="async")
+        layer(x, edge_index, torch.tensor([0, 1, 2]), update_schedule="async")
     with pytest.raises(ValueError, match="edge_index"):
         layer(x, torch.tensor([[0, 1], [1, 3]]), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="h0"):

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from selab.training.train import TrainConfig, run
+from selab.training.config import TrainConfig
+from selab.training.loop import run
 
 RECORDED = Path(__file__).with_name("identity_recorded.json")
 

@@ -339,15 +339,15 @@ def test_evolution_mode_none_is_none_at_test_time_too(mode, eval_mode, expected)
 
 # ------------------------------------------------------------------ training and test structures
 def test_prediction_energy_in_training_ignores_the_labels(batch64):
-    """energy='prediction': the training chains score partitions by node_class_prob, not by the mask."""
+    """energy_source='prediction': the training chains score partitions by node_class_prob, not by the mask."""
     # other labels: neighbouring superpixels mostly disagree (the synthetic mask is mostly background)
     permuted = dict(batch64, mask=batch64["superpixels"].long() % 3)
     clusters = {}
     for energy in ("ground_truth", "prediction"):
-        model = _se_lstm(evolution={"energy": energy}).train()
+        model = _se_lstm(evolution={"energy_source": energy}).train()
         for name, batch in (("mask", batch64), ("permuted", permuted)):
             out = model(batch, generator=torch.Generator().manual_seed(0), energy_labels=batch["mask"])
-            assert [t.energy for t in out.traces] == [energy] * 2
+            assert [t.energy_source for t in out.traces] == [energy] * 2
             clusters[energy, name] = [t.cluster for t in out.traces]
     assert all(torch.equal(a, b) for a, b in zip(clusters["prediction", "mask"], clusters["prediction", "permuted"]))
     assert not all(torch.equal(a, b) for a, b in zip(clusters["ground_truth", "mask"],
@@ -355,7 +355,7 @@ def test_prediction_energy_in_training_ignores_the_labels(batch64):
 
 
 def test_eval_samples_average_the_logits_of_k_sampled_structures(batch64):
-    model = _se_lstm(evolution={"eval_mode": "mh", "energy": "prediction"}, eval_samples=3)
+    model = _se_lstm(evolution={"eval_mode": "mh", "energy_source": "prediction"}, eval_samples=3)
     for evo in model.evolutions:  # uncertain merges: the chains' structures vary
         torch.nn.init.constant_(evo.merge_probability.linear.bias, 0.0)
     generator = torch.Generator().manual_seed(4)

@@ -21,10 +21,15 @@ import torch
 from PIL import Image
 
 import selab.method.superpixels
-import selab.training.train
+import selab.training.loop
+import selab.data.prepare
+import selab.model.loss
+import selab.seeds
 from selab.cli import main
-from selab.training.train import (CheckpointError, TrainConfig, TrainingDiverged, load_checkpoint, load_model, run,
-                         save_checkpoint)
+from selab.training.checkpoints import CheckpointError, load_checkpoint
+from selab.training.config import TrainConfig
+from selab.training.divergence import TrainingDiverged
+from selab.training.loop import run
 
 MODEL = {"feature_channels": 8, "hidden_channels": 8, "num_layers": 2}
 
@@ -45,7 +50,7 @@ def train_args(tmp_path, out, *extra):
 
 def interrupted_run(tmp_path, name, at=4, **overrides):
     """A run that fails at its ``at``-th step, leaving a mid-epoch last.pt to resume from."""
-    original, calls = selab.training.train.compute_loss, {"n": 0}
+    original, calls = selab.training.loop.compute_loss, {"n": 0}
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -53,12 +58,12 @@ def interrupted_run(tmp_path, name, at=4, **overrides):
             raise RuntimeError("injected failure")
         return original(*args, **kwargs)
 
-    selab.training.train.compute_loss = failing
+    selab.training.loop.compute_loss = failing
     try:
         with pytest.raises(RuntimeError, match="injected failure"):
             run(tiny(tmp_path, name, **overrides))
     finally:
-        selab.training.train.compute_loss = original
+        selab.training.loop.compute_loss = original
     return tmp_path / name
 
 
@@ -204,21 +209,15 @@ def test_not_a_selab_checkpoint(tmp_path):
         load_checkpoint(other)
 
 
-def test_earlier_format_with_numpy_rng_state_still_loads_and_resumes(tmp_path):
-    """Checkpoints of earlier selab versions held random.getstate() and np.random.get_state() as is."""
-    config = tiny(tmp_path, "old", epochs=2)
-    straight = run(tiny(tmp_path, "straight", epochs=2))
-    interrupted_run(tmp_path, "old", epochs=2)
-    last = tmp_path / "old" / "checkpoints" / "last.pt"
+def test_a_checkpoint_holding_numpy_arrays_is_refused_unexecuted(tmp_path):
+    """selab writes every RNG state as tensors; a file that asks for numpy's array rebuilders is not selab's."""
+    interrupted_run(tmp_path, "numpy", epochs=2)
+    last = tmp_path / "numpy" / "checkpoints" / "last.pt"
     checkpoint = torch.load(last, weights_only=True)
-    selab.training.train.set_rng_state(checkpoint["rng"])
     checkpoint["rng"] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     torch.save(checkpoint, last)
-    with pytest.raises(Exception):
-        torch.load(last, weights_only=True)  # plain torch refuses the numpy array...
-    assert (load_checkpoint(last)["epoch"], load_checkpoint(last)["step"]) == (1, 1)  # ...selab allows exactly the numpy array rebuilders
-    resumed = run(TrainConfig(**{**config.to_dict(), "resume": True}))
-    assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in straight["epochs"]]
+    with pytest.raises(CheckpointError, match="numpy.*nothing in it was executed"):
+        load_checkpoint(last)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -269,7 +268,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(earlier,
     def failing_loss(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(selab.training.train, "compute_loss", failing_loss)
+    monkeypatch.setattr(selab.training.loop, "compute_loss", failing_loss)
     with pytest.raises(RuntimeError, match="disk on fire"):
         run(tiny(tmp_path, "earlier", overwrite=True, lr=0.01))
     assert digest(folder) == before  # the failed new run replaced nothing
@@ -329,7 +328,7 @@ def test_a_diverging_learning_rate_exits_3_and_keeps_finite_checkpoints(tmp_path
 
 def test_nan_loss_mid_epoch_names_epoch_and_step_and_keeps_last_pt(earlier, tmp_path, monkeypatch):
     folder, before = earlier
-    original, calls = selab.training.train.compute_loss, {"n": 0}
+    original, calls = selab.training.loop.compute_loss, {"n": 0}
 
     def nan_at_second_step(*args, **kwargs):
         calls["n"] += 1
@@ -338,7 +337,7 @@ def test_nan_loss_mid_epoch_names_epoch_and_step_and_keeps_last_pt(earlier, tmp_
             parts["loss"] = parts["loss"] * float("nan")
         return parts
 
-    monkeypatch.setattr(selab.training.train, "compute_loss", nan_at_second_step)
+    monkeypatch.setattr(selab.training.loop, "compute_loss", nan_at_second_step)
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step 2: the loss is nan.*learning rate") as caught:
         run(tiny(tmp_path, "earlier", epochs=2, resume=True))
     assert str(folder / "checkpoints" / "last.pt") in str(caught.value)
@@ -348,7 +347,7 @@ def test_nan_loss_mid_epoch_names_epoch_and_step_and_keeps_last_pt(earlier, tmp_
 
 
 def test_non_finite_gradient_is_caught_before_the_step(tmp_path, monkeypatch):
-    original = selab.training.train.compute_loss
+    original = selab.training.loop.compute_loss
 
     class NanGradient(torch.autograd.Function):
         @staticmethod
@@ -363,7 +362,7 @@ def test_non_finite_gradient_is_caught_before_the_step(tmp_path, monkeypatch):
         output.logits = NanGradient.apply(output.logits)
         return original(output, *args, **kwargs)
 
-    monkeypatch.setattr(selab.training.train, "compute_loss", finite_loss_inf_gradient)
+    monkeypatch.setattr(selab.training.loop, "compute_loss", finite_loss_inf_gradient)
     with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1: the gradient of .* is not finite"):
         run(tiny(tmp_path, "grad"))
     assert not (tmp_path / "grad" / "checkpoints" / "last.pt").exists()
@@ -383,7 +382,7 @@ def test_non_finite_learning_rate_is_rejected(tmp_path, capsys, value):
 def test_an_error_mid_epoch_saves_last_pt_and_resume_is_exact(tmp_path, monkeypatch, capsys):
     config = dict(variant="se_lstm", epochs=2, model=dict(MODEL))
     straight = run(tiny(tmp_path, "straight", **config))
-    original, calls = selab.training.train.compute_loss, {"n": 0}
+    original, calls = selab.training.loop.compute_loss, {"n": 0}
 
     def failing_at_fourth_step(*args, **kwargs):
         calls["n"] += 1
@@ -391,7 +390,7 @@ def test_an_error_mid_epoch_saves_last_pt_and_resume_is_exact(tmp_path, monkeypa
             raise OSError("No space left on device")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(selab.training.train, "compute_loss", failing_at_fourth_step)
+    monkeypatch.setattr(selab.training.loop, "compute_loss", failing_at_fourth_step)
     with pytest.raises(OSError, match="No space left"):
         run(tiny(tmp_path, "failed", **config))
     err = capsys.readouterr().err
@@ -399,7 +398,7 @@ def test_an_error_mid_epoch_saves_last_pt_and_resume_is_exact(tmp_path, monkeypa
     assert "epoch 2, step 2 of 2" in err and str(last) in err and "--resume" in err
     checkpoint = load_checkpoint(last)
     assert (checkpoint["epoch"], checkpoint["step"]) == (1, 1)
-    monkeypatch.setattr(selab.training.train, "compute_loss", original)
+    monkeypatch.setattr(selab.training.loop, "compute_loss", original)
     resumed = run(tiny(tmp_path, "failed", resume=True, **config))
     assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in straight["epochs"]]
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
@@ -409,7 +408,7 @@ def test_an_error_mid_epoch_saves_last_pt_and_resume_is_exact(tmp_path, monkeypa
 
 
 def test_an_error_while_loading_a_batch_names_where_and_saves(tmp_path, monkeypatch, capsys):
-    original = selab.training.train.PreparedSplit.__getitem__
+    original = selab.data.prepare.PreparedSplit.__getitem__
     calls = {"n": 0}
 
     def flaky(self, index):
@@ -419,7 +418,7 @@ def test_an_error_while_loading_a_batch_names_where_and_saves(tmp_path, monkeypa
                 raise ValueError("cannot read image file /data/x.jpg: broken data stream")
         return original(self, index)
 
-    monkeypatch.setattr(selab.training.train.PreparedSplit, "__getitem__", flaky)
+    monkeypatch.setattr(selab.data.prepare.PreparedSplit, "__getitem__", flaky)
     with pytest.raises(ValueError, match="x.jpg"):
         run(tiny(tmp_path, "flaky"))
     err = capsys.readouterr().err
@@ -526,7 +525,7 @@ def test_ignore_label_255_is_refused_with_a_hint_then_supported(pascal, tmp_path
     logits = torch.randn(1, 7, 4, 4, requires_grad=True)
     mask = torch.randint(0, 7, (1, 4, 4))
     mask[0, 0] = 255
-    loss = selab.training.train._cross_entropy(logits, mask, 255)
+    loss = selab.model.loss._cross_entropy(logits, mask, 255)
     loss.backward()
     assert logits.grad[0, :, 0].abs().sum() == 0
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits[..., 1:, :], mask[:, 1:]))
@@ -534,7 +533,7 @@ def test_ignore_label_255_is_refused_with_a_hint_then_supported(pascal, tmp_path
 
 def test_an_all_void_batch_has_zero_loss_not_nan():
     logits = torch.randn(2, 7, 4, 4)
-    assert float(selab.training.train._cross_entropy(logits, torch.full((2, 4, 4), 255), 255)) == 0.0
+    assert float(selab.model.loss._cross_entropy(logits, torch.full((2, 4, 4), 255), 255)) == 0.0
 
 
 def test_ignore_index_must_not_be_a_class():
@@ -553,8 +552,8 @@ def test_every_bad_file_of_both_splits_is_named_before_training(pascal, tmp_path
     wrong_size = pascal / "SegmentationPart" / "t3.png"
     Image.fromarray(np.zeros((20, 48), np.uint8)).save(wrong_size)
     steps = {"n": 0}
-    original = selab.training.train.compute_loss
-    monkeypatch.setattr(selab.training.train, "compute_loss", lambda *a, **k: steps.__setitem__("n", steps["n"] + 1) or original(*a, **k))
+    original = selab.training.loop.compute_loss
+    monkeypatch.setattr(selab.training.loop, "compute_loss", lambda *a, **k: steps.__setitem__("n", steps["n"] + 1) or original(*a, **k))
     out = tmp_path / "run"
     code, err = cli(capsys, ["train", "--dataset", "pascal_person_part", "--data-root", pascal, "--epochs", "1",
                              "--image-size", "32", "--quiet", "--out", out, "--cache-dir", tmp_path / "cache"])

@@ -83,7 +83,7 @@ def test_environment_variables_in_parameters(monkeypatch):
 def test_every_committed_spec_gives_valid_training_configs(spec_path, tmp_path, monkeypatch):
     """Each cell of bench/*.yaml, mapped to a TrainConfig as notebooks/05_train.ipynb maps its parameters
     (TrainConfig.from_notebook), is accepted: a typo in a row's options fails here, not an hour into a sweep."""
-    from selab.training.train import TrainConfig
+    from selab.training.config import TrainConfig
 
     monkeypatch.setenv("SELAB_PASCAL_ROOT", str(tmp_path))
     monkeypatch.setenv("SELAB_CACHE_DIR", str(tmp_path / "cache"))
@@ -92,4 +92,4 @@ def test_every_committed_spec_gives_valid_training_configs(spec_path, tmp_path, 
     for cell in cells:
         p = {k: v for k, v in cell.parameters.items() if k != "reevaluate"}  # the notebook's, not the config's
         config = TrainConfig.from_notebook(**p, out_dir=str(tmp_path / cell.name))
-        assert config.model_config().variant == cell.parameters["variant"], cell.name
+        assert config.model.variant == cell.parameters["variant"], cell.name

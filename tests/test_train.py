@@ -1,4 +1,4 @@
-"""Tests for selab.training.train: run folders, resume, caches, two-step training, schedules, config checks."""
+"""Tests for selab.training (the loop, config, optim, runs): run folders, resume, caches, two-step training, schedules, config checks."""
 
 import json
 import math
@@ -9,11 +9,15 @@ import pytest
 import torch
 
 import selab.method.superpixels
-import selab.training.train
+import selab.training.loop
 
 from selab.model.parser import SELabModel
 from selab.seeds import seed_everything
-from selab.training.train import LR_SCHEDULES, TrainConfig, build_scheduler, evaluate, load_model, load_schedule, run
+from selab.training.checkpoints import load_model
+from selab.training.config import LR_SCHEDULES, TrainConfig
+from selab.training.evaluation import evaluate
+from selab.training.loop import run
+from selab.training.optim import build_scheduler, load_schedule
 
 
 def tiny(tmp_path, name, **overrides):
@@ -43,7 +47,7 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypat
     straight = run(tiny(tmp_path, "straight", variant=variant, epochs=2, model=model))
 
     calls = {"n": 0}
-    original = selab.training.train.compute_loss
+    original = selab.training.loop.compute_loss
 
     def loss_then_ctrl_c(*args, **kwargs):
         calls["n"] += 1
@@ -51,12 +55,12 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypat
             os.kill(os.getpid(), signal.SIGINT)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(selab.training.train, "compute_loss", loss_then_ctrl_c)
+    monkeypatch.setattr(selab.training.loop, "compute_loss", loss_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         run(tiny(tmp_path, "split", variant=variant, epochs=2, model=model))
     checkpoint = torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["step"]) == divmod(interrupt_at, 2)
-    monkeypatch.setattr(selab.training.train, "compute_loss", original)
+    monkeypatch.setattr(selab.training.loop, "compute_loss", original)
     resumed = run(tiny(tmp_path, "split", variant=variant, epochs=2, resume=True, model=model))
     assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in straight["epochs"]]
     assert resumed["final"] == straight["final"]
@@ -101,7 +105,7 @@ def test_two_step_training_first_trains_the_confidence_layer(tmp_path):
     """Step one moves only the CNN (backbone, neck) and the confidence layer; step two moves the graph part."""
     config = tiny(tmp_path, "twostep", variant="graph_lstm", epochs=1, two_step_epochs=1)
     seed_everything(config.seed)  # the initial weights, as run() draws them
-    initial = SELabModel(config.model_config()).state_dict()
+    initial = SELabModel(config.model).state_dict()
     first = run(config)
     after_one = torch.load(tmp_path / "twostep/checkpoints/last.pt", weights_only=True)["model"]
     second = run(tiny(tmp_path, "twostep", variant="graph_lstm", epochs=2, two_step_epochs=1, resume=True))
@@ -124,7 +128,7 @@ def test_lr_schedules_follow_their_formulas(schedule):
         return torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (3e-3, 3e-4)])
 
     optimizer = sgd()
-    scheduler = build_scheduler(optimizer, TrainConfig(epochs=3, schedule=schedule), steps_per_epoch=7)
+    scheduler = build_scheduler(optimizer, TrainConfig(epochs=3, lr_schedule=schedule), steps_per_epoch=7)
     for step in range(21):
         t = step / 21
         factor = {"poly": (1 - t) ** 0.9, "cosine": 0.5 * (1 + math.cos(math.pi * t)), "constant": 1.0}[schedule]
@@ -133,11 +137,11 @@ def test_lr_schedules_follow_their_formulas(schedule):
         scheduler.step()
     # a run resumed with more epochs continues on the longer curve, also from a rate its old length ended at 0
     optimizer = sgd()
-    short = build_scheduler(optimizer, TrainConfig(epochs=1, schedule=schedule), steps_per_epoch=7)
+    short = build_scheduler(optimizer, TrainConfig(epochs=1, lr_schedule=schedule), steps_per_epoch=7)
     for _ in range(7):
         optimizer.step()
         short.step()
-    longer = build_scheduler(optimizer, TrainConfig(epochs=3, schedule=schedule), steps_per_epoch=7)
+    longer = build_scheduler(optimizer, TrainConfig(epochs=3, lr_schedule=schedule), steps_per_epoch=7)
     load_schedule(longer, short.state_dict())
     factor = {"poly": (2 / 3) ** 0.9, "cosine": 0.5 * (1 + math.cos(math.pi / 3)), "constant": 1.0}[schedule]
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([3e-3 * factor, 3e-4 * factor], rel=1e-9)
@@ -199,7 +203,7 @@ def test_se_lstm_trains_and_resumes_on_cuda(tmp_path, monkeypatch, precision):
     options = dict(variant="se_lstm", epochs=2, device="cuda", precision=precision, model=model)
     straight = run(tiny(tmp_path, "straight", **options))
     assert all(math.isfinite(e["train_loss"]) for e in straight["epochs"])
-    calls, original = {"n": 0}, selab.training.train.compute_loss
+    calls, original = {"n": 0}, selab.training.loop.compute_loss
 
     def loss_then_ctrl_c(*args, **kwargs):
         calls["n"] += 1
@@ -207,10 +211,10 @@ def test_se_lstm_trains_and_resumes_on_cuda(tmp_path, monkeypatch, precision):
             os.kill(os.getpid(), signal.SIGINT)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(selab.training.train, "compute_loss", loss_then_ctrl_c)
+    monkeypatch.setattr(selab.training.loop, "compute_loss", loss_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         run(tiny(tmp_path, "split", **options))
-    monkeypatch.setattr(selab.training.train, "compute_loss", original)
+    monkeypatch.setattr(selab.training.loop, "compute_loss", original)
     resumed = run(tiny(tmp_path, "split", resume=True, **options))
     assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx(
         [e["train_loss"] for e in straight["epochs"]], rel=1e-5)  # CUDA kernels need not be deterministic
@@ -219,4 +223,4 @@ def test_se_lstm_trains_and_resumes_on_cuda(tmp_path, monkeypatch, precision):
 def test_a_mid_epoch_state_of_another_device_kind_is_a_clear_error(tmp_path):
     cuda_like_state = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state is 16 bytes, a CPU one's 5056
     with pytest.raises(ValueError, match="another kind of device"):
-        selab.training.train._restore_generator(torch.Generator(), cuda_like_state, tmp_path / "last.pt")
+        selab.training.loop._restore_generator(torch.Generator(), cuda_like_state, tmp_path / "last.pt")

@@ -244,9 +244,9 @@ def other_backend():
 
 
 def test_training_figures_keep_the_callers_backend_and_figures(tmp_path, other_backend):
-    """selab.training.train's figures must not switch a notebook's backend (a matplotlib.use("Agg") inside run()
+    """selab.training.figures's figures must not switch a notebook's backend (a matplotlib.use("Agg") inside run()
     leaves a notebook such as 03 without figures) nor close or add pyplot figures."""
-    from selab.training.train import plot_curves, plot_predictions
+    from selab.training.figures import plot_curves, plot_predictions
 
     mine = plt.figure()
     history = [{"epoch": 1, "train_loss": 1.0, "val_mean_iou": 10.0},

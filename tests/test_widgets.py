@@ -422,7 +422,7 @@ def test_level_inputs_are_what_the_first_layer_read(tiny_se_lstm):
     assert torch.equal(inputs["rank"], output.ranks[0])
     # the first layer run again on the captured inputs gives the model's own first-level states
     with torch.no_grad():
-        again = model.layers[0](inputs["x"], graph.edge_index, inputs["rank"], schedule=model.config.schedule)
+        again = model.layers[0](inputs["x"], graph.edge_index, inputs["rank"], update_schedule=model.config.update_schedule)
     assert torch.allclose(again.h, output.states[0], atol=1e-6)
     assert not model.layers[0]._forward_pre_hooks and not model.node_input._forward_pre_hooks
 

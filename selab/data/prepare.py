@@ -1,12 +1,12 @@
 """What training reads: a split resized to S x S, with cached superpixels and features, batched.
 
-The data side of :func:`selab.training.train.run`. :func:`base_dataset` picks a split's full-resolution samples
+The data side of :func:`selab.training.loop.run`, told what to prepare by a :class:`DataConfig`.
+:func:`base_dataset` picks a split's full-resolution samples
 (:mod:`selab.data.datasets`); :class:`PreparedSplit` resizes them (antialiased bilinear image, nearest-neighbour
 mask) and adds the superpixels of the resized image and, with a frozen backbone, its multi-scale
 features, both computed once and cached on disk (:class:`SuperpixelCache`, one ``.pt`` file per image
-for the features); :func:`collate` batches its items; :class:`TrainingData` shuffles and flips each
-epoch with generators seeded by ``(seed, epoch)`` (:mod:`selab.seeds`), :func:`evaluation_loader`
-keeps the full-resolution masks for scoring.
+for the features); :func:`collate` batches its items. The loaders of a training run (each epoch's
+shuffle and augmentation, the evaluation batches) are :mod:`selab.training.loaders`.
 
 Augmentation (``TrainConfig.augment``, ``TrainConfig.augmentation``): ``"flip"`` mirrors a sample
 horizontally, image, mask, superpixels and every cached feature map alike; ``"paper"`` applies the paper's
@@ -18,9 +18,8 @@ computed again), so ``"paper"`` needs uncached features (a trained backbone, or 
 Examples
 --------
 >>> import tempfile
->>> from selab.training.train import TrainConfig
->>> config = TrainConfig(variant="graph_lstm", limit=2, image_size=32, n_segments=20, cache_dir=tempfile.mkdtemp())
->>> split = PreparedSplit(config, "train", limit=2, keep_full=False)
+>>> data = DataConfig(image_size=32, cache_root=tempfile.mkdtemp(), superpixels=True, n_segments=20)
+>>> split = PreparedSplit(data, "train", limit=2, keep_full=False)
 >>> batch = collate([split[0], split[1]])
 >>> batch["image"].shape, batch["superpixels"].shape, batch["ids"]
 (torch.Size([2, 3, 32, 32]), torch.Size([2, 32, 32]), ['0000000', '0000001'])
@@ -29,35 +28,66 @@ Examples
 from __future__ import annotations
 
 import hashlib
-import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from selab.training import distributed
-
-from selab.method import superpixels
 from selab.data.augment import Augmentation
 from selab.data.datasets import check_files, make_dataset, resize_image
 from selab.files import atomic_save, atomic_write
-from selab.seeds import AUGMENT, FLIPS, SHUFFLE, epoch_generator
-
-if TYPE_CHECKING:  # type hints only: selab.training.train imports this module
-    from selab.model.parser import SELabModel
-    from selab.training.train import TrainConfig
+from selab.method import superpixels
+from selab.model.parser import SELabModel
 
 SYNTHETIC_TRAIN_IMAGES, SYNTHETIC_VAL_IMAGES = 256, 32
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What preparing a split needs to know: the data, the size it is trained at, the caches.
+
+    Parameters
+    ----------
+    dataset : {"synthetic", "pascal_person_part", "folder"}
+        See :func:`selab.data.datasets.make_dataset`.
+    data_root : str, optional
+        The dataset folder (not for ``synthetic``).
+    image_size : int
+        Images, masks and superpixels are resized to S x S.
+    ignore_index : int, optional
+        The mask value that is not a class (e.g. 255).
+    cache_root : path
+        Holds ``superpixels/`` and ``features/``.
+    train_split : str
+        The training split: ``synthetic`` renders 256 images for it by default and 32 for any other.
+    superpixels : bool
+        Items carry their SLIC superpixels (the graph variants).
+    n_segments, compactness : SLIC parameters (:func:`selab.method.superpixels.slic`).
+    feature_tag : str, optional
+        Items carry the cached features of the frozen backbone this names (e.g.
+        ``efficientnet_lite0-os8-imagenet``); ``None``: no feature cache.
+    """
+
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    image_size: int = 96
+    ignore_index: int | None = None
+    cache_root: Path | str = "cache"
+    train_split: str = "train"
+    superpixels: bool = False
+    n_segments: int = 1000
+    compactness: float = 10.0
+    feature_tag: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
 # the split's samples
 # ---------------------------------------------------------------------------------------------------
-def _dataset_key(config: TrainConfig, split: str) -> str:
+def _dataset_key(config: DataConfig, split: str) -> str:
     """Names a dataset split in cache paths: changes whenever its pixels could."""
     if config.dataset == "synthetic":
         return f"synthetic-{split}-{config.image_size}"
@@ -65,7 +95,7 @@ def _dataset_key(config: TrainConfig, split: str) -> str:
     return f"{config.dataset}-{hashlib.sha1(root.encode()).hexdigest()[:10]}"
 
 
-def base_dataset(config: TrainConfig, split: str, limit: int | None):
+def base_dataset(config: DataConfig, split: str, limit: int | None):
     """The split's full-resolution samples (dicts with ``image`` [3,H,W], ``mask`` [H,W], ``id``).
 
     :func:`selab.data.datasets.make_dataset`; ``synthetic`` renders ``limit`` images (default 256 for training,
@@ -73,28 +103,27 @@ def base_dataset(config: TrainConfig, split: str, limit: int | None):
     """
     if config.dataset == "synthetic" and limit is None:
         # selab decision: enough synthetic images that the default quick run learns visibly.
-        limit = SYNTHETIC_TRAIN_IMAGES if split == config.split else SYNTHETIC_VAL_IMAGES
+        limit = SYNTHETIC_TRAIN_IMAGES if split == config.train_split else SYNTHETIC_VAL_IMAGES
     return make_dataset(config.dataset, root=config.data_root, split=split, limit=limit,
                         image_size=config.image_size, ignore_index=config.ignore_index)
 
 
-def check_data(config: TrainConfig) -> None:
-    """Check every image and mask of the training and validation splits before the first step.
+def check_data(config: DataConfig, splits: list[tuple[str, int | None]], progress: bool = False) -> None:
+    """Check every image and mask of ``splits`` (``(split, limit)`` pairs) before the first step.
 
-    Raises one ``ValueError`` naming every bad or missing file of both splits (generated synthetic
+    Raises one ``ValueError`` naming every bad or missing file of all of them (generated synthetic
     data is not checked).
     """
     if config.dataset == "synthetic":
         return
     problems = []
-    splits = [(config.split, config.limit)] + ([(config.val_split, config.val_limit)] if config.val_split else [])
     for split, limit in splits:
         try:
             dataset = base_dataset(config, split, limit)
         except FileNotFoundError as error:
             problems.append(str(error))
             continue
-        problems += check_files(dataset, progress=config.progress, description=f"checking {split} files")
+        problems += check_files(dataset, progress=progress, description=f"checking {split} files")
     if problems:
         shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
         raise ValueError(f"{len(problems)} bad data file(s) in {config.data_root} (nothing was trained):\n  {shown}")
@@ -182,19 +211,17 @@ class PreparedSplit(torch.utils.data.Dataset):
     per index) applies the paper's augmentation instead, the flip included.
     """
 
-    def __init__(self, config: TrainConfig, split: str, limit: int | None, keep_full: bool):
+    def __init__(self, config: DataConfig, split: str, limit: int | None, keep_full: bool):
         self.config, self.split, self.keep_full = config, split, keep_full
         self.base = base_dataset(config, split, limit)
-        model_config = config.model_config()
-        self.needs_superpixels = model_config.uses_graph
+        self.needs_superpixels = config.superpixels
         self.size = config.image_size
         self.cache_key = _dataset_key(config, split)
-        self.superpixel_cache = SuperpixelCache(config.cache_root / "superpixels", model_config.n_segments,
-                                                model_config.compactness)
+        cache_root = Path(config.cache_root)
+        self.superpixel_cache = SuperpixelCache(cache_root / "superpixels", config.n_segments, config.compactness)
         self.feature_dir = None
-        if config.use_feature_cache:
-            tag = f"{config.backbone}-os{model_config.output_stride}-{'imagenet' if model_config.pretrained else 'random'}"
-            self.feature_dir = config.cache_root / "features" / self.cache_key / f"{tag}-s{self.size}"
+        if config.feature_tag is not None:
+            self.feature_dir = cache_root / "features" / self.cache_key / f"{config.feature_tag}-s{self.size}"
         self.flips, self.draws, self.augmentation = None, None, Augmentation()
 
     def __len__(self) -> int:
@@ -273,7 +300,7 @@ class PreparedSplit(torch.utils.data.Dataset):
         keep_full, self.keep_full = self.keep_full, False
         try:
             position = 0
-            for data in tqdm(_loader(torch.utils.data.Subset(self, todo), batch_size, num_workers),
+            for data in tqdm(loader(torch.utils.data.Subset(self, todo), batch_size, num_workers),
                              desc=f"caching {self.split} superpixels/features", disable=not progress, leave=False):
                 indices = todo[position : position + len(data["ids"])]
                 position += len(data["ids"])
@@ -323,49 +350,9 @@ def to_device(data: dict, device) -> dict:
     return moved
 
 
-def _loader(dataset, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+def loader(dataset, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+    """Batches of ``dataset`` in its order (:func:`collate`), ``num_workers`` processes loading them."""
     # Every DataLoader gets its own generator: creating an iterator draws a seed from it, and drawing from
     # the global torch RNG instead would make a run depend on whether the caches were already filled.
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                        collate_fn=collate, generator=torch.Generator().manual_seed(0))
-
-
-class TrainingData:
-    """The training split, with a shuffling and augmentation that depend only on (seed, epoch)."""
-
-    def __init__(self, config: TrainConfig, model: SELabModel):
-        self.config = config
-        self.dataset = PreparedSplit(config, config.split, config.limit, keep_full=False)
-        if len(self.dataset) == 0:
-            raise ValueError(f"TrainConfig.split: split {config.split!r} of {config.dataset!r} holds no images")
-        self.dataset.prepare(model, config.resolved_device(), config.batch_size, config.num_workers, config.progress)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.dataset) / self.config.batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(len(self.dataset), generator=epoch_generator(self.config.seed, epoch, SHUFFLE))
-
-    def loader(self, epoch: int, order: torch.Tensor, start_step: int = 0) -> torch.utils.data.DataLoader:
-        """Epoch ``epoch``'s batches in ``order``, from batch ``start_step`` on (a resumed epoch)."""
-        flips = torch.rand(len(self.dataset), generator=epoch_generator(self.config.seed, epoch, FLIPS)) < 0.5
-        self.dataset.flips = flips if self.config.augment else None
-        self.dataset.draws = None
-        if self.config.augment and self.config.augmentation == "paper":
-            self.dataset.draws = self.dataset.augmentation.draws(
-                len(self.dataset), epoch_generator(self.config.seed, epoch, AUGMENT))
-        # distributed: batch_size is the global batch; this process takes its share of each (selab.training.distributed)
-        local_batch = distributed.local_batch_size(self.config.batch_size)
-        remaining = distributed.shard(order.tolist())[start_step * local_batch :]
-        return _loader(torch.utils.data.Subset(self.dataset, remaining), local_batch, self.config.num_workers)
-
-
-def evaluation_loader(config: TrainConfig, model: SELabModel) -> torch.utils.data.DataLoader:
-    """Loader over ``config.val_split`` (first ``val_limit`` images) with full-resolution masks."""
-    dataset = PreparedSplit(config, config.val_split, config.val_limit, keep_full=True)
-    if len(dataset) == 0:
-        raise ValueError(f"TrainConfig.val_split: split {config.val_split!r} of {config.dataset!r} holds no images")
-    dataset.prepare(model, config.resolved_device(), config.batch_size, config.num_workers, config.progress)
-    dataset = distributed.shard_for_evaluation(dataset)  # distributed: this process's images of the split
-    return _loader(dataset, config.batch_size, config.num_workers)

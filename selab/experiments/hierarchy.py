@@ -41,13 +41,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from selab.data.prepare import evaluation_loader, to_device
+from selab.data.prepare import to_device
 from selab.files import atomic_write_text, writable_folder
 from selab.method.agglomeration import (agglomerate_batch, class_distribution, mean_lab, pooled_maps,
                                         pooled_probabilities)
 from selab.model.parser import SELabModel
 from selab.training.partition_scores import PartitionScores, score_partition
-from selab.training.train import TrainConfig, check_device
+from selab.training.config import TrainConfig, check_device
+from selab.training.loaders import evaluation_loader
 
 __all__ = ["METHODS", "BASELINES", "RULES", "DEFAULT_COUNTS", "method_label", "parse_counts", "baseline_descriptors",
            "image_partitions", "partitions_of_image", "evaluation_batches", "measure_hierarchy", "hierarchy_markdown"]
@@ -187,7 +188,7 @@ def measure_hierarchy(model: SELabModel, train_config: dict, dataset: str | None
     Parameters
     ----------
     model : SELabModel
-        A ``graph_lstm`` or ``se_lstm`` model (run folder: :func:`selab.training.train.load_model`;
+        A ``graph_lstm`` or ``se_lstm`` model (run folder: :func:`selab.training.checkpoints.load_model`;
         shipped: :func:`selab.workbench.pretrained.load`).
     train_config : dict
         The model's training configuration (its dataset, data root, image size, superpixels).

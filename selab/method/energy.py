@@ -6,7 +6,7 @@ parsing: the class disagreement of the nodes merged into one clique, minus a rew
 :class:`PartitionEnergy` evaluates it for one partition, for many at once (:meth:`PartitionEnergy.per_graph_many`),
 or per slot of the sampler's layout (:meth:`PartitionEnergy.disagreement_by_slot`, see :mod:`selab.method.mh`),
 from the nodes' ground-truth labels (training), predicted class distributions (test time) or a mix.
-``ENERGIES`` names the sources :class:`selab.method.evolve.StructureEvolution` offers.
+``ENERGY_SOURCES`` names the sources :class:`selab.method.evolve.StructureEvolution` offers.
 
 Examples
 --------
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PartitionEnergy", "ENERGIES"]
+__all__ = ["PartitionEnergy", "ENERGY_SOURCES"]
 
 #: Sources of the chains' energy: ground-truth labels, predicted classes, or their mix.
-ENERGIES = ("ground_truth", "prediction", "mixed")
+ENERGY_SOURCES = ("ground_truth", "prediction", "mixed")
 
 
 class PartitionEnergy:

@@ -15,7 +15,7 @@ paper's configuration: ``MergeProbability(source="forget_gates")`` (decision 1),
 proposals over the top quarter of each image's edges (``merge_budget=0.25``, decision 2),
 ``PartitionEnergy(distance="tv", beta=0.1, scale=100)`` (decision 3),
 ``StructureEvolution(mode="mh", num_proposals=8, temperature=1.0)`` in training, with the ground-truth
-energy (``energy="ground_truth"``), and the deterministic greedy structure (``p > 0.5``) at test time
+energy (``energy_source="ground_truth"``), and the deterministic greedy structure (``p > 0.5``) at test time
 (``eval_mode="auto"``; decisions 4 and 6). ``mode="none"`` gives a plain Graph LSTM (no merging, in
 training and at test time).
 """
@@ -27,7 +27,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from selab.method.energy import ENERGIES, PartitionEnergy
+from selab.method.energy import ENERGY_SOURCES, PartitionEnergy
 from selab.method.graph import coarse_confidence, coarsen, scatter_mean
 from selab.method.merge import (Budget, MergeProbability, Target, check_budget, check_target, connected_components,
                                 greedy_merge, target_edges)
@@ -57,7 +57,7 @@ class EvolutionTrace:
     num_nodes_before: list
     num_nodes_after: list
     chains: list = field(default_factory=list)
-    energy: Optional[str] = None  # "ground_truth", "prediction" or "mixed" in MH mode
+    energy_source: Optional[str] = None  # "ground_truth", "prediction" or "mixed" in MH mode
 
     @property
     def merge_fraction(self) -> float:
@@ -133,15 +133,15 @@ class StructureEvolution(nn.Module):
         ``None`` uses ``mode`` itself (MH at test time for an MH-trained model).
     source : {"forget_gates", "hidden"}, default "forget_gates"
         Input of :class:`~selab.method.merge.MergeProbability`.
-    energy : {"ground_truth", "prediction", "mixed"}, default "ground_truth"
-        Energy of the MH chains in training (selab decision, issue 19): ``"ground_truth"`` scores
+    energy_source : {"ground_truth", "prediction", "mixed"}, default "ground_truth"
+        Energy of the MH chains in training (selab decision): ``"ground_truth"`` scores
         partitions with the nodes' majority ground-truth labels, so training cliques are nearly
         pure; ``"prediction"`` with the predicted class distributions ``node_class_prob``, as at test
         time; ``"mixed"`` with the class distributions ``(1 - w) onehot(label_i) + w p_i``
         (``w`` = ``prediction_weight``). Read by the model, which passes the labels and the source to
         :meth:`forward`; at test time (no labels) the energy is always the prediction's.
     prediction_weight : float, default 0.5
-        ``w`` in [0, 1] of ``energy="mixed"``; a trainer may change the attribute between epochs for a
+        ``w`` in [0, 1] of ``energy_source="mixed"``; a trainer may change the attribute between epochs for a
         schedule from the ground truth (0) to the prediction (1).
     target_nodes : int or float, optional
         selab option: how many nodes the next level keeps per image, a count (int) or a fraction of this
@@ -173,7 +173,7 @@ class StructureEvolution(nn.Module):
         distance: str = "tv",
         eval_mode: Optional[str] = "auto",
         source: str = "forget_gates",
-        energy: str = "ground_truth",
+        energy_source: str = "ground_truth",
         prediction_weight: float = 0.5,
         target_nodes: Target = None,
     ):
@@ -182,8 +182,8 @@ class StructureEvolution(nn.Module):
             raise ValueError(f"mode must be 'mh', 'greedy' or 'none', got {mode!r}")
         if eval_mode not in MODES + ("auto", None):
             raise ValueError(f"eval_mode must be 'auto', 'mh', 'greedy', 'none' or None, got {eval_mode!r}")
-        if energy not in ENERGIES:
-            raise ValueError(f"energy must be 'ground_truth', 'prediction' or 'mixed', got {energy!r}")
+        if energy_source not in ENERGY_SOURCES:
+            raise ValueError(f"energy_source must be 'ground_truth', 'prediction' or 'mixed', got {energy_source!r}")
         if isinstance(prediction_weight, bool) or not isinstance(prediction_weight, (int, float)) \
                 or not 0 <= prediction_weight <= 1:
             raise ValueError(f"prediction_weight must be a number in [0, 1], got {prediction_weight!r}")
@@ -194,7 +194,7 @@ class StructureEvolution(nn.Module):
         check_budget(merge_budget)
         check_target(target_nodes)
         self.target_nodes = target_nodes
-        self.mode, self.eval_mode, self.energy = mode, eval_mode, energy
+        self.mode, self.eval_mode, self.energy_source = mode, eval_mode, energy_source
         self.prediction_weight = float(prediction_weight)
         self.num_proposals, self.temperature = num_proposals, float(temperature)
         self.merge_budget, self.threshold = merge_budget, float(threshold)
@@ -248,7 +248,7 @@ class StructureEvolution(nn.Module):
         generator: Optional[torch.Generator] = None,
         features: Optional[Tensor] = None,
         state: Optional[Tensor] = None,
-        energy: Optional[str] = None,
+        energy_source: Optional[str] = None,
     ) -> EvolutionOutput:
         """Evolve ``graph`` after a Graph LSTM layer.
 
@@ -267,9 +267,9 @@ class StructureEvolution(nn.Module):
             The layer input f to coarsen (default ``graph.x``).
         state : Tensor [N, H], optional
             The hidden state to coarsen into the next level's h0 (default ``lstm_output.h``).
-        energy : {"ground_truth", "prediction", "mixed"}, optional
+        energy_source : {"ground_truth", "prediction", "mixed"}, optional
             Source of the MH energy: the labels ``node_labels`` (required then), ``node_class_prob``,
-            or their mix (labels required). Default: the module's ``energy`` option when labels are
+            or their mix (labels required). Default: the module's ``energy_source`` option when labels are
             given, else ``"prediction"``.
 
         Returns
@@ -285,12 +285,12 @@ class StructureEvolution(nn.Module):
             raise ValueError(f"node_class_prob must have {n} rows (one per node), got {tuple(node_class_prob.shape)}")
         if node_labels is not None and node_labels.shape != (n,):
             raise ValueError(f"node_labels must be [N] = [{n}], got {tuple(node_labels.shape)}")
-        if energy is None:
-            energy = self.energy if node_labels is not None else "prediction"
-        if energy not in ENERGIES:
-            raise ValueError(f"energy must be 'ground_truth', 'prediction' or 'mixed', got {energy!r}")
-        if energy != "prediction" and node_labels is None:
-            raise ValueError(f"energy={energy!r} needs node_labels [N]")
+        if energy_source is None:
+            energy_source = self.energy_source if node_labels is not None else "prediction"
+        if energy_source not in ENERGY_SOURCES:
+            raise ValueError(f"energy_source must be 'ground_truth', 'prediction' or 'mixed', got {energy_source!r}")
+        if energy_source != "prediction" and node_labels is None:
+            raise ValueError(f"energy_source={energy_source!r} needs node_labels [N]")
         state = lstm_output.h if state is None else state
         if state.shape[0] != n:
             raise ValueError(f"state must have {n} rows (one per node), got {tuple(state.shape)}")
@@ -299,12 +299,12 @@ class StructureEvolution(nn.Module):
         partition_energy = None
         if mode == "mh":
             node_prob = node_class_prob
-            if energy == "mixed":
+            if energy_source == "mixed":
                 onehot = torch.nn.functional.one_hot(node_labels.long(), node_class_prob.shape[1])
                 w = self.prediction_weight
                 node_prob = (1 - w) * onehot.to(node_class_prob.dtype) + w * node_class_prob.detach()
             partition_energy = PartitionEnergy(
-                node_prob=node_prob, node_labels=node_labels if energy == "ground_truth" else None,
+                node_prob=node_prob, node_labels=node_labels if energy_source == "ground_truth" else None,
                 size=graph.size, batch=batch, beta=self.beta, distance=self.distance,
                 num_classes=node_class_prob.shape[1], scale=self.energy_scale,
             )
@@ -319,5 +319,5 @@ class StructureEvolution(nn.Module):
         before = torch.bincount(batch, minlength=num_graphs).tolist()
         after = torch.bincount(batch.new_zeros(num_clusters).index_copy_(0, cluster, batch), minlength=num_graphs).tolist()
         trace = EvolutionTrace(mode, merge_prob.detach(), edge_index, edges_on, cluster, before, after, chains,
-                               energy if mode == "mh" else None)
+                               energy_source if mode == "mh" else None)
         return EvolutionOutput(next_graph, cluster, merge_prob, trace, h, m, confidence)

@@ -239,7 +239,7 @@ class SuperpixelStructures:
     the map's content (shape, dtype and the SHA-1 digest of its bytes, the feature size), and puts a
     batch together from the images' entries: the same tensors as computing them for the batch (each
     image's edges, centroids and matrix rows do not depend on the other images; tested in
-    tests/test_speedups.py). selab decision (issue 18): it fills until ``max_bytes`` and then keeps
+    tests/test_speedups.py). selab decision: it fills until ``max_bytes`` and then keeps
     what it holds (an epoch visits every image once, so evicting the oldest would never hit);
     ``max_bytes=0`` turns it off.
 
@@ -569,7 +569,7 @@ def level_majority_labels(graph: Graph, mask: torch.Tensor | None = None, num_cl
     With ``superpixel_histogram [N0,K]`` (:func:`selab.method.superpixels.node_label_histogram` of the level-0
     superpixels) the node's class counts are the sums of its superpixels' counts, through
     ``superpixel_assignment``: the same counts as the node's pixels give, without a pass over the pixels
-    at every level (issue 18). Else the pixels of ``mask [B,H,W]`` are counted on ``assignment``.
+    at every level. Else the pixels of ``mask [B,H,W]`` are counted on ``assignment``.
 
     Examples
     --------

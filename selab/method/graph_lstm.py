@@ -24,7 +24,7 @@ already updated in this layer::
 Paper configuration: ``GraphLSTM(C, H, residual=True)`` (two stacked layers with residual connections,
 weights uniform in [-0.1, 0.1]) driven by :func:`~selab.method.orders.confidence_order`, schedule
 ``"wavefront"`` (or ``"sequential"``: same numbers, slower). ``identical_forget_gates=True`` is the
-paper's ablation; ``schedule="synchronous"`` (every neighbour counted as not yet updated, all nodes at
+paper's ablation; ``update_schedule="synchronous"`` (every neighbour counted as not yet updated, all nodes at
 once) is a selab ablation and the cost floor of the wavefront.
 
 Update orders live in :mod:`selab.method.orders`.
@@ -299,11 +299,11 @@ class GraphLSTM(nn.Module):
 
     To duplicate the configuration of the Graph LSTM paper, stack two layers with ``residual=True`` (and the
     defaults ``identical_forget_gates=False``, ``init_range=0.1``), run them in the confidence-driven order
-    (:func:`~selab.method.orders.confidence_order`) with ``schedule="wavefront"`` or ``"sequential"`` (the same
+    (:func:`~selab.method.orders.confidence_order`) with ``update_schedule="wavefront"`` or ``"sequential"`` (the same
     numbers) in :meth:`forward`; ``identical_forget_gates=True`` is the paper's "identical forget gates"
     ablation. selab decisions: zero initial states (``h0``, ``m0``; the paper's text does not give them),
     the hidden size (not given either), ``residual`` read as ``h + x`` (with a learned projection when the
-    sizes differ), and ``schedule="synchronous"``, a selab ablation (docs/method.md).
+    sizes differ), and ``update_schedule="synchronous"``, a selab ablation (docs/method.md).
 
     Parameters
     ----------
@@ -392,7 +392,7 @@ class GraphLSTM(nn.Module):
         return params
 
     # ------------------------------------------------------------------ checks
-    def _check_inputs(self, x, edge_index, rank, schedule, h0, m0, batch):
+    def _check_inputs(self, x, edge_index, rank, update_schedule, h0, m0, batch):
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2:
             raise ValueError(f"x: expected a float tensor [N, {self.in_channels}], got {describe(x)}")
         if x.shape[1] != self.in_channels:
@@ -419,9 +419,9 @@ class GraphLSTM(nn.Module):
                 raise ValueError(f"edge_index: the edge ({key // N}, {key % N}) appears more than once (in either "
                                  f"direction); each undirected edge must be listed once "
                                  f"(selab.method.superpixels.adjacency gives such a list)")
-        if schedule not in UPDATE_SCHEDULES:
-            raise ValueError(f"schedule: expected one of {UPDATE_SCHEDULES}, got {schedule!r}")
-        if schedule != "synchronous" or rank is not None:
+        if update_schedule not in UPDATE_SCHEDULES:
+            raise ValueError(f"update_schedule: expected one of {UPDATE_SCHEDULES}, got {update_schedule!r}")
+        if update_schedule != "synchronous" or rank is not None:
             if not isinstance(rank, Tensor) or rank.dtype not in (torch.int32, torch.int64) \
                     or rank.shape != (N,):
                 raise ValueError(f"rank: expected an integer tensor of shape [{N}], got {describe(rank)}")
@@ -444,7 +444,7 @@ class GraphLSTM(nn.Module):
         x: Tensor,
         edge_index: Tensor,
         rank: Tensor | None,
-        schedule: str = "wavefront",
+        update_schedule: str = "wavefront",
         h0: Tensor | None = None,
         m0: Tensor | None = None,
         batch: Tensor | None = None,
@@ -461,7 +461,7 @@ class GraphLSTM(nn.Module):
             Position of each node in the update order (0 first). Only the relative order of adjacent
             nodes matters, so ranks may restart per image; adjacent nodes must differ. May be ``None``
             for the synchronous schedule.
-        schedule : {"wavefront", "sequential", "synchronous"}
+        update_schedule : {"wavefront", "sequential", "synchronous"}
             ``wavefront`` and ``sequential`` compute the same function (the paper's); ``synchronous``
             counts every neighbour as not yet updated.
         h0, m0 : Tensor [N, H], optional
@@ -475,16 +475,16 @@ class GraphLSTM(nn.Module):
         -------
         GraphLSTMOutput
         """
-        self._check_inputs(x, edge_index, rank, schedule, h0, m0, batch)
+        self._check_inputs(x, edge_index, rank, update_schedule, h0, m0, batch)
         N, H = x.shape[0], self.hidden_channels
         if m0 is None:
             m0 = x.new_zeros(N, H)
-        if schedule == "sequential":
+        if update_schedule == "sequential":
             h0 = x.new_zeros(N, H) if h0 is None else h0
             hidden, m, gates, adaptive = self._sequential(x, edge_index, rank, h0, m0)
             levels = wavefront_levels(edge_index, rank, N)
         else:
-            hidden, m, gates, adaptive, levels = self._parallel(x, edge_index, rank, h0, m0, schedule)
+            hidden, m, gates, adaptive, levels = self._parallel(x, edge_index, rank, h0, m0, update_schedule)
 
         E = edge_index.shape[1]
         if self.identical_forget_gates:
@@ -497,7 +497,7 @@ class GraphLSTM(nn.Module):
             h = hidden + (self.residual_proj(x) if self.residual_proj is not None else x)
         return GraphLSTMOutput(h=h, m=m, edge_forget=edge_forget, wavefront=levels, hidden=hidden, gates=gates)
 
-    def _parallel(self, x, edge_index, rank, h0, m0, schedule):
+    def _parallel(self, x, edge_index, rank, h0, m0, update_schedule):
         """Wavefront (exact) or synchronous schedule: one batched step per level (one level in all
         for the synchronous schedule, where every neighbour is read in its old state)."""
         N, H = x.shape[0], self.hidden_channels
@@ -524,7 +524,7 @@ class GraphLSTM(nn.Module):
         if h0 is None:
             h0 = x.new_zeros(N, H)
 
-        if schedule == "synchronous":
+        if update_schedule == "synchronous":
             levels = torch.zeros(N, dtype=torch.long, device=device)
         else:
             levels = wavefront_levels(edge_index, rank, N)

@@ -416,7 +416,7 @@ def node_label_histogram(mask: torch.Tensor, assignment: torch.Tensor, num_nodes
     if nodes.numel() and (nodes.min() < 0 or nodes.max() >= num_nodes):
         raise ValueError(f"assignment must hold node ids in 0..{num_nodes - 1}")
     # Pixels outside the classes count in one extra bin per node, dropped after: the same counts as
-    # selecting the valid pixels first, without the boolean compaction of every pixel (issue 18).
+    # selecting the valid pixels first, without the boolean compaction of every pixel.
     valid = (labels >= 0) & (labels < num_classes)
     flat = nodes * (num_classes + 1) + torch.where(valid, labels, num_classes)
     hist = torch.bincount(flat, minlength=num_nodes * (num_classes + 1))

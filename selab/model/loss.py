@@ -74,7 +74,7 @@ def merge_targets(levels: list, mask: Tensor, num_classes: int) -> list[Tensor]:
 def merge_loss(merge_prob: Tensor, target: Tensor, balanced: bool = False) -> Tensor:
     """Mean squared error between merge probabilities and targets (the paper's L2 loss).
 
-    ``balanced=True`` (selab option, issue 19): the mean of the errors on the edges to merge and the mean on
+    ``balanced=True`` (selab option): the mean of the errors on the edges to merge and the mean on
     the edges to keep, each half of the loss, so that the many same-part edges (about 92% of the superpixel
     graph's on PASCAL-Person-Part) do not push every probability above 0.5; a kind absent from the batch
     leaves the other's mean alone.

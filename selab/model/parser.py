@@ -36,6 +36,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -46,7 +47,7 @@ from selab.model.backbones import BACKBONES, build_backbone
 from selab.classes import NUM_CLASSES
 from selab.method.evolve import StructureEvolution
 from selab.method.graph import Graph, SuperpixelStructures, graph_from_superpixels, level_majority_labels, scatter_mean
-from selab.method.graph_lstm import GraphLSTM
+from selab.method.graph_lstm import UPDATE_SCHEDULES, GraphLSTM
 from selab.method.orders import ORDERS, update_rank
 from selab.method.superpixels import node_label_histogram, unpool_to_pixels, upsample_and_pool
 
@@ -54,6 +55,9 @@ VARIANTS = ("cnn", "graph_lstm", "se_lstm")
 NEXT_INPUTS = ("output", "input", "level0")
 NEXT_STATES = ("output", "hidden", "zero")
 BATCHNORMS = ("batch", "sync", "frozen")
+#: ModelConfig fields of a saved config under their former names: read as the present ones.
+RENAMED_FIELDS = {"schedule": "update_schedule"}
+RENAMED_EVOLUTION_OPTIONS = {"energy": "energy_source"}
 
 
 @dataclass
@@ -69,9 +73,9 @@ class ModelConfig:
     output_stride : {8, 16}
         Finest backbone stride used.
     freeze_backbone : bool
-        Keep the backbone fixed (eval mode, no gradients); lets :mod:`selab.training.train` cache its features.
+        Keep the backbone fixed (eval mode, no gradients); lets :mod:`selab.training.loop` cache its features.
     finetune_after_stride : int, optional
-        Partial fine-tuning of a frozen pretrained EfficientNet-Lite (issue 19): the backbone stays
+        Partial fine-tuning of a frozen pretrained EfficientNet-Lite: the backbone stays
         frozen up to the last block at this stride (8 or 16) and the blocks after it train with the head
         (at ``lr * backbone_lr_scale``, their BatchNorm in training mode). The frozen part's maps are a
         prefix of the full feature cache, so a cached run reads them from it and computes the rest at
@@ -99,8 +103,8 @@ class ModelConfig:
     train_order : str or None
         Order in training; default ``stochastic`` for ``se_lstm`` (confidence plus noise, the paper's
         "stochastic node updating") and ``order`` otherwise.
-    schedule : {"wavefront", "sequential", "synchronous"}
-        Graph LSTM schedule (:class:`selab.method.graph_lstm.GraphLSTM`): ``wavefront`` is the paper's
+    update_schedule : {"wavefront", "sequential", "synchronous"}
+        How the Graph LSTM computes its update order (:class:`selab.method.graph_lstm.GraphLSTM`): ``wavefront`` is the paper's
         sequential update computed level by level; ``synchronous`` is a selab ablation (every neighbour
         read in its old state, all nodes in one step).
     order_noise : float
@@ -113,10 +117,10 @@ class ModelConfig:
         ``{"mode": "none"}`` nothing ever merges (``eval_mode`` follows ``mode``, see
         :class:`~selab.method.evolve.StructureEvolution`) and the model is the same network as with merging:
         the same parameters, carried states and per-level classifiers, and the merge probabilities
-        still get their L2 loss (``merge_loss_weight=0`` drops it). ``{"energy": "prediction"}``
+        still get their L2 loss (``merge_loss_weight=0`` drops it). ``{"energy_source": "prediction"}``
         scores the training chains by the predicted node classes instead of the ground truth.
     next_input : {"output", "input", "level0"}
-        ``se_lstm``: the input f of the next level (selab decision, issue 19). ``"output"`` (default, the
+        ``se_lstm``: the input f of the next level (selab decision). ``"output"`` (default, the
         original selab behaviour): the clique mean of this layer's output ``h`` (hidden state plus the
         residual input), stacked like ``graph_lstm``; from the second evolving layer on, f and the
         initial state h0 are then the same tensor with ``next_state="output"``. ``"input"``: the clique
@@ -124,7 +128,7 @@ class ModelConfig:
         level-0 node features (the ``node_input`` output) over the superpixels the node covers (each
         superpixel weighs the same), so every level reads the CNN features, never the LSTM states.
     next_state : {"output", "hidden", "zero"}
-        ``se_lstm``: the initial hidden state h0 of the next level (selab decision, issue 19).
+        ``se_lstm``: the initial hidden state h0 of the next level (selab decision).
         ``"output"`` (default): the clique mean of this layer's output ``h`` (with the residual term,
         not tanh-bounded); ``"hidden"``: the clique mean of the hidden state proper ``tanh(g^o * m)``
         (``GraphLSTMOutput.hidden``, in [-1, 1]); both carry the clique mean of
@@ -150,7 +154,7 @@ class ModelConfig:
     merge_loss_balanced : bool
         ``se_lstm``: the L2 loss weighs the edges to merge and the edges to keep half and half
         (:func:`selab.model.loss.merge_loss`) instead of every edge alike (default, the paper's plain L2). selab
-        option (issue 19): with the plain loss the merge probabilities rank well but sit above 0.5 on
+        option: with the plain loss the merge probabilities rank well but sit above 0.5 on
         nearly every edge, because most edges join one part.
     confidence_loss_weight : float
         Weight of a cross-entropy on the initial confidence maps. selab decision: on by default for the
@@ -182,7 +186,7 @@ class ModelConfig:
     identical_forget_gates: bool = False
     order: str = "confidence"
     train_order: str | None = None
-    schedule: str = "wavefront"
+    update_schedule: str = "wavefront"
     order_noise: float = 0.1
     n_segments: int = 1000
     compactness: float = 10.0
@@ -228,8 +232,8 @@ class ModelConfig:
             bad("num_layers", "an int >= 1")
         if self.order not in ORDERS:
             bad("order", f"one of {ORDERS}")
-        if self.schedule not in ("wavefront", "sequential", "synchronous"):
-            bad("schedule", "'wavefront', 'sequential' or 'synchronous'")
+        if self.update_schedule not in UPDATE_SCHEDULES:
+            bad("update_schedule", f"one of {UPDATE_SCHEDULES}")
         if self.train_order is not None and self.train_order not in ORDERS:
             bad("train_order", f"None or one of {ORDERS}")
         for name in ("order_noise", "merge_loss_weight", "confidence_loss_weight", "compactness"):
@@ -241,6 +245,10 @@ class ModelConfig:
             bad("batchnorm", f"one of {BATCHNORMS}")
         if not isinstance(self.evolution, dict):
             bad("evolution", "a dict of StructureEvolution keyword arguments")
+        accepted = set(inspect.signature(StructureEvolution.__init__).parameters) - {"self", "hidden_channels"}
+        if set(self.evolution) - accepted:
+            raise ValueError(f"ModelConfig.evolution: unknown options {sorted(set(self.evolution) - accepted)}; "
+                             f"StructureEvolution accepts {sorted(accepted)}")
         num_evolutions = max(self.num_layers - 1, 0)
         for key, value in self.evolution.items():
             if isinstance(value, (list, tuple)) and len(value) != num_evolutions:
@@ -271,6 +279,33 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @staticmethod
+    def upgrade_options(options: dict) -> dict:
+        """ModelConfig fields (or some of them) as a saved config holds them, under their present names.
+
+        Reads the names a run folder may hold from before a field was renamed (:data:`RENAMED_FIELDS`,
+        and ``evolution``'s ``energy``, now ``energy_source``).
+
+        Examples
+        --------
+        >>> ModelConfig.upgrade_options({"schedule": "sequential", "evolution": {"energy": "prediction"}})
+        {'update_schedule': 'sequential', 'evolution': {'energy_source': 'prediction'}}
+        """
+        options = {RENAMED_FIELDS.get(key, key): value for key, value in options.items()}
+        if isinstance(options.get("evolution"), dict):
+            options["evolution"] = {RENAMED_EVOLUTION_OPTIONS.get(key, key): value
+                                    for key, value in options["evolution"].items()}
+        return options
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        """A ModelConfig from :meth:`to_dict`'s dict (as saved in ``config.json`` and the checkpoints)."""
+        data = cls.upgrade_options(data)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown fields {sorted(unknown)}")
+        return cls(**data)
 
     def evolution_kwargs(self, index: int) -> dict:
         """Keyword arguments of evolution ``index`` (0-based): list values of ``evolution`` picked per index.
@@ -310,7 +345,7 @@ class ModelOutput:
     level_labels : list of LongTensor [N_l]
         ``se_lstm`` given ``energy_labels``: the majority labels of every evolved level (those the chains'
         energy read), counted on ``labels_mask``; :func:`selab.model.loss.compute_loss` takes its merge
-        targets from them when its mask is that one, instead of counting again (issue 18).
+        targets from them when its mask is that one, instead of counting again.
     labels_mask : Tensor [B,S,S], optional
     top_down : Tensor [N_0,H], optional
         ``se_lstm`` with ``ModelConfig.top_down``: the states of the top-down layer on the level-0 graph.
@@ -407,14 +442,14 @@ class SELabModel(nn.Module):
             )
             # One classifier slice per layer whose states reach the pixels (classified_layers).
             self.node_classifiers = nn.ModuleList(nn.Linear(H, K, bias=False) for _ in self.classified_layers)
-            # selab decision (issue 18): the level-0 graph and pooling matrix of every superpixel map seen,
+            # selab decision: the level-0 graph and pooling matrix of every superpixel map seen,
             # kept (not a parameter or buffer, never saved); `model.structures = None` turns it off.
             self.structures = SuperpixelStructures()
-            if config.variant == "se_lstm":
-                # One evolution (with its own merge-probability weights) after every layer but the last.
-                self.evolutions = nn.ModuleList(
-                    StructureEvolution(H, **config.evolution_kwargs(index)) for index in range(config.num_layers - 1)
-                )
+            # se_lstm: one evolution (with its own merge-probability weights) after every layer but the last;
+            # graph_lstm: none (an empty list holds no weights).
+            evolving = config.num_layers - 1 if config.variant == "se_lstm" else 0
+            self.evolutions = nn.ModuleList(StructureEvolution(H, **config.evolution_kwargs(index))
+                                            for index in range(evolving))
             if config.top_down:
                 self.top_down_input = nn.Sequential(nn.Linear(2 * H, H), nn.ReLU(inplace=True))
                 self.top_down_layer = GraphLSTM(H, H, residual=config.residual,
@@ -440,7 +475,7 @@ class SELabModel(nn.Module):
         """``(next_input, next_state)``: what the next layer reads and starts from.
 
         ``graph_lstm`` stacks its layers on one graph: the next layer reads this layer's output and starts
-        from zero states. ``se_lstm`` follows ``ModelConfig.next_input`` / ``next_state`` (issue 19).
+        from zero states. ``se_lstm`` follows ``ModelConfig.next_input`` / ``next_state``.
         """
         if self.config.variant == "graph_lstm":
             return "output", "zero"
@@ -492,7 +527,7 @@ class SELabModel(nn.Module):
             Only the initial confidence maps (step one of the paper's two-step training).
         energy_labels : LongTensor [B,S,S], optional
             ``se_lstm``: ground-truth labels the chains' energy may read (the batch's ``mask`` in
-            training). With them every evolution scores partitions with its ``energy`` option
+            training). With them every evolution scores partitions with its ``energy_source`` option
             (``"ground_truth"`` by default, ``"mixed"`` or ``"prediction"``); without them (test time)
             with the predicted node classes.
         """
@@ -572,7 +607,7 @@ class SELabModel(nn.Module):
         num_samples = 1 if self.training else self.config.eval_samples
         if generator is None and not self.training and self._stochastic_at_test():
             generator = torch.Generator(device=device).manual_seed(self.config.eval_seed)
-        # selab decision (issue 19): with eval_samples = K > 1, K structures per image and the mean of their
+        # selab decision: with eval_samples = K > 1, K structures per image and the mean of their
         # logits; the CNN part and the node features are computed once, the Graph LSTM layers and
         # evolutions K times.
         sums = []
@@ -590,7 +625,7 @@ class SELabModel(nn.Module):
         """Whether the test-time graph part draws random numbers (then a seeded generator is used)."""
         if self.config.eval_samples > 1:
             return True
-        return any(evo.current_mode() == "mh" for evo in getattr(self, "evolutions", []))
+        return self.config.variant == "se_lstm" and any(evo.current_mode() == "mh" for evo in self.evolutions)
 
     def _graph_layers(self, out, x, node_confidence, order_name, generator, pixels, node_labels_of) -> None:
         """The Graph LSTM layers (and evolutions) of one structure, from the level-0 graph ``out.levels[0]``.
@@ -607,25 +642,25 @@ class SELabModel(nn.Module):
         classifiers = dict(zip(self.classified_layers, self.node_classifiers))
         for index, layer in enumerate(self.layers):
             rank = self.update_rank(order_name, node_confidence, graph, generator)
-            result = layer(x, graph.edge_index, rank, schedule=self.config.schedule, h0=h, m0=m)
+            result = layer(x, graph.edge_index, rank, update_schedule=self.config.update_schedule, h0=h, m0=m)
             out.states.append(result.h)
             out.ranks.append(rank)
             if index in classifiers:
                 pixels.add(classifiers[index](result.h), graph)
             if index == last:
                 break
-            # selab decision (issue 19): what the next level reads (next_input) and starts from (next_state);
+            # selab decision: what the next level reads (next_input) and starts from (next_state);
             # the defaults ("output", "output") stack the layers and carry the layer output as h0.
             features = result.h if next_input == "output" else x
             state = result.hidden if next_state == "hidden" else result.h
             x, h, m = features, state, result.m
-            if hasattr(self, "evolutions"):
+            if self.config.variant == "se_lstm":
                 evolution = self.evolutions[index]
                 node_labels = None if node_labels_of is None else node_labels_of(graph)
                 if node_labels is not None:
                     out.level_labels.append(node_labels)
                 evolved = evolution(graph, result, node_confidence, node_labels=node_labels,
-                                    energy=evolution.energy if node_labels is not None else "prediction",
+                                    energy_source=evolution.energy_source if node_labels is not None else "prediction",
                                     generator=generator, features=features, state=state)
                 out.merge_prob.append(evolved.merge_prob)
                 out.traces.append(evolved.trace)
@@ -648,7 +683,7 @@ class SELabModel(nn.Module):
         context = top if to_level is None else top.index_select(0, to_level)
         z = self.top_down_input(torch.cat([x0, context], 1))
         rank = self.update_rank(order_name, confidence0, level0, generator)
-        out.top_down = self.top_down_layer(z, level0.edge_index, rank, schedule=self.config.schedule).h
+        out.top_down = self.top_down_layer(z, level0.edge_index, rank, update_schedule=self.config.update_schedule).h
         pixels.add(self.top_down_classifier(out.top_down), level0)
 
     def level_logits(self, output: ModelOutput) -> list[tuple[torch.Tensor, Graph]]:
@@ -711,9 +746,5 @@ def build_model(config: ModelConfig | dict) -> SELabModel:
     'cnn'
     """
     if isinstance(config, dict):
-        known = {f.name for f in dataclasses.fields(ModelConfig)}
-        unknown = set(config) - known
-        if unknown:
-            raise ValueError(f"build_model: unknown ModelConfig fields {sorted(unknown)}")
-        config = ModelConfig(**config)
+        config = ModelConfig.from_dict(config)
     return SELabModel(config)

@@ -1,7 +1,7 @@
 r"""Data-parallel training over several processes: PyTorch's ``DistributedDataParallel``, started by ``torchrun``.
 
 ``torchrun --nproc_per_node N -m selab train ...`` starts N processes on one machine (on each of M
-machines add ``--nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id JOB``); each one runs :func:`selab.training.train.run`,
+machines add ``--nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id JOB``); each one runs :func:`selab.training.loop.run`,
 which calls the hooks of this module. Without torchrun (no ``WORLD_SIZE`` > 1 in the environment) every
 hook is a no-op and a run is exactly the one-process run. Nothing here replaces PyTorch's own machinery:
 the process group, ``DistributedSampler``, ``DistributedDataParallel`` (gradient all-reduce) and
@@ -116,13 +116,13 @@ def is_main() -> bool:
 def setup(config) -> torch.device:
     """Join torchrun's process group (if launched by torchrun with WORLD_SIZE > 1); return this process's device.
 
-    ``config`` is a :class:`selab.training.train.TrainConfig`. The backend is NCCL for CUDA and gloo for the CPU;
+    ``config`` is a :class:`selab.training.config.TrainConfig`. The backend is NCCL for CUDA and gloo for the CPU;
     process k of a machine takes GPU ``cuda:k`` (``--device cuda`` or ``auto``). Checks first that the
     global ``batch_size`` splits over the processes and that ``batchnorm="sync"`` has a GPU.
 
     Examples
     --------
-    >>> from selab.training.train import TrainConfig
+    >>> from selab.training.config import TrainConfig
     >>> setup(TrainConfig(device="cpu"))  # without torchrun: nothing to join
     device(type='cpu')
     """
@@ -136,7 +136,7 @@ def setup(config) -> torch.device:
     if config.batch_size % size:
         raise ValueError(f"TrainConfig.batch_size: {config.batch_size} is the global batch, split over the {size} "
                          f"processes: expected a multiple of {size}")
-    if config.model_config().batchnorm == "sync" and device.type != "cuda":
+    if config.model.batchnorm == "sync" and device.type != "cuda":
         raise ValueError("ModelConfig.batchnorm: 'sync' (SyncBatchNorm) runs on GPUs only in torch; on a CPU use "
                          "'batch' (statistics per process) or 'frozen' (running statistics)")
     if device.type == "cuda":
@@ -336,7 +336,7 @@ def from_main(function, *args):
 
 # -- the run folder ------------------------------------------------------------------------------------
 class FollowerFolder:
-    """What ranks other than 0 hold instead of the :class:`selab.training.train.RunFolder`: its paths, no writing."""
+    """What ranks other than 0 hold instead of the :class:`selab.training.runs.RunFolder`: its paths, no writing."""
 
     def __init__(self, folder):
         self.final, self.path, self.resuming, self.pending = Path(folder.final), Path(folder.final), folder.resuming, False

@@ -94,7 +94,7 @@ def export(checkpoint: dict, name: str, metrics: dict, commit: str | None, comma
     Parameters
     ----------
     checkpoint : dict
-        As saved by :func:`selab.training.train.save_checkpoint` (``model``, ``model_config``, ``train_config``).
+        As saved by :func:`selab.training.checkpoints.save_checkpoint` (``model``, ``model_config``, ``train_config``).
     name : str
         File stem; a plain name.
     metrics : dict

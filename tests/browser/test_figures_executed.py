@@ -3,7 +3,7 @@ their outputs, and no cell failed.
 
 The browser tests run the widget notebooks in JupyterLab; these two have no widget, and both can train
 a model (05 always, 03 with ``model = "train"``; its default loads the shipped model), so running them
-here with small parameters keeps ``make test`` short while still catching the failure a reader met: a library call (``selab.training.train.run``) that switched the kernel's
+here with small parameters keeps ``make test`` short while still catching the failure a reader met: a library call (``selab.training.loop.run``) that switched the kernel's
 matplotlib backend to Agg, after which every ``plt.show()`` showed nothing. The expected number of
 figures is read from the notebook's source (:func:`jlab.drawn_figures`), never from a run.
 No browser is needed; the tests are marked ``browser`` because they check what a reader sees.

@@ -78,7 +78,7 @@ def test_slider_redraws_and_raising_callback_is_reported(page, open_notebook, ha
 BACKEND_CELLS = [
     "import matplotlib\nimport matplotlib.pyplot as plt",
     "plt.plot([0, 1])\nplt.show()",
-    # what selab.training.train once did inside run(): every later plt.show() shows nothing
+    # what selab's training once did inside run(): every later plt.show() shows nothing
     'matplotlib.use("Agg")',
     "plt.plot([1, 0])\nplt.show()",
 ]
