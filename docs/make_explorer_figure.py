@@ -9,7 +9,8 @@ Run: ``.venv/bin/python docs/make_explorer_figure.py`` (deterministic; offline).
 from pathlib import Path
 
 from selab.workbench import pretrained
-from selab.workbench.widgets import EvolutionExplorer, photo_sample
+from selab.workbench.evolution_explorer import EvolutionExplorer
+from selab.workbench.inference import photo_sample
 
 LAYER = 1
 

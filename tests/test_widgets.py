@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from selab.workbench import viz, widgets
+from selab.workbench import evolution_explorer, inference, viz, widgets
 
 
 @pytest.fixture(scope="module")
@@ -200,36 +200,51 @@ def tiny_se_lstm():
 
 def test_evolution_forward_restores_the_model_and_is_seeded(tiny_se_lstm):
     model, sample = tiny_se_lstm
-    batch = widgets.as_batch(sample, n_segments=40)
+    batch = inference.as_batch(sample, n_segments=40)
     modes = [evo.eval_mode for evo in model.evolutions]
-    first = widgets.evolution_forward(model, batch, structure="mh", energy="ground_truth", seed=5)
-    again = widgets.evolution_forward(model, batch, structure="mh", energy="ground_truth", seed=5)
+    first = inference.evolution_forward(model, batch, structure="mh", energy_source="ground_truth", seed=5)
+    again = inference.evolution_forward(model, batch, structure="mh", energy_source="ground_truth", seed=5)
     assert not model.training and [evo.eval_mode for evo in model.evolutions] == modes
     assert model.config.train_order is None
     assert [lv.num_nodes for lv in first.levels] == [lv.num_nodes for lv in again.levels]
     assert all(trace.chains for trace in first.traces), "mh structure records a chain per layer"
-    greedy = widgets.evolution_forward(model, batch, structure="greedy")
+    greedy = inference.evolution_forward(model, batch, structure="greedy")
     assert not any(trace.chains for trace in greedy.traces)
     with pytest.raises(ValueError, match="structure"):
-        widgets.evolution_forward(model, batch, structure="anneal")
+        inference.evolution_forward(model, batch, structure="anneal")
     with pytest.raises(ValueError, match="energy"):
-        widgets.evolution_forward(model, {k: v for k, v in batch.items() if k != "mask"}, energy="ground_truth")
+        inference.evolution_forward(model, {k: v for k, v in batch.items() if k != "mask"}, energy_source="ground_truth")
 
 
 def test_level_predictions_add_up_to_the_model_prediction(tiny_se_lstm):
     import torch
+    import torch.nn.functional as F
 
     model, sample = tiny_se_lstm
-    output = widgets.evolution_forward(model, widgets.as_batch(sample, n_segments=40), structure="greedy")
-    contributions = widgets.level_contributions(model, output)
+    batch = inference.as_batch(sample, n_segments=40)
+    cnn = {}  # the CNN's own logits, taken where the model computes them, not from the contributions
+    handle = model.classifier.register_forward_hook(lambda module, args, out: cnn.setdefault("logits", out))
+    try:
+        output = inference.evolution_forward(model, batch, structure="greedy")
+    finally:
+        handle.remove()
+    cnn_logits = F.interpolate(cnn["logits"], size=tuple(batch["image"].shape[-2:]), mode="bilinear",
+                               align_corners=False)
+    contributions = inference.level_contributions(model, output)
     assert len(contributions) == len(output.levels) == 3
-    predictions = widgets.level_predictions(model, output)
-    assert len(predictions) == 4 and torch.equal(predictions[-1], output.logits.argmax(1))
+    assert all(c.abs().sum() > 0 for c in contributions)  # every level adds something to the logits
+    # additive: the CNN's logits plus every level's share are the model's logits
+    torch.testing.assert_close(cnn_logits + sum(contributions), output.logits, rtol=0, atol=1e-5)
+    predictions = inference.level_predictions(model, output)
+    assert len(predictions) == 4
+    for count, prediction in enumerate(predictions):  # the CNN alone, then with the first levels added
+        partial = cnn_logits + sum(contributions[:count]) if count else cnn_logits
+        assert (prediction == partial.argmax(1)).float().mean() > 0.999
 
 
 def test_evolution_explorer_layer_structure_and_energy(tiny_se_lstm):
     model, sample = tiny_se_lstm
-    app = widgets.EvolutionExplorer(model, sample, structure="mh", energy="ground_truth", seed=1)
+    app = evolution_explorer.EvolutionExplorer(model, sample, structure="mh", energy="ground_truth", seed=1)
     assert app.controls["layer"].description == "layer" and app.error is None
     nodes = app.state["nodes_per_level"]
     assert app.controls["layer"].max == len(nodes) - 1 == 2
@@ -261,7 +276,7 @@ def test_every_control_shows_its_whole_description(image, chain_setup, tiny_se_l
     apps = [widgets.SuperpixelExplorer(image, n_segments=50),
             widgets.UpdateOrderExplorer(image, slic(image, 40)),
             widgets.MHChainExplorer(image, labels, merge_prob, energy, num_steps=4),
-            widgets.EvolutionExplorer(model, sample)]
+            evolution_explorer.EvolutionExplorer(model, sample)]
     for app in apps:
         for name, control in app.controls.items():
             assert control.style.description_width == "initial", (type(app).__name__, name)
@@ -294,7 +309,7 @@ def test_records_print_as_one_line(tiny_se_lstm, several_samples):
     from selab.method.graph_lstm import GraphLSTM
 
     model, _ = tiny_se_lstm
-    output = widgets.evolution_forward(model, widgets.as_batch(several_samples[0], n_segments=40), structure="mh")
+    output = inference.evolution_forward(model, inference.as_batch(several_samples[0], n_segments=40), structure="mh")
     assert output.levels[1].num_nodes < output.levels[0].num_nodes, "the test needs a level that merged"
     level = output.levels[0]
     lstm = GraphLSTM(2, 8)(level.pos, level.edge_index, torch.arange(level.num_nodes))
@@ -311,7 +326,7 @@ def test_records_print_as_one_line(tiny_se_lstm, several_samples):
 
 def test_evolution_explorer_image_selector(tiny_se_lstm, several_samples):
     model, _ = tiny_se_lstm
-    app = widgets.EvolutionExplorer(model, several_samples, structure="greedy", seed=1)
+    app = evolution_explorer.EvolutionExplorer(model, several_samples, structure="greedy", seed=1)
     counts = app.num_superpixels
     assert len(counts) == 3 and len(set(counts)) > 1, "the test needs images of different graph sizes"
     first = app.state["image"]
@@ -329,23 +344,23 @@ def test_evolution_explorer_image_selector(tiny_se_lstm, several_samples):
     assert np.array_equal(app.mask, several_samples[other]["mask"].numpy())
     assert app.state["layer"] == 1 and app.error is None
     selector.value = first
-    back = widgets.EvolutionExplorer(model, several_samples, structure="greedy", seed=1, image=first)
+    back = evolution_explorer.EvolutionExplorer(model, several_samples, structure="greedy", seed=1, image=first)
     assert app.state["nodes_per_level"] == back.state["nodes_per_level"]
 
-    assert widgets.EvolutionExplorer(model, several_samples, image=2, structure="greedy").state["image"] == 2
+    assert evolution_explorer.EvolutionExplorer(model, several_samples, image=2, structure="greedy").state["image"] == 2
     with pytest.raises(ValueError, match="image"):
-        widgets.EvolutionExplorer(model, several_samples, image=3)
+        evolution_explorer.EvolutionExplorer(model, several_samples, image=3)
     with pytest.raises(ValueError, match="sample"):
-        widgets.EvolutionExplorer(model, [])
-    single = widgets.EvolutionExplorer(model, several_samples[0], structure="greedy")
+        evolution_explorer.EvolutionExplorer(model, [])
+    single = evolution_explorer.EvolutionExplorer(model, several_samples[0], structure="greedy")
     assert single.controls["image"].disabled and single.state["image"] == 0
 
 
 def test_evolution_explorer_says_when_the_model_is_untrained(tiny_se_lstm):
     model, sample = tiny_se_lstm
-    untrained = widgets.EvolutionExplorer(model, sample, structure="greedy", trained=False)
+    untrained = evolution_explorer.EvolutionExplorer(model, sample, structure="greedy", trained=False)
     assert "untrained" in untrained.figure.get_suptitle() and "untrained model" in untrained.summary()
-    trained = widgets.EvolutionExplorer(model, sample, structure="greedy")
+    trained = evolution_explorer.EvolutionExplorer(model, sample, structure="greedy")
     assert trained.figure.get_suptitle() == "" and "untrained" not in trained.summary()
 
 
@@ -353,7 +368,7 @@ def test_evolution_explorer_legend_and_a_layout_that_does_not_jump(tiny_se_lstm)
     from selab.classes import CLASS_NAMES
 
     model, sample = tiny_se_lstm
-    app = widgets.EvolutionExplorer(model, sample, structure="mh", seed=1)
+    app = evolution_explorer.EvolutionExplorer(model, sample, structure="mh", seed=1)
 
     def layout():
         return [tuple(np.round(ax.get_position().bounds, 6)) for ax in app.figure.axes[:6]], \
@@ -378,44 +393,44 @@ def test_photo_sample_reads_names_paths_bytes_and_arrays(tmp_path):
     import torch
     from PIL import Image
 
-    astronaut = widgets.photo_sample("astronaut", 40)
+    astronaut = inference.photo_sample("astronaut", 40)
     assert astronaut["image"].shape == (3, 40, 40) and astronaut["id"] == "astronaut" and "mask" not in astronaut
     assert 0.0 <= float(astronaut["image"].min()) and float(astronaut["image"].max()) <= 1.0
-    camera = widgets.photo_sample("camera", 40)  # a grey photo becomes RGB
+    camera = inference.photo_sample("camera", 40)  # a grey photo becomes RGB
     assert torch.equal(camera["image"][0], camera["image"][2])
     pixels = (np.random.default_rng(0).random((30, 50, 3)) * 255).astype(np.uint8)
     path = tmp_path / "person.png"
     Image.fromarray(pixels).save(path)
-    from_path = widgets.photo_sample(str(path), 24)
+    from_path = inference.photo_sample(str(path), 24)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="png")
-    from_bytes = widgets.photo_sample(buffer.getvalue(), 24, name="up")
-    from_array = widgets.photo_sample(pixels, 24)
+    from_bytes = inference.photo_sample(buffer.getvalue(), 24, name="up")
+    from_array = inference.photo_sample(pixels, 24)
     assert from_path["id"] == "person" and from_bytes["id"] == "up"
     assert torch.allclose(from_path["image"], from_bytes["image"]) and torch.allclose(from_path["image"], from_array["image"])
     mask = np.zeros((30, 50), dtype=np.int64)
     mask[:, 25:] = 2
-    with_mask = widgets.photo_sample(pixels, 10, mask=mask)
+    with_mask = inference.photo_sample(pixels, 10, mask=mask)
     assert with_mask["mask"].shape == (10, 10) and set(with_mask["mask"].unique().tolist()) == {0, 2}
     with pytest.raises(ValueError, match="neither an image file nor a scikit-image sample"):
-        widgets.photo_sample("no_such_photo", 24)
+        inference.photo_sample("no_such_photo", 24)
     with pytest.raises(ValueError, match="cannot read notes.txt"):
-        widgets.photo_sample(b"not an image", 24, name="notes.txt")
+        inference.photo_sample(b"not an image", 24, name="notes.txt")
     with pytest.raises(ValueError, match="mask"):
-        widgets.photo_sample(pixels, 10, mask=np.zeros((3, 3)))
-    assert [s["id"] for s in widgets.photo_samples("astronaut, camera", 16)] == ["astronaut", "camera"]
+        inference.photo_sample(pixels, 10, mask=np.zeros((3, 3)))
+    assert [s["id"] for s in inference.photo_samples("astronaut, camera", 16)] == ["astronaut", "camera"]
     with pytest.raises(ValueError, match="at least one photo"):
-        widgets.photo_samples(" ", 16)
+        inference.photo_samples(" ", 16)
     with pytest.raises(ValueError, match="masks"):
-        widgets.photo_samples("astronaut,camera", 16, masks="a.png")
+        inference.photo_samples("astronaut,camera", 16, masks="a.png")
 
 
 def test_level_inputs_are_what_the_first_layer_read(tiny_se_lstm):
     import torch
 
     model, sample = tiny_se_lstm
-    batch = widgets.as_batch(sample, n_segments=40)
-    inputs = widgets.level_inputs(model, batch)
+    batch = inference.as_batch(sample, n_segments=40)
+    inputs = inference.level_inputs(model, batch)
     graph, output = inputs["graph"], inputs["output"]
     assert inputs["x"].shape == (graph.num_nodes, model.config.hidden_channels)
     assert torch.allclose(inputs["confidence"].sum(1), torch.ones(graph.num_nodes))
@@ -428,17 +443,17 @@ def test_level_inputs_are_what_the_first_layer_read(tiny_se_lstm):
 
 
 def test_merge_colour_floor_starts_the_scale_below_nearly_every_value():
-    assert widgets.merge_colour_floor(np.linspace(0.63, 1.0, 100)) == pytest.approx(0.6)
-    assert widgets.merge_colour_floor(np.linspace(0.0, 1.0, 100)) == 0.0
-    assert widgets.merge_colour_floor(np.ones(10)) == pytest.approx(0.9), "a scale never collapses"
+    assert evolution_explorer.merge_colour_floor(np.linspace(0.63, 1.0, 100)) == pytest.approx(0.6)
+    assert evolution_explorer.merge_colour_floor(np.linspace(0.0, 1.0, 100)) == 0.0
+    assert evolution_explorer.merge_colour_floor(np.ones(10)) == pytest.approx(0.9), "a scale never collapses"
 
 
 def test_evolution_explorer_on_photos_without_ground_truth(tiny_se_lstm, several_samples):
     """A photo without a mask: prediction energy whatever the dropdown says, a panel saying "no ground
     truth", NaN accuracy; masked and unmasked samples side by side."""
     model, _ = tiny_se_lstm
-    photo = widgets.photo_sample("astronaut", 48)
-    app = widgets.EvolutionExplorer(model, [photo, several_samples[0]], structure="mh", energy="ground_truth",
+    photo = inference.photo_sample("astronaut", 48)
+    app = evolution_explorer.EvolutionExplorer(model, [photo, several_samples[0]], structure="mh", energy="ground_truth",
                                     image=0)
     assert app.state["energy"] == "prediction" and not app.state["has_ground_truth"]
     assert np.isnan(app.state["pixel_accuracy"]) and "no ground truth" in app.summary()
@@ -458,9 +473,9 @@ def test_evolution_explorer_upload_adds_and_shows_a_photo(tiny_se_lstm):
 
     model, sample = tiny_se_lstm
     now = datetime.datetime.now(datetime.timezone.utc)
-    app = widgets.EvolutionExplorer(model, sample, structure="greedy")
+    app = evolution_explorer.EvolutionExplorer(model, sample, structure="greedy")
     assert app.upload in app.widget.children[0].children and app.controls["image"].disabled
-    pixels = (widgets.photo_sample("astronaut", 64)["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    pixels = (inference.photo_sample("astronaut", 64)["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="png")
     renders = app.renders
@@ -480,7 +495,7 @@ def test_evolution_explorer_upload_adds_and_shows_a_photo(tiny_se_lstm):
 
 def test_evolution_explorer_greedy_panel_and_hierarchy(tiny_se_lstm):
     model, _ = tiny_se_lstm
-    app = widgets.EvolutionExplorer(model, widgets.photo_sample("astronaut", 48), structure="greedy")
+    app = evolution_explorer.EvolutionExplorer(model, inference.photo_sample("astronaut", 48), structure="greedy")
     nodes = app.state["nodes_per_level"]
     assert nodes[0] > 10, "the test needs a graph"
     merged = app.state["merged_edges"]

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from selab.classes import CLASS_COLORS, CLASS_NAMES
 from selab.data.datasets import IMAGE_SUFFIXES, read_image, resize_image
 from selab.method.superpixels import node_label_histogram
-from selab.method.superpixels import slic
+from selab.workbench.inference import as_batch
 
 
 @dataclass
@@ -105,13 +105,10 @@ def predict_images(model, images: list[torch.Tensor], image_size: int, n_segment
     model.eval()
     n_segments = n_segments or model.config.n_segments
     compactness = model.config.compactness if compactness is None else compactness
-    resized = torch.stack([resize_image(image, image_size) for image in images])
-    data = {"image": resized.to(device)}
-    superpixels = None
-    if model.config.uses_graph:
-        superpixels = np.stack([slic(image, n_segments=n_segments, compactness=compactness) for image in resized])
-        data["superpixels"] = torch.from_numpy(superpixels).to(device)
-    output = model(data)
+    batch = as_batch([{"image": resize_image(image, image_size)} for image in images], n_segments, compactness,
+                     superpixels=model.config.uses_graph)
+    superpixels = batch["superpixels"].numpy() if "superpixels" in batch else None
+    output = model({key: value.to(device) for key, value in batch.items()})
     small_labels = output.logits.argmax(1).cpu()
     results = []
     for b, image in enumerate(images):
