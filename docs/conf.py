@@ -89,7 +89,7 @@ def public_names(module) -> tuple[list[str], list[str]]:
         names = [name for name, obj in vars(module).items()
                  if not name.startswith("_") and (
                      ((inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__)
-                     or (name.isupper() and isinstance(obj, (int, float, str, tuple, np.ndarray))))]
+                     or (name.isupper() and isinstance(obj, (int, float, str, tuple, dict, np.ndarray))))]
     own, reexported = [], []
     for name in names:
         obj = getattr(module, name)
@@ -126,6 +126,10 @@ def api_page(modname: str) -> str:
     return "\n".join(lines)
 
 
+#: The folders of selab/, in the order of the pipeline.
+STAGES = ("method", "model", "data", "training", "experiments", "workbench")
+
+
 def write_if_changed(path: Path, text: str | bytes) -> None:
     data = text.encode() if isinstance(text, str) else text
     if not path.is_file() or path.read_bytes() != data:
@@ -142,10 +146,19 @@ def generate_api() -> None:
             stale.unlink()
     for modname in modules:
         write_if_changed(out / f"{modname}.rst", api_page(modname))
+    # One section per folder of selab/, in the order of the pipeline (method <- model <- data <- training <-
+    # experiments <- workbench), after the top-level modules; each opens with its package's docstring.
     index = ["API reference", "=============", "",
              "Every public function and class of ``selab/``, one page per module, from the docstrings",
-             "(numpydoc). The examples in them run as doctests (``make test``).", "",
-             ".. toctree::", "   :maxdepth: 1", ""] + [f"   {m}" for m in modules]
+             "(numpydoc), one section per folder in the order of the pipeline. The examples in them run as",
+             "doctests (``make test``).", ""]
+    sections = [("selab", [m for m in modules if m.count(".") == 1 and m.split(".")[1] not in STAGES])]
+    sections += [(f"selab/{stage}/", [m for m in modules if m.split(".")[1] == stage]) for stage in STAGES]
+    for caption, members in sections:
+        package = members[0] if caption != "selab" else "selab"
+        summary = (inspect.getdoc(importlib.import_module(package)) or "").split("\n\n")[0]
+        index += [caption, "-" * len(caption), "", summary, "", ".. toctree::", "   :maxdepth: 1", ""]
+        index += [f"   {m}" for m in members] + [""]
     write_if_changed(out / "index.rst", "\n".join(index) + "\n")
 
 

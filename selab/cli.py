@@ -52,7 +52,8 @@ from selab.workbench import pretrained
 from selab.model.backbones import BACKBONES
 from selab.classes import NUM_CLASSES
 from selab.data.datasets import DATASETS, check_dataset
-from selab.model.parser import ORDERS, VARIANTS, ModelConfig
+from selab.method.orders import ORDERS
+from selab.model.config import ModelConfig, VARIANTS
 from selab.workbench.predict import predict_files
 from selab.training.checkpoints import load_checkpoint, load_model
 from selab.training.config import CHOICES, TrainConfig

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from selab.model.parser import ModelConfig, SELabModel
+from selab.model.config import ModelConfig
+from selab.model.parser import SELabModel
 from selab.training.checkpoints import load_model, save_checkpoint
 from selab.training.config import NOTEBOOK_DEFAULTS, PRESETS, TrainConfig
 from selab.training.runs import changed_fields

@@ -16,7 +16,7 @@ import pytest
 from selab.method.energy import PartitionEnergy
 from selab.method.evolve import StructureEvolution
 from selab.method.merge import MergeProbability
-from selab.model.parser import ModelConfig
+from selab.model.config import ModelConfig
 from selab.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from selab.workbench import pretrained
 from selab.model.backbones import EfficientNetLiteBackbone, load_efficientnet_lite
-from selab.model.parser import ModelConfig, SELabModel, build_model
+from selab.model.config import ModelConfig
+from selab.model.parser import SELabModel, build_model
 from selab.training.checkpoints import load_checkpoint
 from selab.training.config import TrainConfig
 from selab.training.loop import run

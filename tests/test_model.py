@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from selab.model.loss import merge_targets
-from selab.model.parser import ModelConfig, SELabModel, build_model
+from selab.model.config import ModelConfig
+from selab.model.parser import SELabModel, build_model
 from selab.method.superpixels import pool_to_nodes, upsample_and_pool
 
 

@@ -11,7 +11,8 @@ from skimage import data
 
 from selab.workbench import pretrained
 from selab.cli import main
-from selab.model.parser import ModelConfig, SELabModel
+from selab.model.config import ModelConfig
+from selab.model.parser import SELabModel
 from selab.workbench.predict import hierarchy_to_networkx, image_paths, predict_files, predict_images
 
 

@@ -197,7 +197,8 @@ def test_model_with_kept_structures_equals_building_them(synthetic_batch):
     """The graph variants' logits, losses and gradients are the same with the structure cache on or off."""
     batch = synthetic_batch(48, 0, 40)
     from selab.model.loss import compute_loss
-    from selab.model.parser import ModelConfig, SELabModel
+    from selab.model.config import ModelConfig
+    from selab.model.parser import SELabModel
 
     for variant in ("graph_lstm", "se_lstm"):
         results = []
@@ -225,7 +226,8 @@ def test_merge_loss_from_the_models_level_labels_equals_counting_again(synthetic
     import dataclasses
 
     from selab.model.loss import compute_loss, merge_targets
-    from selab.model.parser import ModelConfig, SELabModel
+    from selab.model.config import ModelConfig
+    from selab.model.parser import SELabModel
 
     batch = synthetic_batch(48, 1, 40)
     torch.manual_seed(0)

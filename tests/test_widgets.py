@@ -185,7 +185,8 @@ def test_mh_chain_explorer_rejects_a_wrong_number_of_probabilities(image, chain_
 def tiny_se_lstm():
     import torch
 
-    from selab.model.parser import ModelConfig, SELabModel
+    from selab.model.config import ModelConfig
+    from selab.model.parser import SELabModel
 
     torch.manual_seed(0)
     config = ModelConfig(variant="se_lstm", num_layers=3, feature_channels=16, hidden_channels=16, n_segments=40,

@@ -4,7 +4,7 @@ Liang et al. (ECCV 2016) train with "random object crops, flips, colour-intensit
 selab adds a random scale. :class:`Augmentation` turns one row of uniform draws into one sample's
 transform, so that a run draws every sample's row for an epoch up front from the generator of
 ``(seed, epoch)`` (:mod:`selab.seeds`, stream ``AUGMENT``): the same epoch gets the same transforms,
-whatever the order, the workers or an interruption (:class:`selab.data.prepare.TrainingData`).
+whatever the order, the workers or an interruption (:class:`selab.training.loaders.TrainingData`).
 
 The geometric part is one affine map from the S x S output to the source, built from:
 

@@ -131,6 +131,28 @@ class Chains(NamedTuple):
         return cls(ei, p, candidate_mask(p, merge_budget, edge_graph), edge_graph, node_graph, num_graphs)
 
 
+def _state_energies(energy, components, position_slot: np.ndarray, count: np.ndarray, num_steps: int,
+                    num_graphs: int, num_nodes: int, device) -> np.ndarray:
+    """The energy of every proposed state of every chain ``[1 + S, B]`` (state 0: nothing merged)."""
+    num_states = num_steps + 1
+    if isinstance(energy, PartitionEnergy):
+        if energy.prob.shape[0] != num_nodes:
+            raise ValueError(f"the energy has {energy.prob.shape[0]} nodes but the graph has {num_nodes}")
+        disagreement = np.zeros((num_states, num_graphs))  # state 0: nothing merged
+        disagreement[1:] = energy.disagreement_by_slot(components.root, position_slot, components.active,
+                                                       num_steps * num_graphs).reshape(num_steps, num_graphs)
+        return energy.scale * (disagreement + energy.beta * count)
+    if num_graphs != 1:
+        raise ValueError("a callable energy scores one chain; use PartitionEnergy for a batch of chains")
+    active_state = np.zeros(components.active.size, dtype=np.int64)
+    energies = np.empty((num_states, 1))
+    for s in range(num_states):
+        active_state[:] = s
+        cluster = canonical_cluster(torch.from_numpy(clique_roots(components, num_nodes, active_state)))
+        energies[s, 0] = float(energy(cluster.to(device)))
+    return energies
+
+
 def run_chains(
     chains: Chains,
     energy: Union[PartitionEnergy, Callable[[Tensor], float]],
@@ -184,22 +206,7 @@ def run_chains(
     count[1:] = (nodes_per_graph - np.bincount(active_graph, minlength=num_graphs)
                  + np.bincount(component_slot, minlength=num_steps * num_graphs).reshape(num_steps, num_graphs))
 
-    if isinstance(energy, PartitionEnergy):
-        if energy.prob.shape[0] != num_nodes:
-            raise ValueError(f"the energy has {energy.prob.shape[0]} nodes but the graph has {num_nodes}")
-        disagreement = np.zeros((num_states, num_graphs))  # state 0: nothing merged
-        disagreement[1:] = energy.disagreement_by_slot(root, position_slot, components.active,
-                                                       num_steps * num_graphs).reshape(num_steps, num_graphs)
-        energies = energy.scale * (disagreement + energy.beta * count)
-    else:
-        if num_graphs != 1:
-            raise ValueError("a callable energy scores one chain; use PartitionEnergy for a batch of chains")
-        active_state = np.zeros(components.active.size, dtype=np.int64)
-        energies = np.empty((num_states, 1))
-        for s in range(num_states):
-            active_state[:] = s
-            cluster = canonical_cluster(torch.from_numpy(clique_roots(components, num_nodes, active_state)))
-            energies[s, 0] = float(energy(cluster.to(device)))
+    energies = _state_energies(energy, components, position_slot, count, num_steps, num_graphs, num_nodes, device)
 
     traces = [MHTrace(float(energies[0, b]), float(log_q[0, b])) for b in range(num_graphs)]
     # the accept/reject loop is inherently sequential over proposals but vectorised over nothing

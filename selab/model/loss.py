@@ -14,7 +14,8 @@ variants, read from the batch's ground-truth ``mask``:
 Examples
 --------
 >>> import torch
->>> from selab.model.parser import ModelConfig, SELabModel
+>>> from selab.model.config import ModelConfig
+>>> from selab.model.parser import SELabModel
 >>> model = SELabModel(ModelConfig(variant="cnn", backbone="small", feature_channels=8)).eval()
 >>> batch = {"image": torch.rand(1, 3, 16, 16), "mask": torch.zeros(1, 16, 16, dtype=torch.long)}
 >>> sorted(compute_loss(model(batch), batch, model.config))
@@ -112,7 +113,7 @@ def compute_loss(output, batch: dict, model_config, confidence_only: bool = Fals
 
     Pixels labelled ``ignore_index`` count in neither cross-entropy (nor in the merge targets, whose
     label histograms skip values outside the classes). ``output`` is a :class:`selab.model.parser.ModelOutput`,
-    ``model_config`` its model's :class:`selab.model.parser.ModelConfig`. Returns a dict of scalar tensors:
+    ``model_config`` its model's :class:`selab.model.config.ModelConfig`. Returns a dict of scalar tensors:
     ``loss`` (the total) and its parts.
     """
     mask = batch["mask"].to(output.confidence_logits.device if output.logits is None else output.logits.device)

@@ -1,7 +1,7 @@
 """Checkpoints: written atomically, read without running code from the file, turned back into a model.
 
 A checkpoint (:func:`save_checkpoint`) holds the model's weights, the optimizer and scheduler states, the
-run's :class:`~selab.training.config.TrainConfig` and :class:`~selab.model.parser.ModelConfig` as dicts, the
+run's :class:`~selab.training.config.TrainConfig` and :class:`~selab.model.config.ModelConfig` as dicts, the
 epoch and step reached, the history, the accumulators of an interrupted epoch and every RNG state: tensors
 and plain data only, so that :func:`load_checkpoint` reads it with ``torch.load(weights_only=True)``.
 :func:`load_model` builds the model of a checkpoint or a run folder.
@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from selab.files import atomic_save
-from selab.model.parser import ModelConfig, SELabModel, build_model
+from selab.model.config import ModelConfig
+from selab.model.parser import SELabModel, build_model
 from selab.seeds import rng_state
 from selab.training.config import TrainConfig
 

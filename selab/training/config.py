@@ -1,4 +1,4 @@
-"""The configuration of a training run: :class:`TrainConfig`, with the model's :class:`ModelConfig` inside.
+"""The configuration of a training run: :class:`TrainConfig`, with the model's :class:`~selab.model.config.ModelConfig` inside.
 
 :class:`TrainConfig` holds everything a run needs and is saved as ``config.json`` in the run folder (and in
 every checkpoint); ``selab train`` has one flag per field, notebook 05 maps its typed parameters onto it
@@ -27,7 +27,7 @@ import torch
 
 from selab.data.datasets import DATASETS
 from selab.data.prepare import DataConfig
-from selab.model.parser import ModelConfig
+from selab.model.config import ModelConfig
 
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("poly", "cosine", "constant")
@@ -52,7 +52,7 @@ class TrainConfig:
     Parameters
     ----------
     variant : {"cnn", "graph_lstm", "se_lstm"}
-        The model (:class:`selab.model.parser.ModelConfig`).
+        The model (:class:`selab.model.config.ModelConfig`).
     backbone : {"small", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
         ``small``: a CNN trained from scratch; ``efficientnet_lite0/1/2``: ImageNet-pretrained
         (:data:`selab.model.backbones.BACKBONES`).
@@ -107,7 +107,7 @@ class TrainConfig:
         (:mod:`selab.data.augment`), on uncached features only (``freeze_backbone=False`` or
         ``cache_features=False``). selab decision: ``flip`` by default, the augmentation every recorded result used.
     model : ModelConfig or dict
-        The model (:class:`~selab.model.parser.ModelConfig`); its ``variant``, ``backbone``,
+        The model (:class:`~selab.model.config.ModelConfig`); its ``variant``, ``backbone``,
         ``freeze_backbone`` and ``n_segments`` are this config's (set them here). Given as a dict, the
         ModelConfig fields set (``hidden_channels``, ``num_layers``, ...), the others at their defaults.
     seed : int

@@ -183,7 +183,7 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
              model_options: dict | None = None, tta: str | None = None, tta_scales=TTA_SCALES) -> dict:
     """Evaluate a trained model on a split; optionally write the metrics to ``out`` (JSON).
 
-    ``model_options`` tests the model another way (:func:`load_model`); ``per_image_out`` (an ``.npz``
+    ``model_options`` tests the model another way (:func:`~selab.training.checkpoints.load_model`); ``per_image_out`` (an ``.npz``
     path) also saves every image's confusion matrix
     (:func:`selab.training.metrics.save_per_image`), for paired comparisons with :mod:`selab.experiments.compare`.
     ``tta``: test-time augmentation (:func:`evaluate_model`), one of :data:`TTA_MODES`: ``"flip"``, each

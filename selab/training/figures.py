@@ -19,7 +19,7 @@ def plot_curves(run_dir: Path, history: list) -> Path | None:
     """Write the loss and validation-mIoU curves of ``history`` to ``run_dir/figures/curves.png``.
 
     Draws on a :class:`matplotlib.figure.Figure` of its own, never through pyplot: a library must not
-    change the caller's backend or current figure (a notebook that calls :func:`run` keeps its inline
+    change the caller's backend or current figure (a notebook that calls :func:`~selab.training.loop.run` keeps its inline
     figures).
     """
     if not history:

@@ -18,9 +18,9 @@ state, so ``resume=True`` continues an interrupted run (Ctrl-C saves one mid-epo
 as an uninterrupted one: the shuffling, augmentation and Metropolis-Hastings draws of an epoch come from
 generators seeded by ``(seed, epoch)`` (:mod:`selab.seeds`), not from a global stream.
 
-The loop reads top to bottom: :meth:`_Training.train` runs the epochs, :meth:`_Training.step` one batch;
-every early end goes through :meth:`_Training.halt` (save what can be saved, say where, raise) and every
-non-finite value through :meth:`_Training.diverged`.
+The loop reads top to bottom: ``_Training.train`` runs the epochs, ``_Training.step`` one batch;
+every early end goes through ``_Training.halt`` (save what can be saved, say where, raise) and every
+non-finite value through ``_Training.diverged``.
 
 Examples
 --------

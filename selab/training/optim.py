@@ -58,7 +58,7 @@ def load_schedule(scheduler, state: dict) -> None:
 
 
 def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """The per-step learning-rate schedule over ``epochs * steps_per_epoch`` steps (see :data:`LR_SCHEDULES`)."""
+    """The per-step learning-rate schedule over ``epochs * steps_per_epoch`` steps (see :data:`~selab.training.config.LR_SCHEDULES`)."""
     total = max(1, config.epochs * steps_per_epoch)
     if config.lr_schedule == "poly":  # DeepLab's lr * (1 - t/T)^0.9
         return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=0.9)

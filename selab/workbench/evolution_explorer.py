@@ -73,8 +73,8 @@ class EvolutionExplorer(FigureApp):
     ----------
     model : SELabModel
     sample : dict or sequence of dicts
-        One image (``image [3,S,S]``, optional ``mask`` and ``superpixels``, see :func:`as_batch` and
-        :func:`photo_sample`) or several, chosen with the ``"image"`` dropdown; some may have a mask,
+        One image (``image [3,S,S]``, optional ``mask`` and ``superpixels``, see :func:`~selab.workbench.inference.as_batch` and
+        :func:`~selab.workbench.inference.photo_sample`) or several, chosen with the ``"image"`` dropdown; some may have a mask,
         others not.
     image : int, optional
         The sample shown first; default the one with the most superpixels (selab decision: SLIC can
@@ -82,12 +82,13 @@ class EvolutionExplorer(FigureApp):
     trained : bool
         False for a model with random weights: the figure and the readout then say so, since its merge
         probabilities (about 0.5) and predictions mean nothing yet.
-    structure, energy, seed, n_segments : see :func:`evolution_forward` and :func:`as_batch`.
+    structure, energy, seed, n_segments : see :func:`~selab.workbench.inference.evolution_forward` and :func:`~selab.workbench.inference.as_batch`.
 
     Examples
     --------
     >>> import torch
-    >>> from selab.model.parser import ModelConfig, SELabModel
+    >>> from selab.model.config import ModelConfig
+    >>> from selab.model.parser import SELabModel
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <...>
     >>> model = SELabModel(ModelConfig(variant="se_lstm", num_layers=3, feature_channels=16, hidden_channels=16))
@@ -151,7 +152,7 @@ class EvolutionExplorer(FigureApp):
 
     # -- photos ----------------------------------------------------------------------------------
     def add_photo(self, source: Any, name: str | None = None) -> int:
-        """Add a photo (anything :func:`photo_sample` reads: a path, the bytes of an image file, an
+        """Add a photo (anything :func:`~selab.workbench.inference.photo_sample` reads: a path, the bytes of an image file, an
         array) at the size of the other samples, show it, and return its index in the image list."""
         sample = photo_sample(source, self.image_size, name=name)
         batch = as_batch(sample, n_segments=self.n_segments, compactness=self.model.config.compactness)

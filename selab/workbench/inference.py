@@ -10,7 +10,8 @@ taken apart: the first layer's inputs (:func:`level_inputs`), each level's addit
 Examples
 --------
 >>> import torch
->>> from selab.model.parser import ModelConfig, SELabModel
+>>> from selab.model.config import ModelConfig
+>>> from selab.model.parser import SELabModel
 >>> model = SELabModel(ModelConfig(variant="se_lstm", num_layers=2, feature_channels=8, hidden_channels=8))
 >>> batch = as_batch(photo_sample("astronaut", 48), n_segments=30)
 >>> output = evolution_forward(model, batch, structure="greedy", energy_source="prediction")

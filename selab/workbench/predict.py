@@ -12,7 +12,8 @@ their majority class) and ``<stem>_hierarchy.json`` (:func:`hierarchy_record`), 
 Examples
 --------
 >>> from skimage import data
->>> from selab.model.parser import ModelConfig, SELabModel
+>>> from selab.model.config import ModelConfig
+>>> from selab.model.parser import SELabModel
 >>> model = SELabModel(ModelConfig(variant="se_lstm", backbone="small", n_segments=60)).eval()
 >>> result = predict_images(model, [torch.from_numpy(data.astronaut()).permute(2, 0, 1) / 255.0], image_size=64)[0]
 >>> result.labels.shape, len(result.hierarchy["levels"])

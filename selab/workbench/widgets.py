@@ -84,7 +84,8 @@ class FigureApp:
     (returns the new ``state`` dict) and ``draw(figure)``.
     """
 
-    #: what :meth:`FigureApp.summary` puts between the fields of :meth:`summary_fields`
+    #: what :meth:`~selab.workbench.widgets.FigureApp.summary` puts between the fields of
+    #: :meth:`~selab.workbench.widgets.FigureApp.summary_fields`
     separator = ", "
 
     def __init__(self, figsize: tuple[float, float] = (9.0, 4.5), dpi: int = 80,
@@ -367,7 +368,8 @@ def mh_table(trace: Any) -> dict[str, np.ndarray]:
     Examples
     --------
     >>> import torch
-    >>> from selab.method.evolve import PartitionEnergy, metropolis_hastings
+    >>> from selab.method.energy import PartitionEnergy
+    >>> from selab.method.mh import metropolis_hastings
     >>> energy = PartitionEnergy(node_labels=torch.tensor([0, 0, 1]))
     >>> _, trace = metropolis_hastings(torch.tensor([[0, 1], [1, 2]]), torch.tensor([0.9, 0.1]), energy, 3)
     >>> mh_table(trace)["alpha"].shape
@@ -405,7 +407,7 @@ class MHChainExplorer(FigureApp):
     Examples
     --------
     >>> import torch
-    >>> from selab.method.evolve import PartitionEnergy
+    >>> from selab.method.energy import PartitionEnergy
     >>> from selab.method.superpixels import adjacency, slic
     >>> image = viz.demo_image("astronaut", 48); labels = slic(image, 30)
     >>> energy = PartitionEnergy(node_labels=torch.zeros(int(labels.max()) + 1, dtype=torch.long))
