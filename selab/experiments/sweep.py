@@ -10,7 +10,7 @@ A researcher's grid (an ablation ladder over seeds, a learning-rate scan) is a s
       epochs: 3
     rows:                                   # named variants (optional); each adds or overrides parameters
       cnn: {variant: cnn}
-      se_lstm_none: {variant: se_lstm, model_options: '{"evolution": {"mode": "none"}}'}
+      se_lstm_none: {variant: se_lstm, evolution_mode: none}
     grid:                                   # crossed with every row (optional)
       seed: [0, 1, 2]
 
