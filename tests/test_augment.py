@@ -132,7 +132,7 @@ def test_an_epochs_augmentation_depends_only_on_seed_and_epoch(tmp_path):
     data = TrainingData(config, SELabModel(config.model))
 
     def batches(epoch, start_step=0):
-        return list(data.loader(epoch, data.order(epoch), start_step))
+        return list(data.loader(epoch, data.permutation(epoch), start_step))
 
     first, again, other = batches(0), batches(0), batches(1)
     for a, b in zip(first, again):
@@ -142,7 +142,7 @@ def test_an_epochs_augmentation_depends_only_on_seed_and_epoch(tmp_path):
     assert not torch.equal(torch.cat([b["image"] for b in other]), torch.cat([b["image"] for b in first]))
     # the paper's augmentation changes what the flips alone would give
     flips_only = TrainingData(_tiny(tmp_path, "flips", augmentation="flip"), SELabModel(config.model))
-    plain = list(flips_only.loader(0, flips_only.order(0)))
+    plain = list(flips_only.loader(0, flips_only.permutation(0)))
     assert not torch.equal(plain[0]["image"], first[0]["image"])
 
 

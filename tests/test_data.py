@@ -131,7 +131,7 @@ def test_prepared_split_resizes_flips_and_collates(tmp_path):
     root = _pascal(tmp_path / "p", ids=("a", "b", "c"))
     config = TrainConfig(variant="graph_lstm", dataset="pascal_person_part", data_root=str(root), image_size=24,
                          n_segments=10, cache_dir=str(tmp_path / "cache"), progress=False)
-    split = PreparedSplit(config, "train", limit=None, keep_full=True)
+    split = PreparedSplit(config.data_config(), "train", limit=None, keep_full=True)
     item = split[0]
     assert item["image"].shape == (3, 24, 24) and item["mask"].shape == item["superpixels"].shape == (24, 24)
     assert item["full_mask"].shape == (12, 16) and item["id"] == "a"
@@ -148,7 +148,7 @@ def test_prepared_split_applies_the_papers_augmentation_to_the_full_resolution_s
     root = _pascal(tmp_path / "p", ids=("a", "b"))
     config = TrainConfig(variant="graph_lstm", dataset="pascal_person_part", data_root=str(root), image_size=24,
                          n_segments=10, cache_dir=str(tmp_path / "cache"), progress=False, augmentation="paper")
-    split = PreparedSplit(config, "train", limit=None, keep_full=False)
+    split = PreparedSplit(config.data_config(), "train", limit=None, keep_full=False)
     plain = split[0]
     split.draws = split.augmentation.draws(2, torch.Generator().manual_seed(0))
     item = split[0]
@@ -188,7 +188,7 @@ def test_real_pascal_person_part_loads(pascal_root):
         assert int((sample["mask"] > 0).sum()) > 0  # every image holds a person
         assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
     config = TrainConfig(dataset="pascal_person_part", data_root=str(pascal_root), image_size=64, progress=False)
-    resized = PreparedSplit(config, "val", limit=2, keep_full=False)
+    resized = PreparedSplit(config.data_config(), "val", limit=2, keep_full=False)
     assert collate([resized[0], resized[1]])["image"].shape == (2, 3, 64, 64)
 
 
