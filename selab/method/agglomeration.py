@@ -48,6 +48,26 @@ def _as_array(value, name: str, ndim: int) -> np.ndarray:
     return array
 
 
+def _merge_inputs(edge_index, descriptor, weight, stop_at, rule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`merge_sequence`'s inputs as int64 edges, float64 descriptors and weights, or a ValueError naming the bad one."""
+    edges = _as_array(edge_index, "edge_index", 2).astype(np.int64)
+    features = _as_array(descriptor, "descriptor", 2).astype(np.float64)
+    mass = _as_array(weight, "weight", 1).astype(np.float64)
+    n = features.shape[0]
+    if mass.shape[0] != n:
+        raise ValueError(f"agglomerate: weight has {mass.shape[0]} entries for {n} nodes")
+    if n and not (mass > 0).all():
+        raise ValueError("agglomerate: weight must be > 0 for every node (e.g. its pixel count)")
+    if not np.isfinite(features).all():
+        raise ValueError("agglomerate: descriptor holds non-finite values")
+    check_edge_index(torch.from_numpy(edges), n)
+    if rule not in RULES:
+        raise ValueError(f"agglomerate: rule must be one of {RULES}, got {rule!r}")
+    if isinstance(stop_at, bool) or not isinstance(stop_at, (int, np.integer)) or stop_at < 1:
+        raise ValueError(f"agglomerate: stop_at must be an int >= 1, got {stop_at!r}")
+    return edges, features, mass
+
+
 def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1,
                    rule: str = "mean") -> tuple[np.ndarray, np.ndarray]:
     """The greedy merges of one region adjacency graph, nearest descriptors first, until ``stop_at`` regions.
@@ -88,21 +108,8 @@ def merge_sequence(edge_index, descriptor, weight, stop_at: int = 1,
     >>> merges.tolist(), distances.tolist()  # 0+1 first (distance 1), then {0,1} (mean 0.5) with 2
     ([[0, 1], [2, 3]], [1.0, 2.5])
     """
-    edges = _as_array(edge_index, "edge_index", 2).astype(np.int64)
-    features = _as_array(descriptor, "descriptor", 2).astype(np.float64)
-    mass = _as_array(weight, "weight", 1).astype(np.float64)
+    edges, features, mass = _merge_inputs(edge_index, descriptor, weight, stop_at, rule)
     n = features.shape[0]
-    if mass.shape[0] != n:
-        raise ValueError(f"agglomerate: weight has {mass.shape[0]} entries for {n} nodes")
-    if n and not (mass > 0).all():
-        raise ValueError("agglomerate: weight must be > 0 for every node (e.g. its pixel count)")
-    if not np.isfinite(features).all():
-        raise ValueError("agglomerate: descriptor holds non-finite values")
-    check_edge_index(torch.from_numpy(edges), n)
-    if rule not in RULES:
-        raise ValueError(f"agglomerate: rule must be one of {RULES}, got {rule!r}")
-    if isinstance(stop_at, bool) or not isinstance(stop_at, (int, np.integer)) or stop_at < 1:
-        raise ValueError(f"agglomerate: stop_at must be an int >= 1, got {stop_at!r}")
     unit = rule == "unit_mean"
     size = 2 * n - 1 if n else 0
     table = np.empty((size, features.shape[1]))

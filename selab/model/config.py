@@ -251,6 +251,7 @@ class ModelConfig:
         return "stochastic" if self.variant == "se_lstm" else self.order
 
     def to_dict(self) -> dict:
+        """The config as plain data (what ``config.json`` and the checkpoints hold)."""
         return dataclasses.asdict(self)
 
     @staticmethod

@@ -277,7 +277,8 @@ class TrainConfig:
                       num_images: int, val_images: int, batch_size: int, lr: float, num_layers: int,
                       hidden_channels: int, seed: int, out_dir: str, n_segments: int = 0, preset: str = "",
                       update_order: str = "", evolution_mode: str = "", evolution_eval_mode: str = "",
-                      energy_source: str = "", merge_budget: float = 0.0, merge_loss_balanced: bool = False,
+                      energy_source: str = "", merge_budget: float = 0.0, merge_source: str = "",
+                      target_nodes: float = 0.0, merge_loss_balanced: bool = False, top_down: bool = False,
                       next_input: str = "", next_state: str = "", finetune_after_stride: int = 0,
                       feature_strides: list | None = None, optimizer: str = "", two_step_epochs: int = 0,
                       val_every: int = 0, cache_dir: str = "", resume: bool = False,
@@ -285,7 +286,8 @@ class TrainConfig:
         """The config of ``notebooks/05_train.ipynb``'s ``parameters`` cell (what a sweep cell sets).
 
         0, ``""`` and ``None`` mean selab's default; the evolution's options (``evolution_mode``,
-        ``evolution_eval_mode``, ``energy_source``, ``merge_budget``) fill ``ModelConfig.evolution``.
+        ``evolution_eval_mode``, ``energy_source``, ``merge_budget``, ``merge_source`` (the merge
+        probabilities' ``source``), ``target_nodes``) fill ``ModelConfig.evolution``.
         ``preset`` (one of :data:`PRESETS`) first sets the settings of a named setup; every other
         parameter still applies on top where it is not its default (:func:`notebook_parameters`).
         """
@@ -294,11 +296,12 @@ class TrainConfig:
             image_size=image_size, num_images=num_images, val_images=val_images, batch_size=batch_size, lr=lr,
             num_layers=num_layers, hidden_channels=hidden_channels, n_segments=n_segments))
         evolution = {key: value for key, value in (("mode", evolution_mode), ("eval_mode", evolution_eval_mode),
-                                                   ("energy_source", energy_source), ("merge_budget", merge_budget))
-                     if value}
+                                                   ("energy_source", energy_source), ("merge_budget", merge_budget),
+                                                   ("source", merge_source), ("target_nodes", target_nodes)) if value}
         model = {key: value for key, value in (
             ("num_layers", values["num_layers"]), ("hidden_channels", values["hidden_channels"]),
             ("order", update_order), ("evolution", evolution), ("merge_loss_balanced", merge_loss_balanced),
+            ("top_down", top_down),
             ("next_input", next_input), ("next_state", next_state), ("finetune_after_stride", finetune_after_stride),
             ("feature_strides", list(feature_strides) if feature_strides else None)) if value}
         train = {key: value for key, value in (("optimizer", optimizer), ("two_step_epochs", two_step_epochs),
