@@ -55,8 +55,8 @@ from selab.data.datasets import DATASETS, check_dataset
 from selab.method.orders import ORDERS
 from selab.model.config import ModelConfig, VARIANTS
 from selab.workbench.predict import predict_files
-from selab.training.checkpoints import load_checkpoint, load_model
-from selab.training.config import CHOICES, TrainConfig
+from selab.training.checkpoints import CheckpointError, load_checkpoint, load_model
+from selab.training.config import CHOICES, TrainConfig, check_device
 from selab.training.divergence import TrainingDiverged
 from selab.training.evaluation import evaluate
 from selab.training.loop import run
@@ -202,9 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="parse photos with a shipped model or a run folder")
     predict.add_argument("images", nargs="+", help="image files or folders of images")
-    predict.add_argument("--model", required=True, help="a shipped model name (selab.workbench.pretrained.available()) "
-                         "or a run folder / checkpoint file")
+    predict.add_argument("--model", required=True, help="a model name (selab.workbench.pretrained.available()), or "
+                         "the path of a run folder or a .pt file (written as a path: runs/x, ./x, x.pt)")
     predict.add_argument("--out", required=True, help="folder for <stem>_labels.png and <stem>_overlay.png")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace earlier outputs in --out (an input photo is never replaced)")
     predict.add_argument("--hierarchy", action="store_true",
                          help="also each level's partition (<stem>_level<k>.png) and <stem>_hierarchy.json")
     predict.add_argument("--batch-size", type=int, default=4)
@@ -213,9 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export-model", help="write a run's weights (without the backbone) as a shipped model")
     export.add_argument("run", help="run folder (its last.pt, the final model)")
-    export.add_argument("name", help="model name (file selab/weights/NAME.pt)")
+    export.add_argument("name", help="model name (file NAME.pt in the user's model folder; not a shipped model's name)")
     export.add_argument("--reproduce", default="", metavar="COMMAND", help="the command that reproduces the run (recorded)")
-    export.add_argument("--folder", default=None, help="write here instead of selab/weights/")
+    export.add_argument("--folder", default=None,
+                        help="write here instead of the user's model folder ($SELAB_HOME/models, else "
+                             "$XDG_DATA_HOME/selab/models, else ~/.local/share/selab/models)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing NAME.pt in the folder")
 
     table = commands.add_parser("compare", help="the ladder (mean ± sd), hierarchy and paired intervals of finished runs",
                                 description="Markdown tables of finished runs (run folders or sweep folders): one row "
@@ -252,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-data", help="check a dataset folder and print its class histogram",
                                 description="Read every listed image and mask once and report missing files, "
                                             "images that do not decode, masks of the wrong size and labels "
-                                            "out of range; exit status 1 when anything is wrong.")
+                                            "out of range; exit status 2 when anything is wrong (0 when "
+                                            "nothing is).")
     check.add_argument("root", help="dataset folder")
     check.add_argument("--dataset", choices=("pascal_person_part", "folder"), default="pascal_person_part")
     check.add_argument("--split", action="append", default=None, dest="splits",
@@ -292,30 +298,86 @@ def _hierarchy(args) -> str:
     return hierarchy.hierarchy_markdown(result)
 
 
+def predict_model(text: str, device="cpu"):
+    """``(model, image_size)`` of ``selab predict --model``: a name (:mod:`selab.workbench.pretrained`), or a
+    path written as one (a run folder, a checkpoint or an exported ``.pt`` file), checked as such."""
+    if not pretrained.looks_like_path(text):
+        if text not in pretrained.available() and Path(text).exists():
+            raise ValueError(f"--model: no model named {text!r} (available: {pretrained.available()}); "
+                             f"for the folder or file {text} write --model ./{text}")
+        model, record = pretrained.load(text, device)
+        return model, record["train_config"]["image_size"]
+    path = Path(text).expanduser()
+    if path.is_dir():
+        model, checkpoint = load_model(path, device)
+    elif path.is_file():
+        if path.suffix != ".pt":
+            raise ValueError(f"--model: {path} is neither a run folder nor a .pt file")
+        try:
+            model, checkpoint = load_model(path, device)
+        except CheckpointError as error:
+            if "is not a selab checkpoint" not in str(error):
+                raise
+            model, checkpoint = pretrained.load_file(path, device)  # an exported model file
+    else:
+        raise ValueError(f"--model: {path} does not exist (expected a run folder or a .pt file)")
+    return model, checkpoint["train_config"]["image_size"]
+
+
 def _predict(args) -> dict:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: expected a positive int, got {args.batch_size}")
-    if Path(args.model).exists():
-        model, checkpoint = load_model(args.model, args.device)
-        image_size = checkpoint["train_config"]["image_size"]
-    else:
-        model, record = pretrained.load(args.model, args.device)
-        image_size = record["train_config"]["image_size"]
+    check_device(args.device, "--device")
+    model, image_size = predict_model(args.model, args.device)
     written = predict_files(model, args.images, args.out, image_size, batch_size=args.batch_size,
-                            hierarchy=args.hierarchy, device=args.device, progress=not args.quiet)
+                            hierarchy=args.hierarchy, device=args.device, progress=not args.quiet,
+                            overwrite=args.overwrite)
     return {"images": len(written), "out": args.out, "files": written}
 
 
 def _export(args) -> dict:
     folder = Path(args.run)
-    metrics = json.loads((folder / "metrics.json").read_text()).get("final") if (folder / "metrics.json").is_file() else None
+    pretrained.check_name(args.name, "export-model")
+    if args.folder is not None and Path(args.folder).exists() and not Path(args.folder).is_dir():
+        raise ValueError(f"export-model: --folder {args.folder} is a file; expected a folder")
+    metrics = _read_json(folder / "metrics.json", "export-model").get("final") if (folder / "metrics.json").is_file() else None
     if not metrics:
         raise ValueError(f"export-model: {folder} has no final validation metrics (metrics.json); finish the run first")
     checkpoint = load_checkpoint(folder / "checkpoints" / "last.pt")
     cell = folder / "sweep_cell.json"
     commit = json.loads(cell.read_text()).get("commit") if cell.is_file() else None
-    path = pretrained.export(checkpoint, args.name, metrics, commit, args.reproduce, args.folder)
+    path = pretrained.export(checkpoint, args.name, metrics, commit, args.reproduce, args.folder,
+                             overwrite=args.overwrite)
     return {"written": str(path), "mean_iou": metrics["mean_iou"], "commit": commit}
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{what}: {path} is not valid JSON (truncated?): {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: {path} does not hold a JSON object")
+    return data
+
+
+def _compare(args) -> str:
+    if args.bootstrap < 1:
+        raise ValueError(f"--bootstrap: expected a positive number of resamples, got {args.bootstrap}")
+    if not 0 < args.level < 1:
+        raise ValueError(f"--level: expected a coverage between 0 and 1 (e.g. 0.95), got {args.level}")
+    return compare.report(args.paths, compare.parse_pairs(args.pairs), per_class=not args.no_per_class,
+                          num_samples=args.bootstrap, level=args.level)
+
+
+def _check_data(args) -> int:
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ValueError(f"--num-classes: expected a positive number of classes, got {args.num_classes}")
+    report = check_dataset(args.root, dataset=args.dataset, splits=args.splits,
+                           num_classes=NUM_CLASSES if args.num_classes is None else args.num_classes,
+                           progress=not args.quiet)
+    print(report.format())
+    return 0 if report.ok else 2
 
 
 def _key_json_options(items: list[str]) -> dict:
@@ -360,15 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export-model":
             print(json.dumps(_export(args), indent=2))
         elif args.command == "compare":
-            print(compare.report(args.paths, compare.parse_pairs(args.pairs), per_class=not args.no_per_class,
-                                 num_samples=args.bootstrap, level=args.level), end="")
+            print(_compare(args), end="")
         elif args.command == "hierarchy":
             print(_hierarchy(args), end="")
         elif args.command == "check-data":
-            report = check_dataset(args.root, dataset=args.dataset, splits=args.splits,
-                                   num_classes=args.num_classes or NUM_CLASSES, progress=not args.quiet)
-            print(report.format())
-            return 0 if report.ok else 1
+            return _check_data(args)
         else:
             result = evaluate(args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
                               image_size=args.image_size, limit=args.limit, out=args.out, device=args.device,
@@ -381,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3 if isinstance(error, TrainingDiverged) else 2 if isinstance(error, (ValueError, FileNotFoundError,
                                                                                        NotADirectoryError)) else 1
     except KeyboardInterrupt:
+        if args.command != "train":  # training says where it saved its checkpoint itself
+            print(f"selab {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -51,7 +51,7 @@ def test_check_data_prints_the_histogram_and_fails_on_problems(tmp_path, capsys)
     assert main(["check-data", str(root), "--split", "val", "--quiet"]) == 0
     assert "val 1 ids" in capsys.readouterr().out
     (root / "SegmentationPart" / f"{(root / 'val_id.txt').read_text().split()[0]}.png").unlink()
-    assert main(["check-data", str(root), "--quiet"]) == 1
+    assert main(["check-data", str(root), "--quiet"]) == 2  # bad data is bad input
     assert "mask file missing" in capsys.readouterr().out
     assert main(["check-data", str(tmp_path / "absent"), "--quiet"]) == 2
     assert "not a directory" in capsys.readouterr().err

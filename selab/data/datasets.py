@@ -47,11 +47,24 @@ Transform = Callable[[Sample], Sample]
 # ---------------------------------------------------------------------------------------------------
 # reading files
 # ---------------------------------------------------------------------------------------------------
+# 16-bit grey modes, scaled by their range (65535); Pillow reads 16-bit colour PNGs as 8-bit RGB itself.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+# Modes without a defined range of values: refused rather than clipped to garbage.
+_UNSCALED_MODES = {"I": "32-bit integer", "F": "32-bit float"}
+
+
 def decode_image(source, error: str) -> torch.Tensor:
     """An image file (a path or a file object) as float32 [3, H, W] in [0, 1]; grey, palette and RGBA
-    become RGB. A file that is not an image raises ``ValueError("<error>: <why>")``."""
+    become RGB, 16-bit grey is scaled by 65535. A file that is not an image, or a 32-bit integer or
+    float image (no defined range of values), raises ``ValueError("<error>: <why>")``."""
     try:
         with Image.open(source) as im:
+            if im.mode in _UNSCALED_MODES:
+                raise ValueError(f"{_UNSCALED_MODES[im.mode]} pixels (mode {im.mode}) have no defined range; "
+                                 "save the image with 8 or 16 bits per channel")
+            if im.mode in _SIXTEEN_BIT_MODES:
+                grey = np.asarray(im).astype(np.float32) / 65535.0
+                return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(grey, (3, *grey.shape))))
             rgb = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as cause:
         raise ValueError(f"{error}: {cause}") from cause

@@ -10,7 +10,9 @@ of the rows' seed-averaged scores.
 
 Run folders come from ``selab train`` or a sweep (:mod:`selab.experiments.sweep`); a sweep cell's row name is its
 label. Each run needs ``metrics.json``; the paired comparison also needs ``val_per_image.npz`` (written
-by training after its last epoch, or by ``selab evaluate --per-image``).
+by training after its last epoch, or by ``selab evaluate --per-image``), and every run of a pair must have
+been evaluated on the same images: runs on different validation sets are refused, naming both, rather
+than compared on part of their images. A file that cannot be read is named in the error.
 
 Examples
 --------
@@ -60,16 +62,40 @@ def load_run(folder, label: str | None = None) -> RunResult:
     metrics_path = folder / "metrics.json"
     if not metrics_path.is_file():
         raise ValueError(f"compare: {folder} is not a finished run (no metrics.json)")
-    metrics = json.loads(metrics_path.read_text())
+    metrics = _read_json(metrics_path)
     if not metrics.get("final"):
         raise ValueError(f"compare: {metrics_path} has no final validation metrics (unfinished or no validation)")
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
     if label is None:
         cell = folder / CELL_FILE
-        label = json.loads(cell.read_text())["row"] if cell.is_file() else folder.name
-    per_image = load_per_image(folder / PER_IMAGE_FILE) if (folder / PER_IMAGE_FILE).is_file() else None
+        label = str(_read_json(cell).get("row", folder.name)) if cell.is_file() else folder.name
+    per_image = _read_per_image(folder / PER_IMAGE_FILE) if (folder / PER_IMAGE_FILE).is_file() else None
     return RunResult(folder=str(folder), label=label, final=metrics["final"], epochs=metrics.get("epochs", []),
                      seed=config.get("train", {}).get("seed"), config=config, per_image=per_image)
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; a ValueError naming the file when it is truncated or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"compare: {path} is not valid JSON (truncated?): {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"compare: {path} does not hold a JSON object")
+    return data
+
+
+def _read_per_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~selab.training.metrics.load_per_image`, with a ValueError naming the file when it is unreadable."""
+    try:
+        ids, confusion = load_per_image(path)
+    except Exception as error:  # numpy raises many kinds for a damaged archive; none of them name the file
+        raise ValueError(f"compare: {path} is unreadable (truncated or not a per-image file): "
+                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    if confusion.ndim != 3 or confusion.shape[1] != confusion.shape[2] or len(ids) != len(confusion):
+        raise ValueError(f"compare: {path} holds {len(ids)} ids and confusions of shape {list(confusion.shape)}; "
+                         "expected N ids and [N, K, K]")
+    return ids, confusion
 
 
 def load_runs(paths) -> list[RunResult]:
@@ -83,9 +109,9 @@ def load_runs(paths) -> list[RunResult]:
     for path in map(Path, paths):
         index = path / "sweep.json"
         if index.is_file():
-            for name in json.loads(index.read_text())["cells"]:
+            for name in _read_json(index).get("cells", []):
                 cell = path / name
-                if (cell / "metrics.json").is_file() and json.loads((cell / "metrics.json").read_text()).get("final"):
+                if (cell / "metrics.json").is_file() and _read_json(cell / "metrics.json").get("final"):
                     runs.append(load_run(cell))
         else:
             runs.append(load_run(path))
@@ -141,17 +167,24 @@ def _miou_of_samples(confusion: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.nanmean(iou(summed), axis=1)
 
 
-def _aligned_confusions(runs: list[RunResult], ids: np.ndarray) -> np.ndarray:
+def _aligned_confusions(runs: list[RunResult], ids: np.ndarray, reference: str = "the other runs") -> np.ndarray:
     stacks = []
+    wanted = set(ids.tolist())
     for run in runs:
         if run.per_image is None:
             raise ValueError(f"compare: {run.folder} has no {PER_IMAGE_FILE} (rerun, or `selab evaluate --per-image`)")
         run_ids, confusion = run.per_image
         position = {i: p for p, i in enumerate(run_ids)}
         missing = [i for i in ids if i not in position]
+        extra = [i for i in run_ids if i not in wanted]
         if missing:
-            raise ValueError(f"compare: {run.folder} was not evaluated on {len(missing)} images of the other "
-                             f"runs (e.g. {missing[0]!r}); compare runs on the same validation split")
+            raise ValueError(f"compare: {run.folder} was not evaluated on {len(missing)} images of {reference} "
+                             f"(e.g. {str(missing[0])!r}; {len(position)} against {len(wanted)} images); compare "
+                             "runs on the same validation split")
+        if extra or len(position) != len(run_ids):
+            raise ValueError(f"compare: {run.folder} was evaluated on {len(extra) or len(run_ids) - len(position)} "
+                             f"images {reference} was not (e.g. {str((extra or list(run_ids))[0])!r}; "
+                             f"{len(run_ids)} against {len(wanted)} images); compare runs on the same validation split")
         stacks.append(confusion[[position[i] for i in ids]])
     return np.stack(stacks)
 
@@ -182,8 +215,13 @@ def paired_bootstrap(runs_a: list[RunResult], runs_b: list[RunResult], num_sampl
         raise ValueError("compare: paired_bootstrap needs at least one run on each side")
     if not 0 < level < 1:
         raise ValueError(f"compare: level must be in (0, 1), got {level}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"compare: num_samples (--bootstrap) must be a positive int, got {num_samples!r}")
     ids = np.asarray(runs_a[0].per_image[0] if runs_a[0].per_image is not None else [])
-    conf_a, conf_b = _aligned_confusions(runs_a, ids), _aligned_confusions(runs_b, ids)
+    reference = runs_a[0].folder
+    conf_a, conf_b = _aligned_confusions(runs_a, ids, reference), _aligned_confusions(runs_b, ids, reference)
+    if len(ids) == 0:
+        raise ValueError(f"compare: {reference} holds no per-image results to resample")
     n = len(ids)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n, size=(num_samples, n))

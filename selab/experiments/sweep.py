@@ -25,6 +25,19 @@ finished is skipped, an interrupted one is continued with ``resume=True`` (the t
 resume), a failed one is retried. ``SWEEP/sweep.json`` records the spec, the commit and every cell's
 status, time and log; :mod:`selab.experiments.compare` and ``notebooks/07_compare_runs.ipynb`` read the folder.
 
+Before the first cell starts, every cell is checked (:func:`check_cells`): each name it sets must be a
+parameter of the notebook's ``parameters`` cell, of its type (a float written ``1e-3``, which YAML reads as
+text, is taken as the number), and for the training notebook each cell must map to a valid
+:class:`~selab.training.config.TrainConfig` (:meth:`~selab.training.config.TrainConfig.from_notebook`); one
+error names the row, the cell, the key and the allowed names. A cell folder's name is built from safe
+characters only (others become ``_``), so no grid value reaches outside the sweep folder.
+
+One sweep at a time per folder: the sweep holds an exclusive lock on ``SWEEP/.sweep.lock``, and each running
+cell on ``CELL/.cell.lock`` (``fcntl.flock``, released by the system when the process ends, so a crashed
+sweep leaves no stale lock); a second sweep on the same folder stops with an error naming the lock.
+Ctrl-C stops the running cells, records them as ``interrupted`` (with the checkpoint their training run
+saved) and exits with status 130; the same command resumes them and skips the finished ones.
+
 selab decision: a thin runner over papermill rather than a workflow engine (Snakemake drives papermill
 grids in some projects): cells are independent, so a grid, a skip rule and a process pool are all it
 needs, and the cells stay ordinary run folders.
@@ -39,12 +52,19 @@ Examples
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import fcntl
+import inspect
 import itertools
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,12 +72,25 @@ from pathlib import Path
 
 import yaml
 
-from selab.files import atomic_write_text
+from selab.files import atomic_write_text, writable_folder
 
 # The training notebook of this checkout (a spec may name another, relative to the working directory).
 DEFAULT_NOTEBOOK = str(Path(__file__).resolve().parents[2] / "notebooks" / "05_train.ipynb")
 CELL_FILE = "sweep_cell.json"  # in each cell folder: its row, grid values, parameters and status
 SPEC_KEYS = {"notebook", "parameters", "rows", "grid"}
+SWEEP_LOCK = ".sweep.lock"  # in the sweep folder, held while a sweep runs there
+CELL_LOCK = ".cell.lock"  # in each cell folder, held while its notebook runs
+SET_BY_SWEEP = ("out_dir", "cache_dir", "resume")  # parameters the sweep gives every cell itself
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")  # characters left out of a cell folder's name
+INTERRUPT_GRACE = 60.0  # seconds a cell's notebook has to stop after Ctrl-C before it is terminated
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C during a sweep: ``cells`` were stopped and recorded as interrupted."""
+
+    def __init__(self, cells: list[str]):
+        super().__init__(f"{len(cells)} running cell(s) recorded as interrupted")
+        self.cells = cells
 
 
 @dataclass
@@ -100,6 +133,8 @@ def check_spec(spec, where: str = "spec") -> dict:
     for key, values in spec.get("grid", {}).items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"sweep: {where}: grid '{key}' must be a non-empty list of values")
+        if not re.fullmatch(r"[A-Za-z_]\w*", str(key)):
+            raise ValueError(f"sweep: {where}: grid key {key!r} must be a parameter name (letters, digits, _)")
     if "out_dir" in spec.get("parameters", {}) or any("out_dir" in r for r in spec.get("rows", {}).values()):
         raise ValueError(f"sweep: {where}: 'out_dir' is set by the sweep (one folder per cell)")
     return spec
@@ -131,23 +166,145 @@ def cells_of(spec: dict) -> list[Cell]:
     for values in itertools.product(*(grid[k] for k in keys)):
         for row, row_parameters in rows.items():
             combo = dict(zip(keys, values))
-            suffix = ",".join(f"{k}={v}" for k, v in combo.items())
+            suffix = ",".join(f"{k}={_UNSAFE.sub('_', str(v))}" for k, v in combo.items())
             name = f"{row}/{suffix}" if suffix else str(row)
             parameters = {key: _expand(value, f"parameter {key!r}")
                           for key, value in {**spec.get("parameters", {}), **row_parameters, **combo}.items()}
             cells.append(Cell(name=name, row=str(row), grid=combo, parameters=parameters))
+    seen: dict[str, Cell] = {}
+    for cell in cells:
+        if cell.name in seen:
+            raise ValueError(f"sweep: grid values {seen[cell.name].grid} and {cell.grid} give the same cell folder "
+                             f"{cell.name!r} (unsafe characters become '_'); use rows to tell them apart")
+        seen[cell.name] = cell
     return cells
 
 
+def notebook_parameters(notebook) -> dict[str, dict]:
+    """The notebook's ``parameters`` cell: ``{name: {"type": "int"|"float"|"str"|"bool"|..., "default": value}}``."""
+    import papermill
+
+    try:
+        found = papermill.inspect_notebook(str(notebook))
+    except Exception as error:  # nbformat and papermill raise their own kinds for a broken file
+        raise ValueError(f"sweep: cannot read the notebook {notebook}: {error}") from None
+    result = {}
+    for name, entry in found.items():
+        try:
+            default = ast.literal_eval(entry.get("default") or "None")
+        except (ValueError, SyntaxError):
+            default = None
+        result[name] = {"type": entry.get("inferred_type_name"), "default": default}
+    return result
+
+
+def _typed(value, kind: str | None, where: str):
+    """``value`` as the notebook's parameter type ``kind``, or a ValueError naming ``where``."""
+    if kind == "float":
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as text
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind == "bool":
+        if isinstance(value, bool):
+            return value
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"{where}: expected text (str), got a {type(value).__name__}; write it as JSON text, "
+                             f"e.g. '{json.dumps(value)}'")
+    else:  # a parameter without a simple type: as given
+        return value
+    raise ValueError(f"{where}: expected {kind}, got {value!r} ({type(value).__name__})")
+
+
+def check_cells(cells: list[Cell], notebook) -> list[Cell]:
+    """Check every cell against the notebook before any runs; returns the cells with typed parameters.
+
+    Each name a cell sets must be a parameter of the notebook (``out_dir``, ``cache_dir`` and ``resume``
+    are the sweep's), of the parameter's type; a notebook whose parameters are those of
+    :meth:`~selab.training.config.TrainConfig.from_notebook` (``notebooks/05_train.ipynb``) must also give
+    each cell a valid ``TrainConfig``. The first problem raises a ValueError naming the row, the cell,
+    the key and the allowed names.
+    """
+    declared = notebook_parameters(notebook)
+    allowed = sorted(name for name in declared if name not in SET_BY_SWEEP)
+    from selab.training.config import TrainConfig
+
+    signature = inspect.signature(TrainConfig.from_notebook).parameters
+    required = {name for name, p in signature.items() if p.default is inspect.Parameter.empty}
+    trains = required <= set(declared)
+    checked = []
+    for cell in cells:
+        where = f"sweep: row {cell.row!r} (cell {cell.name})"
+        for key in cell.parameters:
+            if key in SET_BY_SWEEP and key != "cache_dir":
+                raise ValueError(f"{where}: '{key}' is set by the sweep itself")
+            if key not in declared:
+                raise ValueError(f"{where}: unknown parameter {key!r}; the notebook {notebook} takes {allowed}")
+        parameters = {key: _typed(value, declared[key]["type"], f"{where}: parameter {key!r}")
+                      for key, value in cell.parameters.items()}
+        if trains:
+            values = {name: entry["default"] for name, entry in declared.items() if name in signature}
+            values.update({k: v for k, v in parameters.items() if k in signature})
+            values.update(out_dir=values.get("out_dir") or "sweep-cell", resume=False, overwrite=False)
+            try:
+                TrainConfig.from_notebook(**values)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: model_options / train_options is not valid JSON: {error}") from None
+            except TypeError as error:  # an unknown field inside train_options
+                raise ValueError(f"{where}: train_options: {error}") from None
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+        checked.append(Cell(name=cell.name, row=cell.row, grid=cell.grid, parameters=parameters))
+    return checked
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path, what: str):
+    """Hold an exclusive ``fcntl.flock`` on the file ``path`` (created) for the ``with`` block; if another
+    process holds it, a ValueError naming ``what``, the lock file and its holder. The system releases the
+    lock when the process ends, however it ends."""
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"sweep: {what} is in use by another selab sweep ({holder}; lock {path}); wait for it "
+                         "to finish or use another --out") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 def cell_status(folder: Path) -> str:
-    """``done``, ``failed``, ``partial`` (a checkpoint to resume from) or ``todo``."""
+    """``done``, ``failed``, ``partial`` (a checkpoint to resume from), ``interrupted`` (before its first
+    checkpoint) or ``todo``."""
     record = folder / CELL_FILE
-    status = json.loads(record.read_text()).get("status") if record.is_file() else None
+    try:
+        status = json.loads(record.read_text()).get("status") if record.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise ValueError(f"sweep: {record} is not valid JSON (truncated?); delete it to run the cell again") from None
     if status == "done":
         return "done"
     if (folder / "checkpoints" / "last.pt").is_file():
         return "partial"
-    return "failed" if status == "failed" else "todo"
+    return status if status in ("failed", "interrupted") else "todo"
 
 
 def _commit() -> str | None:
@@ -162,10 +319,61 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write_text(json.dumps(data, indent=2), path)
 
 
-def run_cell(cell: Cell, sweep_dir: Path, notebook: str, threads: int | None, timeout: int) -> dict:
-    """Execute one cell with papermill (in a subprocess); returns its record (also in ``CELL_FILE``)."""
+class _Running:
+    """The notebooks a sweep is running, so that Ctrl-C can stop them all (and say which)."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def interrupt(self) -> list[str]:
+        """Ask every running notebook to stop (SIGINT to its process group); returns their cells."""
+        self.stop.set()
+        with self.lock:
+            running = dict(self.processes)
+        for process in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+        return sorted(running)
+
+
+def _wait(process: subprocess.Popen, running: _Running) -> int:
+    """The notebook's exit status; after Ctrl-C it gets INTERRUPT_GRACE seconds, then is terminated."""
+    while True:
+        try:
+            return process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if running.stop.is_set():
+                break
+    try:
+        return process.wait(timeout=INTERRUPT_GRACE)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            return process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+
+def run_cell(cell: Cell, sweep_dir: Path, notebook: str, threads: int | None, timeout: int,
+             running: _Running | None = None) -> dict:
+    """Execute one cell with papermill (in a subprocess); returns its record (also in ``CELL_FILE``).
+
+    The cell folder is locked while the notebook runs (:func:`folder_lock`); with ``running``, Ctrl-C in the
+    sweep stops the notebook and the cell is recorded as ``interrupted``."""
+    running = running or _Running()
     folder = (sweep_dir / cell.name).resolve()
+    if not folder.is_relative_to(Path(sweep_dir).resolve()):  # cells_of builds names of safe characters only
+        raise ValueError(f"sweep: cell {cell.name!r} would run outside the sweep folder {sweep_dir}")
     folder.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder / CELL_LOCK, f"cell {folder}"):
+        return _run_locked_cell(cell, folder, sweep_dir, notebook, threads, timeout, running)
+
+
+def _run_locked_cell(cell, folder, sweep_dir, notebook, threads, timeout, running: _Running) -> dict:
     status = cell_status(folder)
     parameters = dict(cell.parameters, out_dir=str(folder))
     if not parameters.get("cache_dir"):  # one feature and superpixel cache for the whole sweep
@@ -173,7 +381,7 @@ def run_cell(cell: Cell, sweep_dir: Path, notebook: str, threads: int | None, ti
     if status == "partial":
         parameters["resume"] = True
     params_file = folder / "parameters.yaml"
-    params_file.write_text(yaml.safe_dump(parameters, sort_keys=False))
+    atomic_write_text(yaml.safe_dump(parameters, sort_keys=False), params_file)
     record = {"row": cell.row, "grid": cell.grid, "parameters": parameters, "status": "running",
               "commit": _commit(), "resumed": status == "partial"}
     _write_json(folder / CELL_FILE, record)
@@ -183,14 +391,42 @@ def run_cell(cell: Cell, sweep_dir: Path, notebook: str, threads: int | None, ti
     command = [sys.executable, "-m", "papermill", "-k", "python3", "--log-output", "--execution-timeout",
                str(timeout), "-f", str(params_file), notebook, str(folder / "train.ipynb")]
     started = time.time()
-    with open(folder / "papermill.log", "a") as log:
+    log_path = folder / "papermill.log"
+    with open(log_path, "a") as log:
+        offset = log.tell()
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    record.update(status="done" if rc == 0 else "failed", returncode=rc, seconds=time.time() - started,
-                  log=str(folder / "papermill.log"))
+        # Its own session: a terminal's Ctrl-C reaches the sweep only, which stops each notebook once.
+        with running.lock:
+            process = None if running.stop.is_set() else subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            if process is not None:
+                running.processes[cell.name] = process
+        rc = None
+        if process is not None:
+            rc = _wait(process, running)
+            with running.lock:
+                running.processes.pop(cell.name, None)
+    interrupted = running.stop.is_set() and rc != 0
+    with open(log_path, errors="replace") as log:
+        log.seek(offset)
+        diverged = "TrainingDiverged" in log.read()
+    status = "interrupted" if interrupted else "done" if rc == 0 else "diverged" if diverged else "failed"
+    record.update(status=status, returncode=rc, seconds=time.time() - started, log=str(log_path))
     _write_json(folder / CELL_FILE, record)
     return record
+
+
+def select_cells(cells: list[Cell], only: list[str] | None) -> list[Cell]:
+    """The cells whose name starts with one of ``only`` (all without it); a prefix matching none is an error."""
+    if not only:
+        return cells
+    unmatched = [prefix for prefix in only if not any(c.name.startswith(prefix) for c in cells)]
+    if unmatched:
+        rows = sorted({c.row for c in cells})
+        raise ValueError(f"sweep: --only {unmatched[0]!r} matches no cell (rows: {rows}; cells are named like "
+                         f"{cells[0].name!r})")
+    return [c for c in cells if any(c.name.startswith(p) for p in only)]
 
 
 def run_sweep(spec: dict, sweep_dir, jobs: int = 1, threads: int | None = None, timeout: int = 86400,
@@ -200,8 +436,9 @@ def run_sweep(spec: dict, sweep_dir, jobs: int = 1, threads: int | None = None, 
     Parameters
     ----------
     spec : dict
-        See the module docstring; checked by :func:`check_spec`.
+        See the module docstring; checked by :func:`check_spec`, its cells by :func:`check_cells`.
     sweep_dir : str or Path
+        Locked for the duration of the sweep (:func:`folder_lock`).
     jobs : int
         Cells run at the same time (separate processes).
     threads : int, optional
@@ -209,32 +446,55 @@ def run_sweep(spec: dict, sweep_dir, jobs: int = 1, threads: int | None = None, 
     timeout : int
         papermill's per-cell execution timeout, in seconds.
     only : list of str, optional
-        Run only the cells whose name starts with one of these prefixes (e.g. a row).
+        Run only the cells whose name starts with one of these prefixes (e.g. a row); each must match.
+
+    Raises
+    ------
+    SweepInterrupted
+        On Ctrl-C, once the running cells are stopped and recorded as ``interrupted``.
     """
     check_spec(spec)
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"sweep: jobs must be a positive int, got {jobs!r}")
-    sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    for name, value, low in (("jobs", jobs, 1), ("timeout", timeout, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"sweep: {name} must be a positive int, got {value!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"sweep: threads must be a positive int (or None: inherited), got {threads!r}")
     notebook = spec.get("notebook", DEFAULT_NOTEBOOK)
     if not Path(notebook).is_file():
         raise ValueError(f"sweep: notebook {notebook} does not exist (run from the repository root or give a path)")
-    cells = [c for c in cells_of(spec) if not only or any(c.name.startswith(p) for p in only)]
-    _write_json(sweep_dir / "sweep.json", {"spec": spec, "commit": _commit(), "cells": [c.name for c in cells_of(spec)]})
-    todo = [c for c in cells if cell_status(sweep_dir / c.name) != "done"]
-    if progress:
-        print(f"sweep {sweep_dir}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run "
-              f"({jobs} at a time)", flush=True)
-
-    def one(cell: Cell) -> dict:
-        record = run_cell(cell, sweep_dir, notebook, threads, timeout)
+    all_cells = check_cells(cells_of(spec), notebook)
+    cells = select_cells(all_cells, only)
+    sweep_dir = writable_folder(sweep_dir, "sweep: --out")
+    with folder_lock(sweep_dir / SWEEP_LOCK, f"sweep folder {sweep_dir}"):
+        _write_json(sweep_dir / "sweep.json", {"spec": spec, "commit": _commit(), "cells": [c.name for c in all_cells]})
+        todo = [c for c in cells if cell_status(sweep_dir / c.name) != "done"]
         if progress:
-            print(f"  {cell.name}: {record['status']} in {record['seconds'] / 60:.1f} min"
-                  + ("" if record["status"] == "done" else f" (log: {record['log']})"), flush=True)
-        return record
+            print(f"sweep {sweep_dir}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run "
+                  f"({jobs} at a time)", flush=True)
+        running = _Running()
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, todo))
+        def one(cell: Cell) -> dict | None:
+            if running.stop.is_set():
+                return None
+            record = run_cell(cell, sweep_dir, notebook, threads, timeout, running)
+            if progress:
+                print(f"  {cell.name}: {record['status']} in {record['seconds'] / 60:.1f} min"
+                      + ("" if record["status"] == "done" else f" (log: {record['log']})"), flush=True)
+            return record
+
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        try:
+            for future in [pool.submit(one, cell) for cell in todo]:
+                future.result()
+        except KeyboardInterrupt:
+            stopped = running.interrupt()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise SweepInterrupted(stopped) from None
+        except BaseException:
+            running.interrupt()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     return [json.loads((sweep_dir / c.name / CELL_FILE).read_text()) for c in cells
             if (sweep_dir / c.name / CELL_FILE).is_file()]
 
@@ -244,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("spec", help="sweep spec (YAML or JSON): notebook, parameters, rows, grid")
     parser.add_argument("--out", required=True, help="sweep folder (one run folder per cell inside)")
     parser.add_argument("--jobs", type=int, default=1, help="cells at the same time")
-    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per cell")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per cell (a positive int)")
     parser.add_argument("--timeout", type=int, default=86400, help="papermill execution timeout per cell (s)")
     parser.add_argument("--only", action="append", default=None, metavar="PREFIX", help="only cells named PREFIX...")
     parser.add_argument("--list", action="store_true", help="list the cells and their status, run nothing")
@@ -252,17 +512,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``selab sweep``: exit status 0 every cell done, 2 bad input (the spec, a parameter, a folder in use),
+    3 a cell's training diverged, 1 a cell failed otherwise (its log is named), 130 interrupted."""
     args = build_parser().parse_args(argv)
     try:
         spec = load_spec(args.spec)
         if args.list:
-            for cell in cells_of(spec):
-                print(f"{cell_status(Path(args.out) / cell.name):8s} {cell.name}")
+            for cell in select_cells(cells_of(spec), args.only):
+                print(f"{cell_status(Path(args.out) / cell.name):11s} {cell.name}")
             return 0
         records = run_sweep(spec, args.out, jobs=args.jobs, threads=args.threads, timeout=args.timeout,
                             only=args.only)
-    except ValueError as error:
+    except SweepInterrupted as stop:
+        print(f"selab sweep: interrupted; {', '.join(stop.cells) or 'no cell was running'}"
+              f"{' recorded as interrupted' if stop.cells else ''}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("selab sweep: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         print(f"selab sweep: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"selab sweep: error: {error}", file=sys.stderr)
+        return 1
     failed = [r for r in records if r["status"] != "done"]
+    if failed and all(r["status"] == "diverged" for r in failed):
+        return 3
     return 1 if failed else 0

@@ -9,6 +9,12 @@ palette PNG, colours of :data:`selab.classes.CLASS_COLORS`) and ``<stem>_overlay
 their majority class) and ``<stem>_hierarchy.json`` (:func:`hierarchy_record`), which
 :func:`hierarchy_to_networkx` turns into a graph per level.
 
+Nothing is lost to a prediction: an input photo is never overwritten, earlier outputs are replaced only
+with ``overwrite=True`` (``--overwrite``), the pictures selab writes carry a PNG text chunk
+(:data:`OUTPUT_MARK`) by which a later run, given the same folder, leaves them out of its inputs, and a
+prediction that fails removes what it wrote (and the ``--out`` folder, if it created it).
+:func:`check_images` says what is wrong with tensors given to :func:`predict_images`.
+
 Examples
 --------
 >>> from skimage import data
@@ -23,6 +29,7 @@ Examples
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +37,7 @@ import networkx as nx
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
@@ -38,6 +45,11 @@ from selab.classes import CLASS_COLORS, CLASS_NAMES
 from selab.data.datasets import IMAGE_SUFFIXES, read_image, resize_image
 from selab.method.superpixels import node_label_histogram
 from selab.workbench.inference import as_batch
+from selab.files import writable_folder
+
+# The PNG text chunk (key) of every picture predict writes: how a later run tells its outputs from photos.
+OUTPUT_MARK = "selab-output"
+_OUTPUT_NAME = re.compile(r"_(labels|overlay|level\d+)\.png$", re.IGNORECASE)
 
 
 @dataclass
@@ -102,7 +114,10 @@ def hierarchy_to_networkx(record: dict, level: int = 0) -> nx.Graph:
 @torch.no_grad()
 def predict_images(model, images: list[torch.Tensor], image_size: int, n_segments: int | None = None,
                    compactness: float | None = None, device="cpu") -> list[Prediction]:
-    """Parse a batch of photos ([3,H,W] float in [0,1], any sizes) with ``model`` (put in eval mode)."""
+    """Parse a batch of photos ([3,H,W] float in [0,1], any sizes) with ``model`` (put in eval mode).
+
+    The photos and ``image_size`` are checked first (:func:`check_images`)."""
+    check_images(images, image_size)
     model.eval()
     n_segments = n_segments or model.config.n_segments
     compactness = model.config.compactness if compactness is None else compactness
@@ -125,12 +140,114 @@ def predict_images(model, images: list[torch.Tensor], image_size: int, n_segment
     return results
 
 
+# ---------------------------------------------------------------------------------------------------
+# checks: the tensors given to predict_images, the inputs and outputs of predict_files
+# ---------------------------------------------------------------------------------------------------
+def check_images(images, image_size) -> None:
+    """Raise ``ValueError`` naming the photo unless ``images`` is a non-empty list of float [3,H,W]
+    tensors with values in [0, 1] and ``image_size`` a positive int.
+
+    Examples
+    --------
+    >>> check_images([torch.rand(3, 8, 8)], 16)
+    >>> check_images([torch.full((3, 8, 8), 200.0)], 16)
+    Traceback (most recent call last):
+    ...
+    ValueError: predict_images: image 0 has values up to 200 (expected [0, 1]; divide 0-255 pixels by 255)
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"predict_images: image_size must be a positive int, got {image_size!r}")
+    if isinstance(images, torch.Tensor) or not isinstance(images, (list, tuple)):
+        raise ValueError(f"predict_images: expected a list of [3,H,W] tensors, got {type(images).__name__}")
+    if not images:
+        raise ValueError("predict_images: no images given (an empty list)")
+    for i, image in enumerate(images):
+        if not isinstance(image, torch.Tensor):
+            raise ValueError(f"predict_images: image {i} is a {type(image).__name__}, expected a torch.Tensor [3,H,W]")
+        if image.ndim != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
+            raise ValueError(f"predict_images: image {i} has shape {list(image.shape)}, expected [3, H, W] "
+                             "(a grey [H, W] image: image.expand(3, -1, -1))")
+        if not image.is_floating_point():
+            raise ValueError(f"predict_images: image {i} is {image.dtype}, expected float values in [0, 1] "
+                             "(e.g. image.float() / 255 for 8-bit pixels)")
+        low, high = float(image.min()), float(image.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError(f"predict_images: image {i} holds NaN or infinite values")
+        if low < 0 or high > 1:
+            hint = "; divide 0-255 pixels by 255" if high > 1 else ""
+            raise ValueError(f"predict_images: image {i} has values {'up to' if high > 1 else 'down to'} "
+                             f"{high if high > 1 else low:g} (expected [0, 1]{hint})")
+
+
+def is_own_output(path) -> bool:
+    """Whether ``path`` is a picture that :func:`predict_files` wrote (its name and its PNG text chunk)."""
+    path = Path(path)
+    if not _OUTPUT_NAME.search(path.name):
+        return False
+    try:
+        with Image.open(path) as im:
+            return OUTPUT_MARK in im.info
+    except (OSError, ValueError):
+        return False
+
+
+def planned_outputs(paths: list[Path], out: Path, hierarchy: bool) -> list[dict]:
+    """The files :func:`predict_files` will write for ``paths`` into ``out`` (``levels``: a pattern)."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):  # two photos would write the same files
+        stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]
+    plans = []
+    for path, stem in zip(paths, stems):
+        plan = {"image": str(path), "stem": stem, "labels": out / f"{stem}_labels.png",
+                "overlay": out / f"{stem}_overlay.png"}
+        if hierarchy:
+            plan["hierarchy"] = out / f"{stem}_hierarchy.json"
+        plans.append(plan)
+    return plans
+
+
+def check_outputs(plans: list[dict], inputs: list[Path], out: Path, overwrite: bool) -> None:
+    """Raise ``ValueError`` if an output would replace an input photo (never allowed) or, without
+    ``overwrite``, an existing file; the message names the file and ``--out`` / ``--overwrite``."""
+    taken = {p.resolve() for p in inputs}
+    existing = []
+    for plan in plans:
+        targets = [plan[k] for k in ("labels", "overlay", "hierarchy") if k in plan]
+        if "hierarchy" in plan and out.is_dir():
+            targets += sorted(out.glob(f"{glob_escape(plan['stem'])}_level*.png"))
+        for target in targets:
+            if target.resolve() in taken:
+                raise ValueError(f"predict: the output {target} of {plan['image']} would replace an input photo; "
+                                 "choose another --out (an input is never overwritten)")
+            if target.exists():
+                existing.append(target)
+    if existing and not overwrite:
+        raise ValueError(f"predict: --out {out} already holds {len(existing)} output file(s) of these photos "
+                         f"(e.g. {existing[0]}); pass --overwrite to replace them, or choose another --out")
+    level = re.compile(r"_level\d+\.png$", re.IGNORECASE)
+    for path in inputs:  # a photo named like a level picture of another photo, in --out
+        if path.parent.resolve() == out.resolve() and level.search(path.name) and any(
+                path.name.lower().startswith(f"{plan['stem'].lower()}_level") for plan in plans if "hierarchy" in plan):
+            raise ValueError(f"predict: the level pictures would replace the input photo {path}; choose another --out")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob wildcards escaped (a photo may be named ``a[1].jpg``)."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _mark() -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text(OUTPUT_MARK, "predict")
+    return info
+
+
 def _palette_png(labels: np.ndarray, path: Path) -> None:
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     palette = np.zeros((256, 3), np.uint8)
     palette[: len(CLASS_COLORS)] = CLASS_COLORS
     image.putpalette(palette.reshape(-1).tolist())
-    image.save(path)
+    image.save(path, pnginfo=_mark())
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
@@ -151,51 +268,74 @@ def level_picture(resized: np.ndarray, assignment: np.ndarray, hierarchy_level: 
 
 def image_paths(inputs: list[str]) -> list[Path]:
     """The photos named by ``inputs`` (files, or folders: their image files, sorted); errors name the path."""
-    paths = []
+    paths, own = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise ValueError(f"predict: folder {item} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-            paths += found
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            photos = [p for p in found if not is_own_output(p)]
+            own += [p for p in found if p not in photos]
+            if not photos:
+                what = "only selab's own outputs" if found else "no image files"
+                raise ValueError(f"predict: folder {item} holds {what} ({', '.join(IMAGE_SUFFIXES)})")
+            paths += photos
         elif item.is_file():
-            paths.append(item)
+            if is_own_output(item):  # e.g. a shell glob over an earlier --out
+                own.append(item)
+            else:
+                paths.append(item)
         else:
             raise ValueError(f"predict: {item} is neither an image file nor a folder")
+    if not paths:
+        raise ValueError(f"predict: every file given is one of selab's own outputs (e.g. {own[0]}), not a photo")
     return paths
 
 
 def predict_files(model, inputs: list[str], out_dir, image_size: int, batch_size: int = 4, hierarchy: bool = False,
-                  device="cpu", progress: bool = True) -> list[dict]:
-    """Parse every photo of ``inputs`` into ``out_dir``; returns one record of written files per photo."""
+                  device="cpu", progress: bool = True, overwrite: bool = False) -> list[dict]:
+    """Parse every photo of ``inputs`` into ``out_dir``; returns one record of written files per photo.
+
+    Before anything is written, the outputs are checked (:func:`check_outputs`): none may replace an
+    input, and existing ones only with ``overwrite``. If parsing fails part-way, the files written so
+    far are removed, and ``out_dir`` too if this call created it.
+    """
     paths = image_paths(inputs)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stems = [p.stem for p in paths]
-    if len(set(stems)) != len(stems):  # two photos would write the same files
-        stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]
-    written = []
+    plans = planned_outputs(paths, out, hierarchy)
+    check_outputs(plans, paths, out, overwrite)
+    created = not out.exists()
+    writable_folder(out, "predict: --out")
+    written, new_files = [], []
     bar = tqdm(total=len(paths), desc="predict", disable=not progress)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        images = [read_image(p) for p in chunk]
-        for path, stem, image, result in zip(chunk, stems[start:start + batch_size], images,
-                                             predict_images(model, images, image_size, device=device)):
-            files = {"image": str(path), "labels": str(out / f"{stem}_labels.png"),
-                     "overlay": str(out / f"{stem}_overlay.png")}
-            photo = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            _palette_png(result.labels, Path(files["labels"]))
-            Image.fromarray(overlay(photo, result.labels)).save(files["overlay"])
-            if hierarchy and result.hierarchy["levels"]:
-                resized = (resize_image(image, image_size).permute(1, 2, 0).numpy() * 255).round()
-                files["levels"] = []
-                for k, assignment in enumerate(result.level_assignments):
-                    level_path = out / f"{stem}_level{k}.png"
-                    Image.fromarray(level_picture(resized, assignment, result.hierarchy["levels"][k])).save(level_path)
-                    files["levels"].append(str(level_path))
-                files["hierarchy"] = str(out / f"{stem}_hierarchy.json")
-                Path(files["hierarchy"]).write_text(json.dumps(result.hierarchy))
-            written.append(files)
-            bar.update(1)
-    bar.close()
+    try:
+        for start in range(0, len(paths), batch_size):
+            chunk = plans[start:start + batch_size]
+            images = [read_image(plan["image"]) for plan in chunk]
+            for plan, image, result in zip(chunk, images, predict_images(model, images, image_size, device=device)):
+                files = {"image": plan["image"], "labels": str(plan["labels"]), "overlay": str(plan["overlay"])}
+                photo = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                new_files += [plan["labels"], plan["overlay"]]
+                _palette_png(result.labels, plan["labels"])
+                Image.fromarray(overlay(photo, result.labels)).save(plan["overlay"], pnginfo=_mark())
+                if hierarchy and result.hierarchy["levels"]:
+                    resized = (resize_image(image, image_size).permute(1, 2, 0).numpy() * 255).round()
+                    files["levels"] = []
+                    for k, assignment in enumerate(result.level_assignments):
+                        level_path = out / f"{plan['stem']}_level{k}.png"
+                        new_files.append(level_path)
+                        Image.fromarray(level_picture(resized, assignment, result.hierarchy["levels"][k])).save(
+                            level_path, pnginfo=_mark())
+                        files["levels"].append(str(level_path))
+                    files["hierarchy"] = str(plan["hierarchy"])
+                    new_files.append(plan["hierarchy"])
+                    plan["hierarchy"].write_text(json.dumps(result.hierarchy))
+                written.append(files)
+                bar.update(1)
+    except BaseException:  # also Ctrl-C: a half-done prediction leaves nothing of itself
+        for path in new_files:
+            path.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    finally:
+        bar.close()
     return written

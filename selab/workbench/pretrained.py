@@ -1,4 +1,4 @@
-"""Trained parsers shipped inside the package, loaded offline: ``available()``, ``info(name)``, ``load(name)``.
+"""Trained parsers by name, loaded offline: ``available()``, ``info(name)``, ``load(name)``.
 
 Each shipped model is one file ``selab/weights/<name>.pt`` holding everything of a trained run but its
 backbone: the neck, classifiers, Graph LSTM and evolution weights, the model and training configs, the
@@ -8,7 +8,13 @@ command that reproduces it. The frozen backbone's ImageNet weights come from the
 fine-tuned model (``finetune_after_stride``) ships the backbone blocks it trained as well. Files
 are read with ``torch.load(weights_only=True)``: no code runs from them.
 
-:func:`export` writes such a file from a run folder (``selab export-model RUN_DIR NAME``).
+:func:`export` writes such a file from a run folder (``selab export-model RUN_DIR NAME``), by default into
+the user's model folder (:func:`user_folder`): ``$SELAB_HOME/models`` when ``SELAB_HOME`` is set, else
+``$XDG_DATA_HOME/selab/models``, else ``~/.local/share/selab/models``. Names are looked up among the shipped
+models first, then in that folder; an export never takes a shipped model's name, never replaces an
+existing file without ``overwrite=True``, and writes into the package only when ``folder`` names it.
+:func:`load` takes names only: a run folder or a ``.pt`` file is loaded by path with
+:func:`load_file` (or :func:`selab.training.checkpoints.load_model`; ``selab predict --model PATH``).
 
 Examples
 --------
@@ -20,28 +26,75 @@ True
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
 
 from selab.model.backbones import build_backbone
-from selab.files import atomic_save
+from selab.files import atomic_save, writable_folder
 from selab.model.parser import SELabModel, build_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 _BACKBONE_PREFIX = "backbone."
+# A model name: a plain file stem (no folder, no suffix), so that a name can never reach another file.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*(\.[A-Za-z0-9_+-]+)*$")
 
 
-def available() -> list[str]:
-    """Names of the shipped models, sorted."""
+def user_folder() -> Path:
+    """The folder of the user's own exported models (created by :func:`export`, searched by :func:`load`).
+
+    ``$SELAB_HOME/models`` when ``SELAB_HOME`` is set, else ``$XDG_DATA_HOME/selab/models``, else
+    ``~/.local/share/selab/models``.
+
+    Examples
+    --------
+    >>> user_folder().name
+    'models'
+    """
+    if os.environ.get("SELAB_HOME"):
+        return Path(os.environ["SELAB_HOME"]).expanduser() / "models"
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home).expanduser() / "selab" / "models"
+
+
+def shipped() -> list[str]:
+    """Names of the models shipped inside the package, sorted."""
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
 
 
+def available() -> list[str]:
+    """Names of the shipped models and of the user's exported ones (:func:`user_folder`), sorted."""
+    folder = user_folder()
+    return sorted(set(shipped()) | ({p.stem for p in folder.glob("*.pt")} if folder.is_dir() else set()))
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether ``text`` is written as a path (a folder separator, a ``.pt`` suffix, a leading ``.`` or ``~``)
+    rather than as a model name."""
+    text = str(text)
+    return (os.sep in text or (os.altsep or os.sep) in text or text.endswith(".pt") or text.startswith((".", "~")))
+
+
+def check_name(name: str, what: str = "pretrained") -> str:
+    """``name`` if it is a plain model name, else a ValueError saying what a name is (and how to load a path)."""
+    if not isinstance(name, str) or looks_like_path(name) or not _NAME.match(name):
+        if isinstance(name, (str, os.PathLike)) and looks_like_path(str(name)):
+            raise ValueError(f"{what}: {str(name)!r} is a path, not a model name; load a run folder or a .pt file "
+                             "by path (selab predict --model PATH, selab.workbench.pretrained.load_file or "
+                             "selab.training.checkpoints.load_model)")
+        raise ValueError(f"{what}: a model name is a plain file stem (letters, digits, _ - + .), got {name!r}")
+    return name
+
+
 def _path(name: str) -> Path:
-    path = WEIGHTS_DIR / f"{name}.pt"
-    if not path.is_file():
-        raise ValueError(f"pretrained: no shipped model named {name!r} (available: {available()})")
-    return path
+    check_name(name)
+    for folder in (WEIGHTS_DIR, user_folder()):
+        if (folder / f"{name}.pt").is_file():
+            return folder / f"{name}.pt"
+    raise ValueError(f"pretrained: no shipped model named {name!r} (available: {available()}; "
+                     f"exported models are looked up in {user_folder()})")
 
 
 def _read(path: Path) -> dict:
@@ -72,8 +125,18 @@ def model_from_record(record: dict, device="cpu") -> SELabModel:
 
 
 def load(name: str, device="cpu") -> tuple[SELabModel, dict]:
-    """``(model, info)``: a shipped model in eval mode and its record (see :func:`info`)."""
-    record = _read(_path(name))
+    """``(model, info)``: a model by name (shipped, else exported) in eval mode and its record (see :func:`info`).
+
+    A path is refused (:func:`load_file` loads a model file by path)."""
+    return load_file(_path(name), device)
+
+
+def load_file(path, device="cpu") -> tuple[SELabModel, dict]:
+    """``(model, info)`` of a model file written by :func:`export`, given by path."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"pretrained: model file {path} does not exist")
+    record = _read(path)
     return model_from_record(record, device), {k: v for k, v in record.items() if k != "model"}
 
 
@@ -88,7 +151,7 @@ def _trained_backbone_keys(model_config: dict) -> set:
 
 
 def export(checkpoint: dict, name: str, metrics: dict, commit: str | None, command: str,
-           folder: Path | None = None) -> Path:
+           folder: Path | None = None, overwrite: bool = False) -> Path:
     """Write a shipped model file from a training checkpoint dict (its backbone entries left out).
 
     Parameters
@@ -102,10 +165,21 @@ def export(checkpoint: dict, name: str, metrics: dict, commit: str | None, comma
     commit, command : str
         What trained it and the command that reproduces it.
     folder : Path, optional
-        Default: the package's ``selab/weights/``.
+        Default: the user's model folder (:func:`user_folder`), where a shipped model's name is refused.
+        The package's own ``selab/weights/`` is written only when named here.
+    overwrite : bool
+        Replace an existing file of that name in ``folder``.
     """
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"pretrained: name must be a plain file stem, got {name!r}")
+    check_name(name, "pretrained: export")
+    target = user_folder() if folder is None else Path(folder)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"pretrained: export folder {target} is a file; expected a folder")
+    if name in shipped() and target.resolve() != WEIGHTS_DIR.resolve():
+        raise ValueError(f"pretrained: {name!r} is the name of a shipped model; choose another name "
+                         f"(a shipped model is replaced only with folder={WEIGHTS_DIR} and overwrite)")
+    if (target / f"{name}.pt").exists() and not overwrite:
+        raise ValueError(f"pretrained: {target / f'{name}.pt'} already exists; choose another name or "
+                         "pass overwrite=True (--overwrite) to replace it")
     config = checkpoint["model_config"]
     if not (config.get("freeze_backbone") and config.get("pretrained") and config.get("backbone") != "small"):
         raise ValueError("pretrained: only models trained on a frozen ImageNet backbone can ship without it "
@@ -119,6 +193,6 @@ def export(checkpoint: dict, name: str, metrics: dict, commit: str | None, comma
             train_config[key] = Path(train_config[key]).name
     record = {"model": weights, "model_config": dict(checkpoint["model_config"]), "train_config": train_config,
               "metrics": metrics, "commit": commit, "command": command}
-    path = (WEIGHTS_DIR if folder is None else Path(folder)) / f"{name}.pt"
+    path = writable_folder(target, "pretrained: export folder") / f"{name}.pt"
     atomic_save(record, path)
     return path
