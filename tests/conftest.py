@@ -46,3 +46,12 @@ def _synthetic_batch(size: int, seed: int, n_segments: int) -> dict:
 def synthetic_batch():
     """The factory ``synthetic_batch(size, seed, n_segments)`` of small model batches (:func:`_synthetic_batch`)."""
     return _synthetic_batch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _user_model_folder(tmp_path_factory):
+    """Exported models go to the user's model folder ($SELAB_HOME/models): the tests use a temporary one,
+    so that they neither see nor write a real one."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SELAB_HOME", str(tmp_path_factory.mktemp("selab_home")))
+        yield

@@ -410,7 +410,8 @@ def _run_locked_cell(cell, folder, sweep_dir, notebook, threads, timeout, runnin
     interrupted = running.stop.is_set() and rc != 0
     with open(log_path, errors="replace") as log:
         log.seek(offset)
-        diverged = "TrainingDiverged" in log.read()
+        # The error line of the notebook's traceback (not the source lines it quotes).
+        diverged = re.search(r"^(?:[\w.]+\.)?TrainingDiverged: ", log.read(), flags=re.M) is not None
     status = "interrupted" if interrupted else "done" if rc == 0 else "diverged" if diverged else "failed"
     record.update(status=status, returncode=rc, seconds=time.time() - started, log=str(log_path))
     _write_json(folder / CELL_FILE, record)
@@ -458,7 +459,7 @@ def run_sweep(spec: dict, sweep_dir, jobs: int = 1, threads: int | None = None, 
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"sweep: {name} must be a positive int, got {value!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"sweep: threads must be a positive int (or None: inherited), got {threads!r}")
+        raise ValueError(f"sweep: threads must be a positive int, got {threads!r} (None: inherited)")
     notebook = spec.get("notebook", DEFAULT_NOTEBOOK)
     if not Path(notebook).is_file():
         raise ValueError(f"sweep: notebook {notebook} does not exist (run from the repository root or give a path)")
