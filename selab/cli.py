@@ -6,10 +6,11 @@
 ``selab train`` has one flag per :class:`~selab.training.config.TrainConfig` field, derived from the dataclass
 (type, default) and its docstring (help), so the command line cannot drift from the config.
 
-Exit status: 0 done; 2 bad input (a parameter, a data file, a run folder or a checkpoint; one line on
-stderr naming it, no traceback); 3 training diverged (non-finite loss, gradient or weights; the last
-good checkpoint is kept); 1 an operating-system error (e.g. a failing write); 130 interrupted (Ctrl-C,
-after saving a checkpoint).
+Exit status, of every command: 0 done; 2 bad input (a parameter, a data file, also ``check-data``
+finding a problem, a run folder or a checkpoint; one line on stderr naming it, no traceback); 3 training
+diverged (non-finite loss, gradient or weights; the last good checkpoint is kept); 1 an operating-system
+error (e.g. a failing write); 130 interrupted (Ctrl-C, after saving a checkpoint). docs/reliability.md
+lists what each command guarantees.
 
 Examples
 --------

@@ -269,9 +269,10 @@ def check_cells(cells: list[Cell], notebook) -> list[Cell]:
 
 @contextlib.contextmanager
 def folder_lock(path: Path, what: str):
-    """Hold an exclusive ``fcntl.flock`` on the file ``path`` (created) for the ``with`` block; if another
-    process holds it, a ValueError naming ``what``, the lock file and its holder. The system releases the
-    lock when the process ends, however it ends."""
+    """Hold an exclusive ``fcntl.flock`` on the file ``path`` (created) for the ``with`` block, which gets the
+    open lock file; if another process holds it, a ValueError naming ``what``, the lock file and its holder.
+    The system releases the lock when the process ends, however it ends (and only once every process that
+    inherited the open file has ended too)."""
     handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -286,7 +287,7 @@ def folder_lock(path: Path, what: str):
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
-        yield
+        yield handle
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
@@ -369,11 +370,11 @@ def run_cell(cell: Cell, sweep_dir: Path, notebook: str, threads: int | None, ti
     if not folder.is_relative_to(Path(sweep_dir).resolve()):  # cells_of builds names of safe characters only
         raise ValueError(f"sweep: cell {cell.name!r} would run outside the sweep folder {sweep_dir}")
     folder.mkdir(parents=True, exist_ok=True)
-    with folder_lock(folder / CELL_LOCK, f"cell {folder}"):
-        return _run_locked_cell(cell, folder, sweep_dir, notebook, threads, timeout, running)
+    with folder_lock(folder / CELL_LOCK, f"cell {folder}") as lock:
+        return _run_locked_cell(cell, folder, sweep_dir, notebook, threads, timeout, running, lock.fileno())
 
 
-def _run_locked_cell(cell, folder, sweep_dir, notebook, threads, timeout, running: _Running) -> dict:
+def _run_locked_cell(cell, folder, sweep_dir, notebook, threads, timeout, running: _Running, lock_fd: int) -> dict:
     status = cell_status(folder)
     parameters = dict(cell.parameters, out_dir=str(folder))
     if not parameters.get("cache_dir"):  # one feature and superpixel cache for the whole sweep
@@ -396,10 +397,11 @@ def _run_locked_cell(cell, folder, sweep_dir, notebook, threads, timeout, runnin
         offset = log.tell()
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        # Its own session: a terminal's Ctrl-C reaches the sweep only, which stops each notebook once.
+        # Its own session: a terminal's Ctrl-C reaches the sweep only, which stops each notebook once. The
+        # notebook inherits the cell's lock, so that a cell left running by a killed sweep stays locked.
         with running.lock:
             process = None if running.stop.is_set() else subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, pass_fds=(lock_fd,))
             if process is not None:
                 running.processes[cell.name] = process
         rc = None
