@@ -48,10 +48,8 @@ def synthetic_batch():
     return _synthetic_batch
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _user_model_folder(tmp_path_factory):
-    """Exported models go to the user's model folder ($SELAB_HOME/models): the tests use a temporary one,
-    so that they neither see nor write a real one."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SELAB_HOME", str(tmp_path_factory.mktemp("selab_home")))
-        yield
+@pytest.fixture(autouse=True)
+def _user_model_folder(tmp_path_factory, monkeypatch):
+    """Exported models go to the user's model folder ($SELAB_HOME/models): each test has an empty temporary
+    one, so that tests neither see nor write a real one, nor each other's."""
+    monkeypatch.setenv("SELAB_HOME", str(tmp_path_factory.mktemp("selab_home")))
