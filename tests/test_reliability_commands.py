@@ -100,6 +100,18 @@ def test_predict_refuses_earlier_outputs_unless_overwrite(model_run, tmp_path, c
     assert code == 0 and sorted(digest(out)) == sorted(before)
 
 
+def test_predict_overwrite_never_replaces_a_file_it_did_not_write(model_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    photo(tmp_path / "a.png")
+    theirs = photo(out / "a_overlay.png", seed=3)  # another program's picture, by chance of that name
+    before = digest(out)
+    code, err = predict(capsys, model_run, tmp_path / "a.png", "--out", out, "--overwrite")
+    line = one_error_line(err)
+    assert code == 2 and str(theirs) in line and "did not write" in line and "another --out" in line
+    assert digest(out) == before
+
+
 def test_predict_does_not_read_its_own_outputs(model_run, tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -598,7 +610,7 @@ def test_sweep_exit_status_follows_its_cells(notebook, tmp_path, capsys):
 
 
 # The fault cases above (each parametrized case counts once); docs/reliability.md quotes this number.
-FAULT_CASES = 57
+FAULT_CASES = 58
 
 
 def test_fault_case_count_matches_the_docs(request):

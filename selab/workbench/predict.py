@@ -9,10 +9,10 @@ palette PNG, colours of :data:`selab.classes.CLASS_COLORS`) and ``<stem>_overlay
 their majority class) and ``<stem>_hierarchy.json`` (:func:`hierarchy_record`), which
 :func:`hierarchy_to_networkx` turns into a graph per level.
 
-Nothing is lost to a prediction: an input photo is never overwritten, earlier outputs are replaced only
-with ``overwrite=True`` (``--overwrite``), the pictures selab writes carry a PNG text chunk
-(:data:`OUTPUT_MARK`) by which a later run, given the same folder, leaves them out of its inputs, and a
-prediction that fails removes what it wrote (and the ``--out`` folder, if it created it).
+Nothing is lost to a prediction: an input photo, or any file predict did not write, is never overwritten;
+earlier outputs are replaced only with ``overwrite=True`` (``--overwrite``); the pictures selab writes carry
+a PNG text chunk (:data:`OUTPUT_MARK`) by which a later run, given the same folder, leaves them out of its
+inputs; and a prediction that fails removes what it wrote (and the ``--out`` folder, if it created it).
 :func:`check_images` says what is wrong with tensors given to :func:`predict_images`.
 
 Examples
@@ -180,8 +180,15 @@ def check_images(images, image_size) -> None:
 
 
 def is_own_output(path) -> bool:
-    """Whether ``path`` is a picture that :func:`predict_files` wrote (its name and its PNG text chunk)."""
+    """Whether ``path`` is a file that :func:`predict_files` wrote: a picture by its name and its PNG text
+    chunk (:data:`OUTPUT_MARK`), a ``<stem>_hierarchy.json`` by its content."""
     path = Path(path)
+    if path.name.endswith("_hierarchy.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and isinstance(record.get("levels"), list)
     if not _OUTPUT_NAME.search(path.name):
         return False
     try:
@@ -207,31 +214,32 @@ def planned_outputs(paths: list[Path], out: Path, hierarchy: bool) -> list[dict]
 
 
 def check_outputs(plans: list[dict], inputs: list[Path], out: Path, overwrite: bool) -> None:
-    """Raise ``ValueError`` if an output would replace an input photo (never allowed) or, without
-    ``overwrite``, an existing file; the message names the file and ``--out`` / ``--overwrite``."""
+    """Raise ``ValueError`` if an output would replace an input photo or a file that is not an earlier output
+    (never allowed), or, without ``overwrite``, an earlier output; the message names the file and ``--out`` /
+    ``--overwrite``."""
     taken = {p.resolve() for p in inputs}
     existing = []
     for plan in plans:
         targets = [plan[k] for k in ("labels", "overlay", "hierarchy") if k in plan]
         if "hierarchy" in plan and out.is_dir():
-            targets += sorted(out.glob(f"{glob_escape(plan['stem'])}_level*.png"))
+            # level pictures: their number is known only after parsing, so every existing one counts
+            level = re.compile(re.escape(plan["stem"]) + r"_level\d+\.png")
+            targets += sorted(p for p in out.glob(f"{_glob_escape(plan['stem'])}_level*.png") if level.fullmatch(p.name))
         for target in targets:
             if target.resolve() in taken:
                 raise ValueError(f"predict: the output {target} of {plan['image']} would replace an input photo; "
                                  "choose another --out (an input is never overwritten)")
+            if target.exists() and not is_own_output(target):
+                raise ValueError(f"predict: the output {target} of {plan['image']} would replace a file that "
+                                 "selab predict did not write; choose another --out (such a file is never overwritten)")
             if target.exists():
                 existing.append(target)
     if existing and not overwrite:
         raise ValueError(f"predict: --out {out} already holds {len(existing)} output file(s) of these photos "
                          f"(e.g. {existing[0]}); pass --overwrite to replace them, or choose another --out")
-    level = re.compile(r"_level\d+\.png$", re.IGNORECASE)
-    for path in inputs:  # a photo named like a level picture of another photo, in --out
-        if path.parent.resolve() == out.resolve() and level.search(path.name) and any(
-                path.name.lower().startswith(f"{plan['stem'].lower()}_level") for plan in plans if "hierarchy" in plan):
-            raise ValueError(f"predict: the level pictures would replace the input photo {path}; choose another --out")
 
 
-def glob_escape(text: str) -> str:
+def _glob_escape(text: str) -> str:
     """``text`` with glob wildcards escaped (a photo may be named ``a[1].jpg``)."""
     return re.sub(r"([*?\[])", r"[\1]", text)
 

@@ -67,7 +67,8 @@ def shipped() -> list[str]:
 def available() -> list[str]:
     """Names of the shipped models and of the user's exported ones (:func:`user_folder`), sorted."""
     folder = user_folder()
-    return sorted(set(shipped()) | ({p.stem for p in folder.glob("*.pt")} if folder.is_dir() else set()))
+    exported = {p.stem for p in folder.glob("*.pt") if _NAME.match(p.stem)} if folder.is_dir() else set()
+    return sorted(set(shipped()) | exported)
 
 
 def looks_like_path(text: str) -> bool:
