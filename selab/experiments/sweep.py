@@ -329,34 +329,48 @@ class _Running:
         self.processes: dict[str, subprocess.Popen] = {}
 
     def interrupt(self) -> list[str]:
-        """Ask every running notebook to stop (SIGINT to its process group); returns their cells."""
+        """Ask every running notebook to stop; returns their cells.
+
+        The notebook's kernel gets SIGINT, Jupyter's own kernel interrupt: the training run in it stops as on
+        Ctrl-C (saving its checkpoint) and papermill ends with the cell's error. A notebook whose kernel has
+        not started yet gets SIGINT itself."""
         self.stop.set()
         with self.lock:
             running = dict(self.processes)
         for process in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGINT)
+            kernels = []
+            with contextlib.suppress(Exception):  # psutil comes with ipykernel; without it, papermill is told
+                import psutil
+
+                kernels = psutil.Process(process.pid).children()
+            for kernel in kernels:
+                with contextlib.suppress(Exception):
+                    kernel.send_signal(signal.SIGINT)
+            if not kernels:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGINT)
         return sorted(running)
 
 
 def _wait(process: subprocess.Popen, running: _Running) -> int:
-    """The notebook's exit status; after Ctrl-C it gets INTERRUPT_GRACE seconds, then is terminated."""
+    """The notebook's exit status. After Ctrl-C it has INTERRUPT_GRACE seconds to stop, then papermill gets
+    SIGINT and 10 more seconds, then SIGTERM, then is killed."""
     while True:
         try:
             return process.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
             if running.stop.is_set():
                 break
-    try:
-        return process.wait(timeout=INTERRUPT_GRACE)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+    for stop, seconds in ((None, INTERRUPT_GRACE), (signal.SIGINT, 10), (signal.SIGTERM, 10)):
+        if stop is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, stop)
         try:
-            return process.wait(timeout=10)
+            return process.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
+            pass
+    process.kill()
+    return process.wait()
 
 
 def run_cell(cell: Cell, sweep_dir: Path, notebook: str, threads: int | None, timeout: int,
