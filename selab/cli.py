@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu")
     predict.add_argument("--quiet", action="store_true")
 
-    export = commands.add_parser("export-model", help="write a run's weights (without the backbone) as a shipped model")
+    export = commands.add_parser("export-model", help="write a run's weights (without the backbone) as a named model")
     export.add_argument("run", help="run folder (its last.pt, the final model)")
     export.add_argument("name", help="model name (file NAME.pt in the user's model folder; not a shipped model's name)")
     export.add_argument("--reproduce", default="", metavar="COMMAND", help="the command that reproduces the run (recorded)")
@@ -346,7 +346,7 @@ def _export(args) -> dict:
         raise ValueError(f"export-model: {folder} has no final validation metrics (metrics.json); finish the run first")
     checkpoint = load_checkpoint(folder / "checkpoints" / "last.pt")
     cell = folder / "sweep_cell.json"
-    commit = json.loads(cell.read_text()).get("commit") if cell.is_file() else None
+    commit = _read_json(cell, "export-model").get("commit") if cell.is_file() else None
     path = pretrained.export(checkpoint, args.name, metrics, commit, args.reproduce, args.folder,
                              overwrite=args.overwrite)
     return {"written": str(path), "mean_iou": metrics["mean_iou"], "commit": commit}
