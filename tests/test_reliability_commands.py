@@ -535,14 +535,15 @@ def test_a_cell_left_running_by_a_killed_sweep_stays_locked(notebook, tmp_path, 
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_sweep_records_interrupted_and_the_rerun_resumes(notebook, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])  # Ctrl-C, and a kill or a job scheduler
+def test_ctrl_c_during_a_sweep_records_interrupted_and_the_rerun_resumes(notebook, tmp_path, stop):
     release, out = tmp_path / "release", tmp_path / "sweep"
     spec = _spec(tmp_path, "spec", {"notebook": str(notebook), "rows": {"first": {}, "second": {"wait": str(release)}},
                                     "grid": {"value": [1]}})
     process = _sweep_process(spec, out)
     try:
         _wait_for(out / "second/value=1/started", process)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(getattr(signal, stop))
         _, err = process.communicate(timeout=120)
     finally:
         process.kill()
@@ -610,7 +611,7 @@ def test_sweep_exit_status_follows_its_cells(notebook, tmp_path, capsys):
 
 
 # The fault cases above (each parametrized case counts once); docs/reliability.md quotes this number.
-FAULT_CASES = 58
+FAULT_CASES = 59
 
 
 def test_fault_case_count_matches_the_docs(request):

@@ -35,8 +35,9 @@ characters only (others become ``_``), so no grid value reaches outside the swee
 One sweep at a time per folder: the sweep holds an exclusive lock on ``SWEEP/.sweep.lock``, and each running
 cell on ``CELL/.cell.lock`` (``fcntl.flock``, released by the system when the process ends, so a crashed
 sweep leaves no stale lock); a second sweep on the same folder stops with an error naming the lock.
-Ctrl-C stops the running cells, records them as ``interrupted`` (with the checkpoint their training run
-saved) and exits with status 130; the same command resumes them and skips the finished ones.
+Ctrl-C (also SIGTERM and SIGHUP) interrupts the running notebooks' kernels, so that their training runs
+stop as on Ctrl-C and save a checkpoint, records the cells as ``interrupted`` and exits with status 130;
+the same command resumes them exactly and skips the finished ones.
 
 selab decision: a thin runner over papermill rather than a workflow engine (Snakemake drives papermill
 grids in some projects): cells are independent, so a grid, a skip rule and a process pool are all it
@@ -528,10 +529,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_as_on_ctrl_c(number, frame):
+    raise KeyboardInterrupt(signal.Signals(number).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``selab sweep``: exit status 0 every cell done, 2 bad input (the spec, a parameter, a folder in use),
-    3 a cell's training diverged, 1 a cell failed otherwise (its log is named), 130 interrupted."""
+    3 a cell's training diverged, 1 a cell failed otherwise (its log is named), 130 interrupted (Ctrl-C, or
+    SIGTERM / SIGHUP, which stop the running cells the same way)."""
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGTERM, signal.SIGHUP):  # the notebooks run in sessions of their own
+            signal.signal(number, _stop_as_on_ctrl_c)
     try:
         spec = load_spec(args.spec)
         if args.list:
