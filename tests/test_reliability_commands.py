@@ -28,7 +28,7 @@ from selab.data.datasets import read_image
 from selab.experiments import sweep
 from selab.model.parser import ModelConfig, SELabModel
 from selab.training.metrics import PER_IMAGE_FILE, save_per_image, scores_from_confusion
-from selab.training.train import run
+from selab.training.loop import run
 from selab.workbench import pretrained
 from selab.workbench.predict import OUTPUT_MARK, predict_images
 from test_reliability import cli, digest, one_error_line, tiny
@@ -163,7 +163,7 @@ def test_predict_refuses_a_float_image_without_a_range(model_run, tmp_path, caps
     ([torch.rand(3, 8, 8)], 0, "image_size must be a positive int, got 0"),
 ], ids=["uint8", "0-255 float", "empty list", "2-D", "image_size 0"])
 def test_predict_images_checks_dtype_range_shape_and_size(model_run, images, image_size, message):
-    from selab.training.train import load_model
+    from selab.training.checkpoints import load_model
 
     model, _ = load_model(model_run)
     with pytest.raises(ValueError, match=message):
@@ -439,10 +439,10 @@ def test_sweep_refuses_a_misspelt_parameter_before_any_cell_runs(tmp_path, capsy
 
 @pytest.mark.parametrize("key, value, message", [
     ("epochs", "three", r"parameter 'epochs': expected int, got 'three'"),
-    ("model_options", {"evolution": {"mode": "none"}}, r"parameter 'model_options': expected text .*JSON text"),
-    ("train_options", '{"optimiser": "sgd"}', r"train_options: .*optimiser"),
-    ("variant", "unet", r"TrainConfig.variant|variant"),
-], ids=["int as text", "mapping for JSON text", "unknown train option", "unknown variant"])
+    ("feature_strides", 8, r"parameter 'feature_strides': expected list, got 8"),
+    ("optimizer", "adamw2", r"TrainConfig.optimizer: expected one of"),
+    ("variant", "unet", r"variant"),
+], ids=["int as text", "number for a list", "unknown optimizer", "unknown variant"])
 def test_sweep_cells_map_to_train_configs_before_the_first_runs(tmp_path, key, value, message):
     spec = {"parameters": {"epochs": 1}, "rows": {"cnn": {"variant": "cnn"}, "odd": {key: value}}}
     with pytest.raises(ValueError, match=message) as caught:

@@ -218,9 +218,9 @@ def _typed(value, kind: str | None, where: str):
     elif kind == "str":
         if isinstance(value, str):
             return value
-        if isinstance(value, (dict, list)):
-            raise ValueError(f"{where}: expected text (str), got a {type(value).__name__}; write it as JSON text, "
-                             f"e.g. '{json.dumps(value)}'")
+    elif kind == "list":
+        if isinstance(value, list):
+            return value
     else:  # a parameter without a simple type: as given
         return value
     raise ValueError(f"{where}: expected {kind}, got {value!r} ({type(value).__name__})")
@@ -258,11 +258,7 @@ def check_cells(cells: list[Cell], notebook) -> list[Cell]:
             values.update(out_dir=values.get("out_dir") or "sweep-cell", resume=False, overwrite=False)
             try:
                 TrainConfig.from_notebook(**values)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: model_options / train_options is not valid JSON: {error}") from None
-            except TypeError as error:  # an unknown field inside train_options
-                raise ValueError(f"{where}: train_options: {error}") from None
-            except ValueError as error:
+            except (TypeError, ValueError) as error:
                 raise ValueError(f"{where}: {error}") from None
         checked.append(Cell(name=cell.name, row=cell.row, grid=cell.grid, parameters=parameters))
     return checked
