@@ -34,8 +34,9 @@ from selab.method.energy import ENERGIES, PartitionEnergy
 from selab.method.graph import coarse_confidence, coarsen, scatter_mean
 from selab.model.loss import merge_loss, merge_target
 from selab.method.merge import __all__ as merge_all
-from selab.method.merge import (Budget, MergeProbability, Proposal, _check_budget, candidate_edges, connected_components,
-                         greedy_merge, proposal_log_prob, propose, smallest_members)
+from selab.method.merge import (Budget, MergeProbability, Proposal, Target, _check_budget, _check_target, candidate_edges,
+                         connected_components, greedy_merge, proposal_log_prob, propose, smallest_members,
+                         target_edges)
 from selab.method.mh import __all__ as mh_all
 from selab.method.mh import Chains, MHStep, MHTrace, _run_chains, metropolis_hastings
 from selab.method.superpixels import node_label_histogram, node_majority_labels
@@ -154,6 +155,13 @@ class StructureEvolution(nn.Module):
     prediction_weight : float, default 0.5
         ``w`` in [0, 1] of ``energy="mixed"``; a trainer may change the attribute between epochs for a
         schedule from the ground truth (0) to the prediction (1).
+    target_nodes : int or float, optional
+        selab option: how many nodes the next level keeps per image, a count (int) or a fraction of this
+        level's nodes (float), instead of the merge budget and threshold (:func:`~selab.method.merge.target_edges`:
+        the most probable edges, just enough of them). Greedy mode switches exactly those edges on, so a
+        level has that many nodes; in MH mode they are the candidates the proposals switch on with their
+        probabilities (a level then keeps at least that many). ``None`` (default): ``merge_budget`` and
+        ``threshold`` as above.
 
     Examples
     --------
@@ -179,6 +187,7 @@ class StructureEvolution(nn.Module):
         source: str = "forget_gates",
         energy: str = "ground_truth",
         prediction_weight: float = 0.5,
+        target_nodes: Target = None,
     ):
         super().__init__()
         if mode not in MODES:
@@ -195,6 +204,8 @@ class StructureEvolution(nn.Module):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         _check_budget(merge_budget)
+        _check_target(target_nodes)
+        self.target_nodes = target_nodes
         self.mode, self.eval_mode, self.energy = mode, eval_mode, energy
         self.prediction_weight = float(prediction_weight)
         self.num_proposals, self.temperature = num_proposals, float(temperature)
@@ -226,11 +237,16 @@ class StructureEvolution(nn.Module):
         if mode == "none":
             edges_on = torch.zeros(edge_index.shape[1], dtype=torch.bool, device=edge_index.device)
             return torch.arange(n, device=batch.device), edges_on, []
+        targeted = None if self.target_nodes is None else target_edges(edge_index, merge_prob, n, self.target_nodes, batch)
         if mode == "greedy":
+            if targeted is not None:
+                return connected_components(edge_index, targeted, n), targeted, []
             edge_graph = batch[edge_index[0]] if edge_index.numel() else batch.new_zeros(0)
             cluster, edges_on = greedy_merge(edge_index, merge_prob, n, self.threshold, self.merge_budget, edge_graph)
             return cluster, edges_on, []
         chains = Chains.of(edge_index, merge_prob, n, batch, self.merge_budget)
+        if targeted is not None:
+            chains = chains._replace(candidates=targeted.cpu().numpy())
         edges_on, cluster, traces = _run_chains(chains, energy, self.num_proposals, self.temperature, generator,
                                                 merge_prob.device)
         return cluster.to(batch.device), edges_on, traces

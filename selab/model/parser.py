@@ -138,6 +138,13 @@ class ModelConfig:
         Seed of the generator used in ``eval()`` when ``forward`` gets none and the test-time graph
         part is stochastic (``eval_samples > 1`` or an evolution in MH mode), so that evaluation is
         reproducible (selab decision).
+    top_down : bool
+        ``se_lstm``: a top-down pass after the top level (selab option, not in the paper). The top level's
+        states are copied down to the level-0 nodes they cover, concatenated with the level-0 node
+        features and read by one more Graph LSTM layer on the level-0 graph, whose states get a
+        classifier of their own. The other levels still reach the pixels as before; the top-down layer
+        lets each superpixel weigh the coarse context by its own features, so that a coarse node that
+        spans two parts need not blur the pixels under it. Default ``False``.
     merge_loss_weight : float
         Weight of the merge-probability L2 loss (``se_lstm``).
     merge_loss_balanced : bool
@@ -184,6 +191,7 @@ class ModelConfig:
     next_state: str = "output"
     eval_samples: int = 1
     eval_seed: int = 0
+    top_down: bool = False
     merge_loss_weight: float = 1.0
     merge_loss_balanced: bool = False
     confidence_loss_weight: float = 0.4
@@ -248,6 +256,8 @@ class ModelConfig:
             bad("eval_seed", "an int")
         if not isinstance(self.merge_loss_balanced, bool):
             bad("merge_loss_balanced", "True or False")
+        if not isinstance(self.top_down, bool) or (self.top_down and self.variant != "se_lstm"):
+            bad("top_down", "True or False, and True only for variant 'se_lstm'")
 
     @property
     def uses_graph(self) -> bool:
@@ -302,6 +312,8 @@ class ModelOutput:
         energy read), counted on ``labels_mask``; :func:`selab.model.loss.compute_loss` takes its merge
         targets from them when its mask is that one, instead of counting again (issue 18).
     labels_mask : Tensor [B,S,S], optional
+    top_down : Tensor [N_0,H], optional
+        ``se_lstm`` with ``ModelConfig.top_down``: the states of the top-down layer on the level-0 graph.
     """
 
     logits: torch.Tensor
@@ -314,6 +326,7 @@ class ModelOutput:
     samples: list = field(default_factory=list)
     level_labels: list = field(default_factory=list)
     labels_mask: torch.Tensor | None = None
+    top_down: torch.Tensor | None = None
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
@@ -402,6 +415,11 @@ class SELabModel(nn.Module):
                 self.evolutions = nn.ModuleList(
                     StructureEvolution(H, **config.evolution_kwargs(index)) for index in range(config.num_layers - 1)
                 )
+            if config.top_down:
+                self.top_down_input = nn.Sequential(nn.Linear(2 * H, H), nn.ReLU(inplace=True))
+                self.top_down_layer = GraphLSTM(H, H, residual=config.residual,
+                                                identical_forget_gates=config.identical_forget_gates)
+                self.top_down_classifier = nn.Linear(H, K, bias=False)
 
     # -- what differs between the graph variants, as data ------------------------------------------------
     @property
@@ -583,6 +601,7 @@ class SELabModel(nn.Module):
         graph = out.levels[0]
         h = m = None
         last = len(self.layers) - 1
+        confidence0 = node_confidence
         x0, to_level = x, None  # level-0 node features; level-0 node -> node of the current level
         next_input, next_state = self.carry
         classifiers = dict(zip(self.classified_layers, self.node_classifiers))
@@ -612,14 +631,25 @@ class SELabModel(nn.Module):
                 out.traces.append(evolved.trace)
                 graph, x, h, m = evolved.graph, evolved.graph.x, evolved.h, evolved.m
                 node_confidence = evolved.confidence
+                to_level = evolved.cluster if to_level is None else evolved.cluster[to_level]
                 if next_input == "level0":
                     # the mean over the level-0 nodes the node covers, not a mean of the previous level's means
-                    to_level = evolved.cluster if to_level is None else evolved.cluster[to_level]
                     x = scatter_mean(x0, to_level, graph.num_nodes)
                     graph = dataclasses.replace(graph, x=x)
                 out.levels.append(graph)
             if next_state == "zero":
                 h = m = None
+        if self.config.top_down:
+            self._top_down(out, x0, confidence0, to_level, order_name, generator, pixels)
+
+    def _top_down(self, out, x0, confidence0, to_level, order_name, generator, pixels) -> None:
+        """The top-down layer (``ModelConfig.top_down``): the top level's states read on the level-0 graph."""
+        level0, top = out.levels[0], out.states[-1]
+        context = top if to_level is None else top.index_select(0, to_level)
+        z = self.top_down_input(torch.cat([x0, context], 1))
+        rank = self.update_rank(order_name, confidence0, level0, generator)
+        out.top_down = self.top_down_layer(z, level0.edge_index, rank, schedule=self.config.schedule).h
+        pixels.add(self.top_down_classifier(out.top_down), level0)
 
     def level_logits(self, output: ModelOutput) -> list[tuple[torch.Tensor, Graph]]:
         """The node logits that reach the pixels, with the level they are on: one pair per classified layer.
@@ -627,8 +657,11 @@ class SELabModel(nn.Module):
         The model's logits are the CNN's logits plus these copied to the pixels of their level (for the
         first structure of ``output``).
         """
-        return [(classifier(output.states[index]), output.levels[self.layer_level(index)])
-                for index, classifier in zip(self.classified_layers, self.node_classifiers)]
+        shares = [(classifier(output.states[index]), output.levels[self.layer_level(index)])
+                  for index, classifier in zip(self.classified_layers, self.node_classifiers)]
+        if output.top_down is not None:
+            shares.append((self.top_down_classifier(output.top_down), output.levels[0]))
+        return shares
 
 
 def _on_superpixels(level0: Graph) -> bool:
