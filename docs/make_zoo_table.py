@@ -18,10 +18,15 @@ END = "<!-- end zoo -->"
 
 
 def zoo_table() -> str:
-    """One Markdown row per shipped model: what it is, how it was trained, what it reaches on val."""
-    rows = ["| model | variant | backbone | input | epochs | val mIoU (%) | pixel acc. (%) | file |",
-            "|---|---|---|---|---|---|---|---|"]
-    for name in pretrained.available():
+    """One Markdown row per shipped model: what it is, how it was trained, what it reaches on val.
+
+    Columns a model's record lacks (the flip score, the training minutes of models exported before
+    they were recorded) read "-".
+    """
+    rows = ["| model | variant | backbone | input | epochs | val mIoU (%) | with flip (%) | pixel acc. (%) "
+            "| nodes per image, level 0 → top | train min | file |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in pretrained.shipped():
         record = pretrained.info(name)
         model, train, metrics = record["model_config"], record["train_config"], record["metrics"]
         backbone = model["backbone"]
@@ -30,9 +35,13 @@ def zoo_table() -> str:
         else:
             backbone += ", frozen"
         size_mb = (pretrained.WEIGHTS_DIR / f"{name}.pt").stat().st_size / 2**20
+        flip = metrics.get("flip_mean_iou")
+        minutes = metrics.get("training_minutes")
+        nodes = (metrics.get("hierarchy") or {}).get("mean_nodes_per_image")
         rows.append(f"| `{name}` | {model['variant']} | {backbone} | {train['image_size']} px "
-                    f"| {train['epochs']} | {metrics['mean_iou']:.2f} | {metrics['pixel_accuracy']:.1f} "
-                    f"| {size_mb:.1f} MB |")
+                    f"| {train['epochs']} | {metrics['mean_iou']:.2f} | {'-' if flip is None else f'{flip:.2f}'} "
+                    f"| {metrics['pixel_accuracy']:.1f} | {' → '.join(f'{n:.0f}' for n in nodes) if nodes else '-'} "
+                    f"| {'-' if minutes is None else f'{minutes:.0f}'} | {size_mb:.1f} MB |")
     return "\n".join(rows)
 
 

@@ -59,7 +59,7 @@ from selab.workbench.predict import predict_files
 from selab.training.checkpoints import CheckpointError, load_checkpoint, load_model
 from selab.training.config import CHOICES, TrainConfig, check_device
 from selab.training.divergence import TrainingDiverged
-from selab.training.evaluation import evaluate
+from selab.training.evaluation import evaluate, evaluate_trained
 from selab.training.loop import run
 from selab.training.evaluation import TTA_MODES, TTA_SCALES
 
@@ -179,8 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model-option", action="append", default=[], metavar="KEY=JSON",
                        help="any other ModelConfig field, e.g. --model-option 'evolution={\"mode\": \"greedy\"}'")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a run folder or checkpoint on a split")
-    evaluate.add_argument("checkpoint", help="run folder (uses best.pt, else last.pt) or a .pt file")
+    evaluate = commands.add_parser("evaluate", help="evaluate a run folder, checkpoint or named model on a split")
+    evaluate.add_argument("checkpoint", nargs="?", default=None,
+                          help="run folder (uses best.pt, else last.pt) or a .pt file")
+    evaluate.add_argument("--model", default=None, metavar="NAME",
+                          help="a named model instead (selab.workbench.pretrained.available(), e.g. se_lstm); "
+                               "needs --data-root for real data")
     evaluate.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's own dataset")
     evaluate.add_argument("--data-root", default=None)
     evaluate.add_argument("--split", default="val")
@@ -221,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--folder", default=None,
                         help="write here instead of the user's model folder ($SELAB_HOME/models, else "
                              "$XDG_DATA_HOME/selab/models, else ~/.local/share/selab/models)")
+    export.add_argument("--flip-metrics", default=None, metavar="JSON",
+                        help="also record the scores with flip test-time augmentation: the --out file of "
+                             "`selab evaluate RUN --tta flip` on the same run")
     export.add_argument("--overwrite", action="store_true", help="replace an existing NAME.pt in the folder")
 
     table = commands.add_parser("compare", help="the ladder (mean ± sd), hierarchy and paired intervals of finished runs",
@@ -299,30 +306,55 @@ def _hierarchy(args) -> str:
     return hierarchy.hierarchy_markdown(result)
 
 
+def _evaluate(args) -> dict:
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("evaluate: give a run folder or checkpoint, or --model NAME (one of them)")
+    options = dict(dataset=args.dataset, data_root=args.data_root, split=args.split, image_size=args.image_size,
+                   limit=args.limit, out=args.out, device=args.device, batch_size=args.batch_size,
+                   progress=not args.quiet, cache_dir=args.cache_dir, per_image_out=args.per_image, tta=args.tta,
+                   tta_scales=args.tta_scales)
+    model_options = _key_json_options(args.model_option)
+    if args.checkpoint is not None:
+        return evaluate(args.checkpoint, model_options=model_options, **options)
+    check_device(args.device, "--device")
+    model, train_config, source = resolve_model(args.model, "cpu", model_options)
+    return evaluate_trained(model, train_config, source=source, **options)
+
+
 def predict_model(text: str, device="cpu"):
-    """``(model, image_size)`` of ``selab predict --model``: a name (:mod:`selab.workbench.pretrained`), or a
-    path written as one (a run folder, a checkpoint or an exported ``.pt`` file), checked as such."""
+    """``(model, image_size)`` of ``selab predict --model`` (see :func:`resolve_model`)."""
+    model, train_config, _ = resolve_model(text, device)
+    return model, train_config["image_size"]
+
+
+def resolve_model(text: str, device="cpu", model_options: dict | None = None) -> tuple:
+    """``(model, train_config, source)`` of a ``--model`` argument: a name (:mod:`selab.workbench.pretrained`),
+    or a path written as one (a run folder, a checkpoint or an exported ``.pt`` file), checked as such.
+    ``source`` says which (``{"model": name}`` or ``{"checkpoint": path, "checkpoint_file": file}``)."""
     if not pretrained.looks_like_path(text):
         if text not in pretrained.available() and Path(text).exists():
             raise ValueError(f"--model: no model named {text!r} (available: {pretrained.available()}); "
                              f"for the folder or file {text} write --model ./{text}")
+        if model_options:
+            raise ValueError("--model-option: applies to run folders and checkpoints, not to a named model")
         model, record = pretrained.load(text, device)
-        return model, record["train_config"]["image_size"]
+        return model, record["train_config"], {"model": text}
     path = Path(text).expanduser()
     if path.is_dir():
-        model, checkpoint = load_model(path, device)
+        model, checkpoint = load_model(path, device, model_options=model_options)
     elif path.is_file():
         if path.suffix != ".pt":
             raise ValueError(f"--model: {path} is neither a run folder nor a .pt file")
         try:
-            model, checkpoint = load_model(path, device)
+            model, checkpoint = load_model(path, device, model_options=model_options)
         except CheckpointError as error:
             if "is not a selab checkpoint" not in str(error):
                 raise
             model, checkpoint = pretrained.load_file(path, device)  # an exported model file
+            return model, checkpoint["train_config"], {"model_file": str(path)}
     else:
         raise ValueError(f"--model: {path} does not exist (expected a run folder or a .pt file)")
-    return model, checkpoint["train_config"]["image_size"]
+    return model, checkpoint["train_config"], {"checkpoint": str(path), "checkpoint_file": checkpoint["path"]}
 
 
 def _predict(args) -> dict:
@@ -344,6 +376,17 @@ def _export(args) -> dict:
     metrics = _read_json(folder / "metrics.json", "export-model").get("final") if (folder / "metrics.json").is_file() else None
     if not metrics:
         raise ValueError(f"export-model: {folder} has no final validation metrics (metrics.json); finish the run first")
+    epochs = _read_json(folder / "metrics.json", "export-model").get("epochs") or []
+    metrics = dict(metrics, training_minutes=sum(e.get("seconds", 0.0) for e in epochs) / 60)
+    if args.flip_metrics:
+        flipped = _read_json(Path(args.flip_metrics), "export-model: --flip-metrics")
+        if flipped.get("test_time_augmentation") != "flip" or "mean_iou" not in flipped:
+            raise ValueError(f"export-model: --flip-metrics {args.flip_metrics} is not a `selab evaluate --tta flip "
+                             f"--out FILE` result")
+        if Path(flipped.get("checkpoint_file", "")).resolve().parent.parent != folder.resolve():
+            raise ValueError(f"export-model: --flip-metrics {args.flip_metrics} scores another run "
+                             f"({flipped.get('checkpoint_file')}), not {folder}")
+        metrics.update(flip_mean_iou=flipped["mean_iou"], flip_pixel_accuracy=flipped["pixel_accuracy"])
     checkpoint = load_checkpoint(folder / "checkpoints" / "last.pt")
     cell = folder / "sweep_cell.json"
     commit = _read_json(cell, "export-model").get("commit") if cell.is_file() else None
@@ -429,12 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "check-data":
             return _check_data(args)
         else:
-            result = evaluate(args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
-                              image_size=args.image_size, limit=args.limit, out=args.out, device=args.device,
-                              batch_size=args.batch_size, progress=not args.quiet, cache_dir=args.cache_dir,
-                              per_image_out=args.per_image, model_options=_key_json_options(args.model_option),
-                              tta=args.tta, tta_scales=args.tta_scales)
-            print(json.dumps(result, indent=2))
+            print(json.dumps(_evaluate(args), indent=2))
     except (TrainingDiverged, ValueError, OSError) as error:  # exit status: see the module docstring
         print(f"selab {args.command}: error: {error}", file=sys.stderr)
         return 3 if isinstance(error, TrainingDiverged) else 2 if isinstance(error, (ValueError, FileNotFoundError,

@@ -181,25 +181,54 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
              out: str | None = None, device: str = "auto", batch_size: int = 8, progress: bool = True,
              cache_dir: str | None = None, per_image_out: str | None = None,
              model_options: dict | None = None, tta: str | None = None, tta_scales=TTA_SCALES) -> dict:
-    """Evaluate a trained model on a split; optionally write the metrics to ``out`` (JSON).
+    """Evaluate a trained model (a run folder or a checkpoint file) on a split; optionally write the metrics
+    to ``out`` (JSON).
 
-    ``model_options`` tests the model another way (:func:`~selab.training.checkpoints.load_model`); ``per_image_out`` (an ``.npz``
-    path) also saves every image's confusion matrix
+    ``model_options`` tests the model another way (:func:`~selab.training.checkpoints.load_model`); the
+    other arguments are those of :func:`evaluate_trained`, which this calls with the checkpoint's model
+    and training config. Returns its result plus ``checkpoint`` and ``checkpoint_file`` (the file used:
+    in a run folder ``best.pt``, or ``last.pt`` when ``best.pt`` is missing or unreadable).
+
+    Examples
+    --------
+    >>> evaluate("runs/quick", dataset="synthetic", split="val")["mean_iou"]  # doctest: +SKIP
+    """
+    torch_device = check_device(device, "evaluate: device")
+    if out:
+        writable_folder(Path(out).parent, "evaluate: out")
+    model, checkpoint = load_model(checkpoint_or_run_dir, torch_device, model_options=model_options)
+    return evaluate_trained(model, checkpoint["train_config"], dataset=dataset, data_root=data_root, split=split,
+                            image_size=image_size, limit=limit, out=out, device=device, batch_size=batch_size,
+                            progress=progress, cache_dir=cache_dir, per_image_out=per_image_out, tta=tta,
+                            tta_scales=tta_scales,
+                            source={"checkpoint": str(checkpoint_or_run_dir), "checkpoint_file": checkpoint["path"]})
+
+
+def evaluate_trained(model, train_config: dict, dataset: str | None = None, data_root: str | None = None,
+                     split: str = "val", image_size: int | None = None, limit: int | None = None,
+                     out: str | None = None, device: str = "auto", batch_size: int = 8, progress: bool = True,
+                     cache_dir: str | None = None, per_image_out: str | None = None, tta: str | None = None,
+                     tta_scales=TTA_SCALES, source: dict | None = None) -> dict:
+    """Evaluate a loaded model, trained with ``train_config`` (a :class:`~selab.training.config.TrainConfig`
+    as a dict: a checkpoint's or a shipped model's), on a split.
+
+    ``per_image_out`` (an ``.npz`` path) also saves every image's confusion matrix
     (:func:`selab.training.metrics.save_per_image`), for paired comparisons with :mod:`selab.experiments.compare`.
     ``tta``: test-time augmentation (:func:`evaluate_model`), one of :data:`TTA_MODES`: ``"flip"``, each
     image and its mirror image; ``"scale"``, each image at every scale of ``tta_scales`` (default
     0.75, 1, 1.25; must include 1); ``"flip,scale"``, both. Recorded as ``test_time_augmentation`` in the
     result (with ``tta_scales`` and the image sizes run, ``tta_sizes``, both ``None`` without
-    ``"scale"``), so that it is reported apart from single-pass scores.
+    ``"scale"``), so that it is reported apart from single-pass scores. ``source`` (e.g. the checkpoint
+    or the model's name) is copied into the result.
 
     Returns ``{"mean_iou", "per_class_iou" (by class name), "pixel_accuracy"}`` in percent, plus
-    ``checkpoint``, ``checkpoint_file`` (the file used: in a run folder ``best.pt``, or ``last.pt`` when
-    ``best.pt`` is missing or unreadable), ``dataset`` (default: the run's own), ``split``,
-    ``num_images``, ``image_size``.
+    ``dataset`` (default: the run's own), ``split``, ``num_images``, ``image_size`` and ``source``'s keys.
 
     Examples
     --------
-    >>> evaluate("runs/quick", dataset="synthetic", split="val")["mean_iou"]  # doctest: +SKIP
+    >>> from selab.workbench import pretrained  # doctest: +SKIP
+    >>> model, record = pretrained.load("se_lstm")  # doctest: +SKIP
+    >>> evaluate_trained(model, record["train_config"], data_root="pascal_person_part")["mean_iou"]  # doctest: +SKIP
     """
     if tta not in (None, *TTA_MODES):
         raise ValueError(f"evaluate: tta must be None or one of {TTA_MODES}, got {tta!r}")
@@ -207,10 +236,11 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
     torch_device = check_device(device, "evaluate: device")
     if out:
         writable_folder(Path(out).parent, "evaluate: out")
-    model, checkpoint = load_model(checkpoint_or_run_dir, torch_device, model_options=model_options)
-    train_config = dict(checkpoint["train_config"])
+    model = model.to(torch_device).eval()
+    train_config = dict(train_config)
     dataset = dataset or train_config["dataset"]
-    if dataset != "synthetic" and not (data_root or (dataset == train_config["dataset"] and train_config["data_root"])):
+    if dataset != "synthetic" and not (data_root or (dataset == train_config["dataset"] and train_config["data_root"]
+                                                     and Path(train_config["data_root"]).is_dir())):
         raise ValueError(f"evaluate: dataset {dataset!r} needs its folder: pass data_root (--data-root)")
     overrides = {"dataset": dataset, "val_split": split, "val_limit": limit, "resume": False,
                  "device": str(torch_device), "batch_size": batch_size, "progress": progress}
@@ -232,8 +262,8 @@ def evaluate(checkpoint_or_run_dir, dataset: str | None = None, data_root: str |
     if per_image_out:
         save_per_image(Path(per_image_out), per_image)
     result = dict(scores)
-    result.update({"checkpoint": str(checkpoint_or_run_dir), "checkpoint_file": checkpoint["path"],
-                   "dataset": dataset, "split": split,
+    result.update(source or {})
+    result.update({"dataset": dataset, "split": split,
                    "num_images": len(loader.dataset), "image_size": config.image_size,
                    "test_time_augmentation": tta, "tta_scales": None if scales is None else list(scales),
                    "tta_sizes": None if scales is None else tta_sizes(config.image_size, scales,
