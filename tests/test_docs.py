@@ -31,23 +31,28 @@ def _tracked_files() -> list[Path]:
     return [REPO / name for name in listing.decode().split("\0") if name]
 
 
-# The sibling folder the project grew up beside, and its notes (spelled in pieces so this file passes).
-OUTSIDE = ("../" + "shared", "PAPER" + ".md", "DESIGN" + ".md", "BROWSER_TESTING" + ".md")
-
-
-def test_no_file_names_a_path_outside_the_repository():
-    # .ci/ describes the CI machine's own layout; tests/conftest.py builds its one default without "../".
-    offenders = []
+def _tracked_lines(keep):
+    """``(path relative to the repository, line number, line)`` of every tracked text file ``keep(path)`` accepts."""
     for path in _tracked_files():
-        if path.relative_to(REPO).parts[0] == ".ci" or not path.is_file():
+        if not path.is_file() or not keep(path):
             continue
         try:
             text = path.read_text()
         except UnicodeDecodeError:
             continue
         for number, line in enumerate(text.splitlines(), 1):
-            if any(outside in line for outside in OUTSIDE):
-                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:80]}")
+            yield path.relative_to(REPO), number, line
+
+
+# The sibling folder the project grew up beside, and its notes (spelled in pieces so this file passes).
+OUTSIDE = ("../" + "shared", "PAPER" + ".md", "DESIGN" + ".md", "BROWSER_TESTING" + ".md")
+
+
+def test_no_file_names_a_path_outside_the_repository():
+    # .ci/ describes the CI machine's own layout; tests/conftest.py builds its one default without "../".
+    offenders = [f"{relative}:{number}: {line.strip()[:80]}"
+                 for relative, number, line in _tracked_lines(lambda path: path.relative_to(REPO).parts[0] != ".ci")
+                 if any(outside in line for outside in OUTSIDE)]
     assert not offenders, "\n".join(offenders)
 
 
@@ -187,20 +192,11 @@ def _area(relative: Path) -> str:
 
 @pytest.mark.parametrize("area", AREAS)
 def test_the_repository_text_speaks_of_selab_only(area):
-    offenders = []
-    for path in _tracked_files():
-        relative = path.relative_to(REPO)
-        # this file holds the word list itself
-        if _area(relative) != area or path.suffix not in TEXT_SUFFIXES or not path.is_file() or path == Path(__file__):
-            continue
-        try:
-            text = path.read_text()
-        except UnicodeDecodeError:
-            continue
-        for number, line in enumerate(text.splitlines(), 1):
-            match = _HISTORY.search(line)
-            if match:
-                offenders.append(f"{relative}:{number}: {match.group(0)!r} in {line.strip()[:100]}")
+    def keep(path):  # this file holds the word list itself
+        return _area(path.relative_to(REPO)) == area and path.suffix in TEXT_SUFFIXES and path != Path(__file__)
+
+    offenders = [f"{relative}:{number}: {match.group(0)!r} in {line.strip()[:100]}"
+                 for relative, number, line in _tracked_lines(keep) if (match := _HISTORY.search(line))]
     assert not offenders, "text about how selab was made, not about selab:\n" + "\n".join(offenders)
 
 
