@@ -544,7 +544,9 @@ def test_ctrl_c_during_a_sweep_records_interrupted_and_the_rerun_resumes(noteboo
     try:
         _wait_for(out / "second/value=1/started", process)
         process.send_signal(getattr(signal, stop))
-        _, err = process.communicate(timeout=120)
+        # the interrupt path allows a notebook INTERRUPT_GRACE + 20 s to stop; on a loaded 2-core machine kernel
+        # start-up and shutdown come on top, so the limit is generous (the test is about what happens, not when)
+        _, err = process.communicate(timeout=300)
     finally:
         process.kill()
     assert process.returncode == 130
