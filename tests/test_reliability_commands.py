@@ -411,10 +411,12 @@ def _spec(tmp_path: Path, name: str, spec: dict) -> Path:
     return path
 
 
-def _sweep_process(spec: Path, out: Path, *extra) -> subprocess.Popen:
+def _sweep_process(spec: Path, out: Path, *extra, sigint_ignored: bool = False) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    # a background job of a shell script starts with SIGINT ignored, and so does the child of a process ignoring it
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return subprocess.Popen([sys.executable, "-m", "selab", "sweep", str(spec), "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ignore)
 
 
 def _wait_for(path: Path, process: subprocess.Popen | None = None, seconds: float = 120) -> None:
@@ -535,15 +537,15 @@ def test_a_cell_left_running_by_a_killed_sweep_stays_locked(notebook, tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])  # Ctrl-C, and a kill or a job scheduler
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGINT, started with SIGINT ignored"])  # Ctrl-C, a kill
 def test_ctrl_c_during_a_sweep_records_interrupted_and_the_rerun_resumes(notebook, tmp_path, stop):
     release, out = tmp_path / "release", tmp_path / "sweep"
     spec = _spec(tmp_path, "spec", {"notebook": str(notebook), "rows": {"first": {}, "second": {"wait": str(release)}},
                                     "grid": {"value": [1]}})
-    process = _sweep_process(spec, out)
+    process = _sweep_process(spec, out, sigint_ignored="ignored" in stop)
     try:
         _wait_for(out / "second/value=1/started", process)
-        process.send_signal(getattr(signal, stop))
+        process.send_signal(getattr(signal, stop.split(",")[0]))
         # the interrupt path allows a notebook INTERRUPT_GRACE + 20 s to stop; on a loaded 2-core machine kernel
         # start-up and shutdown come on top, so the limit is generous (the test is about what happens, not when)
         _, err = process.communicate(timeout=300)

@@ -535,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     SIGTERM / SIGHUP, which stop the running cells the same way)."""
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
-        for number in (signal.SIGTERM, signal.SIGHUP):  # the notebooks run in sessions of their own
+        # the notebooks run in sessions of their own; SIGINT too, because a process started with SIGINT ignored
+        # (a background job of a script, a child of a process that ignores it) would not stop on Ctrl-C otherwise
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(number, _stop_as_on_ctrl_c)
     try:
         spec = load_spec(args.spec)
