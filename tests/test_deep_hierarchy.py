@@ -142,3 +142,55 @@ def test_top_down_trains_and_is_refused_outside_se_lstm():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.top_down_layer.parameters())
     with pytest.raises(ValueError, match="ModelConfig.top_down"):
         ModelConfig(variant="graph_lstm", top_down=True)
+
+
+def test_level0_readout_reaches_the_pixels_only_from_level0_and_the_top_down_layer():
+    from selab.method.superpixels import unpool_to_pixels
+    inputs, mask = _inputs()
+    config = ModelConfig(variant="se_lstm", backbone="small", num_layers=3, hidden_channels=8, feature_channels=8,
+                         top_down=True, readout="level0", evolution={"target_nodes": 0.5}, dropout=0.0)
+    model = SELabModel(config).eval()
+    assert len(model.node_classifiers) == 1
+    with torch.no_grad():
+        out = model(inputs)
+        shares = model.level_logits(out)
+        assert [level.num_nodes for _, level in shares] == [out.levels[0].num_nodes] * 2
+        assert out.levels[-1].num_nodes < out.levels[0].num_nodes  # the levels still coarsen
+        rest = out.logits - sum(unpool_to_pixels(logits, level.assignment) for logits, level in shares)
+        model.top_down_classifier.weight.data.zero_()
+        model.node_classifiers[0].weight.data.zero_()
+        torch.testing.assert_close(model(inputs).logits, rest, atol=1e-5, rtol=1e-5)
+    # the coarse layers still learn: through the top-down layer and their merge loss
+    from selab.model.loss import compute_loss
+    model = SELabModel(config).train()
+    out = model(inputs, energy_labels=mask)
+    compute_loss(out, {"mask": mask}, config)["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.layers[2].parameters())
+    with pytest.raises(ValueError, match="ModelConfig.readout"):
+        ModelConfig(variant="se_lstm", readout="level0")  # without the top-down layer nothing reads the coarse levels
+    with pytest.raises(ValueError, match="ModelConfig.readout"):
+        ModelConfig(variant="se_lstm", top_down=True, readout="top")
+
+
+def test_pairwise_classes_merge_probability_reads_the_class_distributions():
+    torch.manual_seed(0)
+    mp = MergeProbability(4, source="pairwise_classes", num_classes=3)
+    h, forget = torch.randn(5, 4), torch.rand(2, 6, 4)
+    ei = torch.tensor([[0, 1, 2, 3, 0, 4], [1, 2, 3, 4, 2, 1]])
+    q = torch.softmax(torch.randn(5, 3), 1)
+    p = mp(edge_forget=forget, h=h, edge_index=ei, class_prob=q)
+    assert p.shape == (6,) and bool(((p > 0) & (p < 1)).all())
+    torch.testing.assert_close(mp(edge_forget=forget.flip(0), h=h, edge_index=ei.flip(0), class_prob=q), p)
+    q2 = q.clone()
+    q2[0] = q[0].roll(1)
+    assert not torch.allclose(mp(edge_forget=forget, h=h, edge_index=ei, class_prob=q2), p)  # the classes count
+    with pytest.raises(ValueError, match="class_prob"):
+        mp(edge_forget=forget, h=h, edge_index=ei)
+    with pytest.raises(ValueError, match="num_classes"):
+        MergeProbability(4, source="pairwise_classes")
+    # in a model the evolution passes the nodes' confidences
+    inputs, mask = _inputs()
+    config = ModelConfig(variant="se_lstm", backbone="small", num_layers=3, hidden_channels=8, feature_channels=8,
+                         evolution={"target_nodes": 0.5, "source": "pairwise_classes"})
+    out = SELabModel(config).eval()(inputs)
+    assert len(out.merge_prob) == 2 and all(p.numel() > 0 for p in out.merge_prob)

@@ -131,7 +131,7 @@ class StructureEvolution(nn.Module):
         -> ``"greedy"`` (selab decision, docs/method.md decision 6: a deterministic structure at test time),
         ``"none"`` -> ``"none"`` (a model trained without merging is not merged at test time either);
         ``None`` uses ``mode`` itself (MH at test time for an MH-trained model).
-    source : {"forget_gates", "hidden"}, default "forget_gates"
+    source : {"forget_gates", "hidden", "pairwise", "pairwise_classes"}, default "forget_gates"
         Input of :class:`~selab.method.merge.MergeProbability`.
     energy_source : {"ground_truth", "prediction", "mixed"}, default "ground_truth"
         Energy of the MH chains in training (selab decision): ``"ground_truth"`` scores
@@ -150,6 +150,8 @@ class StructureEvolution(nn.Module):
         level has that many nodes; in MH mode they are the candidates the proposals switch on with their
         probabilities (a level then keeps at least that many). ``None`` (default): ``merge_budget`` and
         ``threshold`` as above.
+    num_classes : int, optional
+        Width K of ``node_class_prob``; required by ``source="pairwise_classes"`` (the model passes it).
 
     Examples
     --------
@@ -176,6 +178,7 @@ class StructureEvolution(nn.Module):
         energy_source: str = "ground_truth",
         prediction_weight: float = 0.5,
         target_nodes: Target = None,
+        num_classes: Optional[int] = None,
     ):
         super().__init__()
         if mode not in MODES:
@@ -199,7 +202,7 @@ class StructureEvolution(nn.Module):
         self.num_proposals, self.temperature = num_proposals, float(temperature)
         self.merge_budget, self.threshold = merge_budget, float(threshold)
         self.beta, self.distance, self.energy_scale = float(beta), distance, float(energy_scale)
-        self.merge_probability = MergeProbability(hidden_channels, source=source)
+        self.merge_probability = MergeProbability(hidden_channels, source=source, num_classes=num_classes)
 
     def current_mode(self) -> str:
         """The mode now: ``mode`` in training, ``eval_mode`` (resolved, see the class docstring) in ``eval()``."""
@@ -294,7 +297,8 @@ class StructureEvolution(nn.Module):
         state = lstm_output.h if state is None else state
         if state.shape[0] != n:
             raise ValueError(f"state must have {n} rows (one per node), got {tuple(state.shape)}")
-        merge_prob = self.merge_probability(edge_forget=lstm_output.edge_forget, h=lstm_output.h, edge_index=edge_index)
+        merge_prob = self.merge_probability(edge_forget=lstm_output.edge_forget, h=lstm_output.h, edge_index=edge_index,
+                                            class_prob=node_class_prob)
         mode = self.current_mode()
         partition_energy = None
         if mode == "mh":

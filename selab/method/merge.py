@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 Budget = Optional[Union[int, float]]
-MERGE_SOURCES = ("forget_gates", "hidden", "pairwise")
+MERGE_SOURCES = ("forget_gates", "hidden", "pairwise", "pairwise_classes")
 Target = Optional[Union[int, float]]
 
 
@@ -81,14 +81,19 @@ class MergeProbability(nn.Module):
     share through a small MLP, :math:`p_{ij} = \sigma(\mathrm{MLP}([|h_i - h_j|, h_i \odot h_j,
     (\bar g^f_{ij} + \bar g^f_{ji}) / 2]))`, symmetric in i and j: in the first layer the adaptive forget
     gate reads the neighbour's zero initial state, so the forget-gate form is a sum of two per-node terms
-    there and cannot say that two nodes differ.
+    there and cannot say that two nodes differ. ``source="pairwise_classes"``, a selab alternative, also
+    gives the MLP both nodes' predicted class distributions, :math:`[\ldots, |q_i - q_j|, q_i \odot q_j]`
+    (the confidences that order the updates, detached): agglomerating by them alone makes purer coarse
+    levels than the states do (docs/results.md), so the head may start from them.
 
     Parameters
     ----------
     hidden_channels : int
         Width H of the gate outputs / hidden states.
-    source : {"forget_gates", "hidden", "pairwise"}, default "forget_gates"
+    source : {"forget_gates", "hidden", "pairwise", "pairwise_classes"}, default "forget_gates"
         Which layer output the compatibility is read from.
+    num_classes : int, optional
+        Width K of the class distributions; required by ``source="pairwise_classes"``.
 
     Examples
     --------
@@ -98,16 +103,21 @@ class MergeProbability(nn.Module):
     torch.Size([5])
     """
 
-    def __init__(self, hidden_channels: int, source: str = "forget_gates"):
+    def __init__(self, hidden_channels: int, source: str = "forget_gates", num_classes: Optional[int] = None):
         super().__init__()
         if not isinstance(hidden_channels, int) or hidden_channels <= 0:
             raise ValueError(f"hidden_channels must be a positive int, got {hidden_channels!r}")
         if source not in MERGE_SOURCES:
             raise ValueError(f"source must be one of {MERGE_SOURCES}, got {source!r}")
+        if source == "pairwise_classes" and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                             or num_classes <= 0):
+            raise ValueError(f"source='pairwise_classes' needs num_classes, a positive int, got {num_classes!r}")
         self.hidden_channels = hidden_channels
         self.source = source
-        if source == "pairwise":
-            self.pairwise = nn.Sequential(nn.Linear(3 * hidden_channels, hidden_channels), nn.ReLU())
+        self.num_classes = num_classes
+        if source in ("pairwise", "pairwise_classes"):
+            width = 3 * hidden_channels + (2 * num_classes if source == "pairwise_classes" else 0)
+            self.pairwise = nn.Sequential(nn.Linear(width, hidden_channels), nn.ReLU())
         self.linear = nn.Linear(hidden_channels, 1)
 
     def forward(
@@ -115,8 +125,12 @@ class MergeProbability(nn.Module):
         edge_forget: Optional[Tensor] = None,
         h: Optional[Tensor] = None,
         edge_index: Optional[Tensor] = None,
+        class_prob: Optional[Tensor] = None,
     ) -> Tensor:
-        """Return ``p [E]`` in (0, 1), differentiable (it gets an L2 loss)."""
+        """Return ``p [E]`` in (0, 1), differentiable (it gets an L2 loss).
+
+        ``class_prob [N, K]``: the nodes' class distributions (``source="pairwise_classes"`` only).
+        """
         if self.source != "hidden":
             if edge_forget is None:
                 raise ValueError(f"edge_forget [2, E, H] is required when source={self.source!r}")
@@ -133,7 +147,16 @@ class MergeProbability(nn.Module):
             if self.source == "hidden":
                 compat = (h_i - h_j).abs()
             else:
-                compat = self.pairwise(torch.cat([(h_i - h_j).abs(), h_i * h_j, compat], -1))
+                parts = [(h_i - h_j).abs(), h_i * h_j, compat]
+                if self.source == "pairwise_classes":
+                    if class_prob is None or class_prob.shape != (h.shape[0], self.num_classes):
+                        shape = None if class_prob is None else tuple(class_prob.shape)
+                        raise ValueError(f"class_prob [N, K] = [{h.shape[0]}, {self.num_classes}] is required "
+                                         f"when source='pairwise_classes', got {shape}")
+                    q = class_prob.detach().to(h.dtype)
+                    q_i, q_j = q[edge_index[0]], q[edge_index[1]]
+                    parts += [(q_i - q_j).abs(), q_i * q_j]
+                compat = self.pairwise(torch.cat(parts, -1))
         return torch.sigmoid(self.linear(compat).squeeze(-1))
 
 

@@ -27,6 +27,7 @@ from selab.model.backbones import BACKBONES
 VARIANTS = ("cnn", "graph_lstm", "se_lstm")
 NEXT_INPUTS = ("output", "input", "level0")
 NEXT_STATES = ("output", "hidden", "zero")
+READOUTS = ("every_level", "level0")
 BATCHNORMS = ("batch", "sync", "frozen")
 #: ModelConfig fields of a saved config under their former names: read as the present ones.
 RENAMED_FIELDS = {"schedule": "update_schedule"}
@@ -122,6 +123,13 @@ class ModelConfig:
         classifier of their own. The other levels still reach the pixels as before; the top-down layer
         lets each superpixel weigh the coarse context by its own features, so that a coarse node that
         spans two parts need not blur the pixels under it. Default ``False``.
+    readout : {"every_level", "level0"}
+        ``se_lstm``: which layers' states reach the pixels (selab option, not in the paper).
+        ``"every_level"`` (default, selab's original form): every layer has a classifier on its own level,
+        so an impure coarse node adds the same logits to every pixel under it. ``"level0"`` (needs
+        ``top_down``): only the first layer and the top-down layer, both on the level-0 graph; the coarse
+        levels reach the pixels through the top-down layer alone, which each superpixel reads with its own
+        features.
     merge_loss_weight : float
         Weight of the merge-probability L2 loss (``se_lstm``).
     merge_loss_balanced : bool
@@ -169,6 +177,7 @@ class ModelConfig:
     eval_samples: int = 1
     eval_seed: int = 0
     top_down: bool = False
+    readout: str = "every_level"
     merge_loss_weight: float = 1.0
     merge_loss_balanced: bool = False
     confidence_loss_weight: float = 0.4
@@ -218,7 +227,8 @@ class ModelConfig:
             bad("batchnorm", f"one of {BATCHNORMS}")
         if not isinstance(self.evolution, dict):
             bad("evolution", "a dict of StructureEvolution keyword arguments")
-        accepted = set(inspect.signature(StructureEvolution.__init__).parameters) - {"self", "hidden_channels"}
+        accepted = set(inspect.signature(StructureEvolution.__init__).parameters) - {"self", "hidden_channels",
+                                                                                      "num_classes"}
         if set(self.evolution) - accepted:
             raise ValueError(f"ModelConfig.evolution: unknown options {sorted(set(self.evolution) - accepted)}; "
                              f"StructureEvolution accepts {sorted(accepted)}")
@@ -239,6 +249,8 @@ class ModelConfig:
             bad("merge_loss_balanced", "True or False")
         if not isinstance(self.top_down, bool) or (self.top_down and self.variant != "se_lstm"):
             bad("top_down", "True or False, and True only for variant 'se_lstm'")
+        if self.readout not in READOUTS or (self.readout == "level0" and not self.top_down):
+            bad("readout", f"one of {READOUTS}, and 'level0' only with top_down=True (variant 'se_lstm')")
 
     @property
     def uses_graph(self) -> bool:

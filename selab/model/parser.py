@@ -180,7 +180,7 @@ class SELabModel(nn.Module):
             # se_lstm: one evolution (with its own merge-probability weights) after every layer but the last;
             # graph_lstm: none (an empty list holds no weights).
             evolving = config.num_layers - 1 if config.variant == "se_lstm" else 0
-            self.evolutions = nn.ModuleList(StructureEvolution(H, **config.evolution_kwargs(index))
+            self.evolutions = nn.ModuleList(StructureEvolution(H, num_classes=K, **config.evolution_kwargs(index))
                                             for index in range(evolving))
             if config.top_down:
                 self.top_down_input = nn.Sequential(nn.Linear(2 * H, H), nn.ReLU(inplace=True))
@@ -194,12 +194,15 @@ class SELabModel(nn.Module):
         """The layers whose node states reach the pixels, in the order of ``node_classifiers``.
 
         ``graph_lstm``: the last layer (the paper's 1x1 conv after the stacked layers); ``se_lstm``: every
-        layer, each on its own level; ``cnn``: none.
+        layer, each on its own level (with ``readout="level0"`` the first only, beside the top-down layer);
+        ``cnn``: none.
         """
         if not self.config.uses_graph:
             return []
         if self.config.variant == "graph_lstm":
             return [self.config.num_layers - 1]
+        if self.config.readout == "level0":
+            return [0]
         return list(range(self.config.num_layers))
 
     @property

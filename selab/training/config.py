@@ -279,6 +279,7 @@ class TrainConfig:
                       update_order: str = "", evolution_mode: str = "", evolution_eval_mode: str = "",
                       energy_source: str = "", merge_budget: float = 0.0, merge_source: str = "",
                       target_nodes: float = 0.0, merge_loss_balanced: bool = False, top_down: bool = False,
+                      readout: str = "",
                       next_input: str = "", next_state: str = "", finetune_after_stride: int = 0,
                       feature_strides: list | None = None, optimizer: str = "", two_step_epochs: int = 0,
                       val_every: int = 0, cache_dir: str = "", resume: bool = False,
@@ -301,7 +302,7 @@ class TrainConfig:
         model = {key: value for key, value in (
             ("num_layers", values["num_layers"]), ("hidden_channels", values["hidden_channels"]),
             ("order", update_order), ("evolution", evolution), ("merge_loss_balanced", merge_loss_balanced),
-            ("top_down", top_down),
+            ("top_down", top_down), ("readout", readout),
             ("next_input", next_input), ("next_state", next_state), ("finetune_after_stride", finetune_after_stride),
             ("feature_strides", list(feature_strides) if feature_strides else None)) if value}
         train = {key: value for key, value in (("optimizer", optimizer), ("two_step_epochs", two_step_epochs),
