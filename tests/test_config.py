@@ -106,3 +106,13 @@ def test_a_scratch_cnn_on_real_data_with_the_test_sized_defaults_is_refused(tmp_
     chosen = TrainConfig.from_notebook(**{**parameters, "dataset": "pascal_person_part", "data_root": str(tmp_path),
                                           "num_images": 0, "out_dir": str(tmp_path / "run")})
     assert chosen.backbone == "small" and chosen.limit is None  # a deliberate choice is taken as it is
+
+
+def test_papermill_reads_every_parameter_of_the_training_notebook():
+    """Papermill parses each line of notebook 05's parameters cell (a comment it cannot parse drops the name)."""
+    import inspect
+
+    import papermill
+    declared = papermill.inspect_notebook(str(Path(__file__).parents[1] / "notebooks" / "05_train.ipynb"))
+    expected = set(inspect.signature(TrainConfig.from_notebook).parameters) - {"cache_dir", "resume"}
+    assert expected <= set(declared), sorted(expected - set(declared))
