@@ -289,15 +289,8 @@ def _hierarchy(args) -> str:
         raise ValueError(f"--batch-size: expected a positive int, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit: expected a positive int, got {args.limit}")
-    if Path(args.model).exists():
-        model, checkpoint = load_model(args.model, args.device)
-        train_config = checkpoint["train_config"]
-    elif args.model in pretrained.available():
-        model, record = pretrained.load(args.model, args.device)
-        train_config = record["train_config"]
-    else:
-        raise ValueError(f"{args.model} is neither a run folder, a checkpoint file nor a shipped model "
-                         f"(shipped: {', '.join(pretrained.available())})")
+    check_device(args.device, "--device")
+    model, train_config, _ = resolve_model(args.model, args.device, what="hierarchy MODEL")
     result = hierarchy.measure_hierarchy(model, train_config, dataset=args.dataset, data_root=args.data_root,
                                          split=args.split, limit=args.limit, counts=args.counts,
                                          image_size=args.image_size, batch_size=args.batch_size, device=args.device,
@@ -327,14 +320,16 @@ def predict_model(text: str, device="cpu"):
     return model, train_config["image_size"]
 
 
-def resolve_model(text: str, device="cpu", model_options: dict | None = None) -> tuple:
+def resolve_model(text: str, device="cpu", model_options: dict | None = None, what: str = "--model") -> tuple:
     """``(model, train_config, source)`` of a ``--model`` argument: a name (:mod:`selab.workbench.pretrained`),
     or a path written as one (a run folder, a checkpoint or an exported ``.pt`` file), checked as such.
-    ``source`` says which (``{"model": name}`` or ``{"checkpoint": path, "checkpoint_file": file}``)."""
+    ``source`` says which (``{"model": name}`` or ``{"checkpoint": path, "checkpoint_file": file}``); errors
+    name the argument as ``what``."""
     if not pretrained.looks_like_path(text):
         if text not in pretrained.available() and Path(text).exists():
-            raise ValueError(f"--model: no model named {text!r} (available: {pretrained.available()}); "
-                             f"for the folder or file {text} write --model ./{text}")
+            raise ValueError(f"{what}: no model named {text!r} (available: {pretrained.available()}); "
+                             f"for the folder or file {text} write "
+                             f"{what + ' ' if what.startswith('--') else ''}./{text}")
         if model_options:
             raise ValueError("--model-option: applies to run folders and checkpoints, not to a named model")
         model, record = pretrained.load(text, device)
@@ -344,7 +339,7 @@ def resolve_model(text: str, device="cpu", model_options: dict | None = None) ->
         model, checkpoint = load_model(path, device, model_options=model_options)
     elif path.is_file():
         if path.suffix != ".pt":
-            raise ValueError(f"--model: {path} is neither a run folder nor a .pt file")
+            raise ValueError(f"{what}: {path} is neither a run folder nor a .pt file")
         try:
             model, checkpoint = load_model(path, device, model_options=model_options)
         except CheckpointError as error:
@@ -353,7 +348,7 @@ def resolve_model(text: str, device="cpu", model_options: dict | None = None) ->
             model, checkpoint = pretrained.load_file(path, device)  # an exported model file
             return model, checkpoint["train_config"], {"model_file": str(path)}
     else:
-        raise ValueError(f"--model: {path} does not exist (expected a run folder or a .pt file)")
+        raise ValueError(f"{what}: {path} does not exist (expected a run folder or a .pt file)")
     return model, checkpoint["train_config"], {"checkpoint": str(path), "checkpoint_file": checkpoint["path"]}
 
 

@@ -92,7 +92,8 @@ def test_selab_hierarchy_command(pascal_layout, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["hierarchy", "no/such/run"], "neither a run folder, a checkpoint file nor a shipped model"),
+    (["hierarchy", "no/such/run"], "hierarchy MODEL: no/such/run does not exist"),
+    (["hierarchy", "no_such_model"], "no shipped model named 'no_such_model'"),
     (["hierarchy", "se_lstm", "--data-root", "/no/such/folder"], "is not a folder"),
     (["hierarchy", "se_lstm", "--dataset", "pascal_person_part"], "needs its folder"),
 ])
