@@ -1,6 +1,6 @@
 """Draw docs/explorer_astronaut.png: the evolution explorer on scikit-image's astronaut photo.
 
-The shipped ``se_lstm`` (``selab.workbench.pretrained.load``), its test-time (greedy) structure, level 3 of the
+The shipped ``se_lstm_deep`` (``selab.workbench.pretrained.load``), its test-time (greedy) structure, level 3 of the
 hierarchy; the same figure notebook 06 shows with its defaults, drawn without a browser.
 
 Run: ``.venv/bin/python docs/make_explorer_figure.py`` (deterministic; offline).
@@ -16,7 +16,7 @@ LAYER = 3  # level 3: tens of nodes, the parts taking shape
 
 
 def main(out: Path = Path(__file__).with_name("explorer_astronaut.png")) -> Path:
-    model, record = pretrained.load("se_lstm")
+    model, record = pretrained.load("se_lstm_deep")
     sample = photo_sample("astronaut", int(record["train_config"]["image_size"]))
     app = EvolutionExplorer(model, sample, structure="greedy", energy="prediction")
     app.controls["layer"].value = LAYER

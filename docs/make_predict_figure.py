@@ -1,5 +1,5 @@
 """Draw docs/predict_astronaut.png: ``selab predict --hierarchy`` on scikit-image's astronaut with the shipped
-``se_lstm``; the overlay, level 0 (the superpixels), level 3 and the top level, side by side at 320 px.
+``se_lstm_deep``; the overlay, level 0 (the superpixels), level 3 and the top level, side by side at 320 px.
 
 Run from the repository root: ``python docs/make_predict_figure.py``.
 """
@@ -21,7 +21,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         photo, out = Path(scratch) / "astronaut.png", Path(scratch) / "parsed"
         skimage.io.imsave(photo, skimage.data.astronaut())
-        subprocess.run([sys.executable, "-m", "selab", "predict", str(photo), "--model", "se_lstm", "--out", str(out),
+        subprocess.run([sys.executable, "-m", "selab", "predict", str(photo), "--model", "se_lstm_deep", "--out", str(out),
                         "--hierarchy", "--quiet"], check=True, stdout=subprocess.DEVNULL)
         panels = [Image.open(out / f"astronaut_{name}.png").convert("RGB").resize((SIZE, SIZE), Image.LANCZOS)
                   for name in PANELS]

@@ -20,7 +20,7 @@ Examples
     selab evaluate runs/quick --dataset synthetic --split val --out runs/quick/eval.json
     selab check-data "$SELAB_PASCAL_ROOT"
     selab compare runs/ladder --pairs se_lstm_mh:se_lstm_none,graph_lstm:cnn
-    selab hierarchy se_lstm --data-root "$SELAB_PASCAL_ROOT" --split val --out runs/hierarchy.json
+    selab hierarchy se_lstm_deep --data-root "$SELAB_PASCAL_ROOT" --split val --out runs/hierarchy.json
     selab train --variant cnn --dataset pascal_person_part --data-root "$SELAB_PASCAL_ROOT" \\
         --backbone efficientnet_lite0 --image-size 320 --epochs 15 --out runs/cnn320
 

@@ -13,7 +13,7 @@ from selab.workbench import pretrained
 
 @pytest.fixture(scope="module")
 def shipped():
-    return pretrained.load("se_lstm")
+    return pretrained.load("se_lstm_deep")
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def test_measure_hierarchy_on_generated_data_in_the_pascal_layout(shipped, pasca
     out = tmp_path / "hierarchy.json"
     result = measure_hierarchy(model, record["train_config"], dataset="pascal_person_part", data_root=pascal_layout,
                                split="val", counts=counts, image_size=96, batch_size=2, progress=False, out=out,
-                               source="se_lstm")
-    assert result["num_images"] == 3 and result["image_size"] == 96 and result["source"] == "se_lstm"
+                               source="se_lstm_deep")
+    assert result["num_images"] == 3 and result["image_size"] == 96 and result["source"] == "se_lstm_deep"
     _check_result(result, counts, levels=len(model.layers))
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     table = hierarchy_markdown(result)
@@ -82,7 +82,7 @@ def test_image_partitions_match_the_models_levels(shipped, synthetic_batch):
 
 def test_selab_hierarchy_command(pascal_layout, tmp_path, capsys):
     out = tmp_path / "table.json"
-    code = main(["hierarchy", "se_lstm", "--data-root", str(pascal_layout), "--dataset", "pascal_person_part",
+    code = main(["hierarchy", "se_lstm_deep", "--data-root", str(pascal_layout), "--dataset", "pascal_person_part",
                  "--split", "val", "--limit", "2", "--image-size", "64", "--counts", "20,5", "--quiet",
                  "--out", str(out)])
     printed = capsys.readouterr()
