@@ -115,10 +115,13 @@ def test_bad_inputs_are_named(tmp_path, capsys):
 
 @pytest.mark.skipif(not pretrained.available(), reason="no shipped models in this checkout")
 def test_shipped_models_load_and_parse_a_person():
-    assert {"cnn", "graph_lstm", "se_lstm"} <= set(pretrained.available())
-    for name in ("cnn", "graph_lstm"):
+    assert {"cnn", "graph_lstm", "se_lstm", "se_lstm_deep"} <= set(pretrained.shipped())
+    for name in pretrained.shipped():
         record = pretrained.info(name)
         assert record["metrics"]["mean_iou"] > 40 and record["train_config"]["dataset"] == "pascal_person_part"
+        assert record["metrics"]["flip_mean_iou"] > record["metrics"]["mean_iou"], f"{name}: flips help every model"
+    deep = pretrained.info("se_lstm_deep")
+    assert deep["model_config"]["num_layers"] == 5 and deep["metrics"]["hierarchy"]["mean_nodes_per_image"][-1] < 30
     model, record = pretrained.load("se_lstm")
     photo = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
     result = predict_images(model, [photo], image_size=record["train_config"]["image_size"])[0]
