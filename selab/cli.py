@@ -368,10 +368,11 @@ def _export(args) -> dict:
     pretrained.check_name(args.name, "export-model")
     if args.folder is not None and Path(args.folder).exists() and not Path(args.folder).is_dir():
         raise ValueError(f"export-model: --folder {args.folder} is a file; expected a folder")
-    metrics = _read_json(folder / "metrics.json", "export-model").get("final") if (folder / "metrics.json").is_file() else None
+    recorded = _read_json(folder / "metrics.json", "export-model") if (folder / "metrics.json").is_file() else {}
+    metrics = recorded.get("final")
     if not metrics:
         raise ValueError(f"export-model: {folder} has no final validation metrics (metrics.json); finish the run first")
-    epochs = _read_json(folder / "metrics.json", "export-model").get("epochs") or []
+    epochs = recorded.get("epochs") or []
     metrics = dict(metrics, training_minutes=sum(e.get("seconds", 0.0) for e in epochs) / 60)
     if args.flip_metrics:
         flipped = _read_json(Path(args.flip_metrics), "export-model: --flip-metrics")

@@ -53,3 +53,20 @@ def _user_model_folder(tmp_path_factory, monkeypatch):
     """Exported models go to the user's model folder ($SELAB_HOME/models): each test has an empty temporary
     one, so that tests neither see nor write a real one, nor each other's."""
     monkeypatch.setenv("SELAB_HOME", str(tmp_path_factory.mktemp("selab_home")))
+
+
+_DESELECTED = []
+
+
+def pytest_deselected(items):
+    _DESELECTED.extend(items)
+
+
+@pytest.fixture
+def whole_module_selected(request) -> bool:
+    """Whether every test of the requesting test's module runs in this session: none deselected (``-k``,
+    ``-m``) and the module not narrowed to some tests by a ``path::name`` argument."""
+    path = request.node.path
+    narrowed = any("::" in str(arg) and Path(str(arg).split("::")[0]).resolve() == path
+                   for arg in request.config.args)
+    return not narrowed and not any(item.path == path for item in _DESELECTED)

@@ -618,15 +618,12 @@ def test_sweep_exit_status_follows_its_cells(notebook, tmp_path, capsys):
 FAULT_CASES = 60
 
 
-def test_fault_case_count_matches_the_docs(request):
+def test_fault_case_count_matches_the_docs(request, whole_module_selected):
     from test_reliability import FAULT_CASES as TRAINING_CASES
 
     page = " ".join((REPO / "docs" / "reliability.md").read_text().split())
     assert f"{FAULT_CASES} for the commands around it" in page and f"{TRAINING_CASES + FAULT_CASES} fault cases" in page
     mine = [i for i in request.session.items if i.path == request.node.path and i is not request.node]
-    # `make test` runs with -m "not browser", which leaves every test of this module selected
-    selected = request.config.option.keyword or request.config.option.markexpr not in ("", "not browser") or any(
-        "::" in str(a) for a in request.config.args)
-    if len(mine) != FAULT_CASES and selected:
+    if not whole_module_selected:
         pytest.skip("only some tests of this module were selected")
     assert len(mine) == FAULT_CASES
