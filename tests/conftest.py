@@ -64,7 +64,7 @@ def pytest_deselected(items):
 
 @pytest.fixture
 def whole_module_selected(request) -> bool:
-    """Whether every test of the requesting test's module runs in this session: none deselected (``-k``,
+    """Whether every test of the requesting test's module runs in this pytest run: none deselected (``-k``,
     ``-m``) and the module not narrowed to some tests by a ``path::name`` argument."""
     path = request.node.path
     narrowed = any("::" in str(arg) and Path(str(arg).split("::")[0]).resolve() == path
